@@ -1,0 +1,214 @@
+//! A greeter client that finds its servers in etcd and spreads calls over them.
+//!
+//! Run it against servers registered by `greeter_server` (`make demo` does both):
+//!
+//! ```text
+//! cargo run --example greeter_client -- --etcd http://127.0.0.1:2379 --service greeter --requests 300
+//! ```
+//!
+//! It ends with one JSON line on stdout:
+//! `{"ok":N,"failed":M,"backends":{"<addr>":count,...},"p50_ms":x,"p99_ms":y}`.
+//! Exit code: 0 if every call succeeded, 1 if any failed, 2 on bad usage or when etcd is
+//! unreachable at start.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::{ArgGroup, Parser, ValueEnum};
+use common::pb::HelloRequest;
+use common::pb::greeter_client::GreeterClient;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic_etcd::{DiscoveryStatus, EtcdDiscover};
+
+/// A greeter client that balances its calls over the servers registered in etcd.
+#[derive(Parser, Debug)]
+#[command(version, about, group(ArgGroup::new("amount").args(["requests", "duration"])))]
+struct Args {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "ETCD_ENDPOINTS", default_value = common::DEFAULT_ETCD)]
+    etcd: String,
+    /// The service to call; servers are the keys under `<service>/`.
+    #[arg(long, default_value = "greeter")]
+    service: String,
+    /// How many calls to make in all (default 100, unless --duration is given).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Keep calling for this many seconds instead of a fixed number of calls.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// How many calls to keep in flight.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    concurrency: u64,
+    /// The registry wire format.
+    #[arg(long, value_enum, default_value_t = FormatArg::EtcdNaming)]
+    format: FormatArg,
+    /// Seconds a single call may take.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    /// etcd's Go naming convention: `{"Op":0,"Addr":"host:port","Metadata":null}`.
+    EtcdNaming,
+}
+
+/// When the calls stop.
+#[derive(Clone, Copy)]
+enum Budget {
+    Requests(u64),
+    Until(Instant),
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    failed: u64,
+    backends: BTreeMap<String, u64>,
+    latencies: Vec<Duration>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    common::init_logging();
+    let args = Args::parse();
+    let budget = match (args.requests, args.duration) {
+        (_, Some(secs)) if !(secs.is_finite() && secs > 0.0) => {
+            eprintln!("greeter_client: --duration {secs} is not a positive number of seconds");
+            return ExitCode::from(common::EXIT_USAGE as u8);
+        }
+        (_, Some(secs)) => Budget::Until(Instant::now() + Duration::from_secs_f64(secs)),
+        (requests, None) => Budget::Requests(requests.unwrap_or(100)),
+    };
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        eprintln!(
+            "greeter_client: --timeout {} is not a positive number of seconds",
+            args.timeout
+        );
+        return ExitCode::from(common::EXIT_USAGE as u8);
+    }
+    let etcd = match common::connect(&args.etcd).await {
+        Ok(etcd) => etcd,
+        Err(message) => {
+            eprintln!("greeter_client: {message}");
+            return ExitCode::from(common::EXIT_USAGE as u8);
+        }
+    };
+    let FormatArg::EtcdNaming = args.format;
+    let discover = EtcdDiscover::new(etcd, &args.service);
+    let (channel, discovery) = discover.balance_channel();
+    wait_for_sync(discovery.status()).await;
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let tally = run(channel, budget, args.concurrency, timeout).await;
+    discovery.stop().await;
+    println!("{}", summary(&tally));
+    if tally.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Waits a little for the first listing, so the first calls have somewhere to go.
+async fn wait_for_sync(mut status: tokio::sync::watch::Receiver<DiscoveryStatus>) {
+    let synced = status.wait_for(|s| !matches!(s, DiscoveryStatus::Syncing));
+    let _ = tokio::time::timeout(Duration::from_secs(5), synced).await;
+}
+
+async fn run(channel: Channel, budget: Budget, concurrency: u64, timeout: Duration) -> Tally {
+    let issued = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let client = GreeterClient::new(channel.clone());
+            tokio::spawn(worker(client, budget, issued.clone(), timeout))
+        })
+        .collect();
+    let mut tally = Tally::default();
+    for worker in workers {
+        let Ok(part) = worker.await else {
+            tally.failed += 1;
+            continue;
+        };
+        tally.ok += part.ok;
+        tally.failed += part.failed;
+        tally.latencies.extend(part.latencies);
+        for (backend, count) in part.backends {
+            *tally.backends.entry(backend).or_default() += count;
+        }
+    }
+    tally
+}
+
+async fn worker(
+    mut client: GreeterClient<Channel>,
+    budget: Budget,
+    issued: Arc<AtomicU64>,
+    timeout: Duration,
+) -> Tally {
+    let mut tally = Tally::default();
+    loop {
+        match budget {
+            Budget::Requests(n) if issued.fetch_add(1, Ordering::Relaxed) >= n => break,
+            Budget::Until(end) if Instant::now() >= end => break,
+            _ => {}
+        }
+        let request = HelloRequest {
+            name: "world".into(),
+        };
+        let started = Instant::now();
+        let reply = tokio::time::timeout(timeout, client.say_hello(request)).await;
+        tally.latencies.push(started.elapsed());
+        match reply {
+            Ok(Ok(reply)) => {
+                tally.ok += 1;
+                let backend = backend_of(&reply.into_inner().message);
+                *tally.backends.entry(backend).or_default() += 1;
+            }
+            Ok(Err(status)) => {
+                tally.failed += 1;
+                tracing::warn!(code = ?status.code(), message = status.message(), "call failed");
+            }
+            Err(_) => {
+                tally.failed += 1;
+                tracing::warn!(?timeout, "call timed out");
+            }
+        }
+    }
+    tally
+}
+
+/// The server address in `Hello, <name>! (from <addr>)`.
+fn backend_of(message: &str) -> String {
+    message
+        .rsplit_once("(from ")
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+fn summary(tally: &Tally) -> String {
+    let mut latencies = tally.latencies.clone();
+    latencies.sort_unstable();
+    let percentile = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        (latencies[rank - 1].as_secs_f64() * 1e6).round() / 1e3
+    };
+    // Written by hand to keep the contract's key order: ok, failed, backends, p50_ms, p99_ms.
+    let backends = serde_json::to_string(&tally.backends).expect("a map of strings to numbers");
+    format!(
+        r#"{{"ok":{},"failed":{},"backends":{backends},"p50_ms":{},"p99_ms":{}}}"#,
+        tally.ok,
+        tally.failed,
+        serde_json::Value::from(percentile(0.50)),
+        serde_json::Value::from(percentile(0.99)),
+    )
+}

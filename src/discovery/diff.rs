@@ -1,0 +1,110 @@
+//! The pure diff between the announced endpoint set and a fresh listing.
+
+use std::collections::BTreeMap;
+
+/// Raw registry entries: etcd key to value.
+pub(crate) type Entries = BTreeMap<String, Vec<u8>>;
+
+/// What a re-list must announce so that the announced set matches etcd again.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Diff {
+    /// Keys that were announced and are gone.
+    pub(crate) removed: Vec<String>,
+    /// Keys that are new, or whose value changed, with their new value.
+    pub(crate) upserted: Vec<(String, Vec<u8>)>,
+}
+
+/// Compares what has been announced with what etcd holds now.
+///
+/// Unchanged keys appear in neither list, so a re-list after a reconnect announces only
+/// what really changed while the watch was down.
+pub(crate) fn diff(announced: &Entries, listing: &Entries) -> Diff {
+    let removed = announced
+        .keys()
+        .filter(|key| !listing.contains_key(*key))
+        .cloned()
+        .collect();
+    let upserted = listing
+        .iter()
+        .filter(|(key, value)| announced.get(*key) != Some(*value))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    Diff { removed, upserted }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(pairs: &[(&str, &str)]) -> Entries {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_sets_have_no_diff() {
+        assert_eq!(diff(&Entries::new(), &Entries::new()), Diff::default());
+    }
+
+    #[test]
+    fn first_listing_upserts_everything() {
+        let listing = entries(&[("a", "1"), ("b", "2")]);
+        let d = diff(&Entries::new(), &listing);
+        assert!(d.removed.is_empty());
+        assert_eq!(d.upserted.len(), 2);
+    }
+
+    #[test]
+    fn removes_gone_upserts_new_and_changed_skips_unchanged() {
+        let announced = entries(&[("gone", "1"), ("same", "2"), ("changed", "3")]);
+        let listing = entries(&[("same", "2"), ("changed", "4"), ("new", "5")]);
+        let d = diff(&announced, &listing);
+        assert_eq!(d.removed, vec!["gone".to_string()]);
+        assert_eq!(
+            d.upserted,
+            vec![
+                ("changed".to_string(), b"4".to_vec()),
+                ("new".to_string(), b"5".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn everything_gone_removes_everything() {
+        let announced = entries(&[("a", "1"), ("b", "2")]);
+        let d = diff(&announced, &Entries::new());
+        assert_eq!(d.removed, vec!["a".to_string(), "b".to_string()]);
+        assert!(d.upserted.is_empty());
+    }
+
+    #[test]
+    fn applying_the_diff_reaches_the_listing() {
+        // A small exhaustive check over three keys and three values each (absent, x, y).
+        let values = [None, Some("x"), Some("y")];
+        let keys = ["k0", "k1", "k2"];
+        let build = |pick: usize| -> Entries {
+            keys.iter()
+                .enumerate()
+                .filter_map(|(i, k)| {
+                    let v = values[(pick / 3usize.pow(i as u32)) % 3]?;
+                    Some((k.to_string(), v.as_bytes().to_vec()))
+                })
+                .collect()
+        };
+        for a in 0..27 {
+            for b in 0..27 {
+                let (mut announced, listing) = (build(a), build(b));
+                let d = diff(&announced, &listing);
+                for key in &d.removed {
+                    assert!(announced.remove(key).is_some());
+                }
+                for (key, value) in d.upserted {
+                    assert_ne!(announced.insert(key, value.clone()).as_ref(), Some(&value));
+                }
+                assert_eq!(announced, listing);
+            }
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The list-then-watch state machine behind [`EtcdDiscover`](super::EtcdDiscover).
+//!
+//! ```text
+//!            ┌──────────── compacted / resume keeps failing ────────────┐
+//!            ▼                                                          │
+//!  List ──ok──► Watch{from} ──ok──► Streaming{revision} ──events──► Streaming
+//!   │  ▲          │     ▲                 │  dead, ended or failed       │
+//!   └──┘ backoff  └─────┘ backoff         └──────► backoff ──► Watch{revision + 1}
+//! ```
+//!
+//! Transient errors never leave this module: they go to the backoff, to tracing and to the
+//! status channel. Only a permanent error becomes a stream item, and it is the last one.
+
+use std::sync::Arc;
+
+use etcd_client::{EventType, GetOptions, WatchOptions, WatchResponse, WatchStream};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tower::discover::Change;
+use tracing::{debug, info, warn};
+
+use super::diff::{Entries, diff};
+use super::{Config, DiscoveryStatus};
+use crate::Error;
+use crate::backoff::Retry;
+
+/// What one step of the machine announces.
+pub(super) type Output = Result<Vec<Change<String, tonic::transport::Endpoint>>, Error>;
+
+/// Failed resumes in a row after which the machine re-lists instead.
+const RELIST_AFTER: u32 = 3;
+
+/// The largest watch response accepted: etcd batches many events into one.
+const MAX_WATCH_MESSAGE: usize = 64 * 1024 * 1024;
+
+pub(super) enum State {
+    /// Get the whole prefix, then diff it against what has been announced.
+    List,
+    /// Open a watch from `from`.
+    Watch { from: i64 },
+    /// Read an open watch; everything up to `revision` has been applied.
+    Streaming(Box<Streaming>),
+    /// A permanent error was reported; the stream ends.
+    Done,
+}
+
+pub(super) struct Streaming {
+    stream: WatchStream,
+    revision: i64,
+    opened_at: Instant,
+    last_message: Instant,
+    progress: Interval,
+}
+
+pub(super) struct Engine {
+    config: Config,
+    /// The prefix with its trailing slash.
+    prefix: String,
+    /// Announced keys and their raw values.
+    announced: Entries,
+    retry: Retry,
+}
+
+impl Engine {
+    pub(super) fn new(config: Config, prefix: String) -> Self {
+        let retry = Retry::new(config.backoff);
+        Engine {
+            config,
+            prefix,
+            announced: Entries::new(),
+            retry,
+        }
+    }
+
+    pub(super) async fn step(&mut self, state: State) -> (Output, State) {
+        match state {
+            State::List => self.list().await,
+            State::Watch { from } => self.open(from).await,
+            State::Streaming(streaming) => self.read(streaming).await,
+            State::Done => (Ok(Vec::new()), State::Done),
+        }
+    }
+
+    async fn list(&mut self) -> (Output, State) {
+        let mut kv = self.config.client.kv_client();
+        let options = GetOptions::new().with_prefix();
+        let result = self
+            .with_timeout(
+                "listing the prefix",
+                kv.get(self.prefix.as_str(), Some(options)),
+            )
+            .await;
+        let response = match result {
+            Ok(Ok(response)) => response,
+            Ok(Err(source)) => {
+                let prefix = self.prefix.clone();
+                return self
+                    .fail(
+                        Error::List {
+                            prefix,
+                            source: Arc::new(source),
+                        },
+                        State::List,
+                    )
+                    .await;
+            }
+            Err(timeout) => return self.fail(timeout, State::List).await,
+        };
+        let revision = response.header().map_or(0, |h| h.revision());
+        let listing: Entries = response
+            .kvs()
+            .iter()
+            .filter_map(|kv| Some((self.key_of(kv.key())?, kv.value().to_vec())))
+            .collect();
+        let diff = diff(&self.announced, &listing);
+        let mut changes = Vec::with_capacity(diff.removed.len() + diff.upserted.len());
+        for key in diff.removed {
+            changes.extend(self.delete(key));
+        }
+        for (key, value) in diff.upserted {
+            changes.extend(self.put(key, value));
+        }
+        debug!(prefix = %self.prefix, revision, changes = changes.len(), "listed");
+        self.publish_synced(revision);
+        (Ok(changes), State::Watch { from: revision + 1 })
+    }
+
+    async fn open(&mut self, from: i64) -> (Output, State) {
+        let mut client = self
+            .config
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_WATCH_MESSAGE);
+        let options = WatchOptions::new().with_prefix().with_start_revision(from);
+        let result = self
+            .with_timeout(
+                "opening a watch",
+                client.watch(self.prefix.as_str(), Some(options)),
+            )
+            .await;
+        match result {
+            Ok(Ok(stream)) => {
+                debug!(prefix = %self.prefix, from, "watching");
+                let now = Instant::now();
+                let mut progress = tokio::time::interval_at(
+                    now + self.config.progress_interval,
+                    self.config.progress_interval,
+                );
+                progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                let streaming = Streaming {
+                    stream,
+                    revision: from - 1,
+                    opened_at: now,
+                    last_message: now,
+                    progress,
+                };
+                (Ok(Vec::new()), State::Streaming(Box::new(streaming)))
+            }
+            Ok(Err(source)) => {
+                let prefix = self.prefix.clone();
+                self.fail(
+                    Error::Watch {
+                        prefix,
+                        source: Arc::new(source),
+                    },
+                    State::Watch { from },
+                )
+                .await
+            }
+            Err(timeout) => self.fail(timeout, State::Watch { from }).await,
+        }
+    }
+
+    async fn read(&mut self, mut s: Box<Streaming>) -> (Output, State) {
+        let idle_deadline = s.last_message + self.config.idle_timeout;
+        let resume = State::Watch {
+            from: s.revision + 1,
+        };
+        // Biased: a message that is already there wins over a progress request or the idle
+        // timer, so a busy stream is never mistaken for a dead one.
+        tokio::select! {
+            biased;
+            message = s.stream.message() => match message {
+                Ok(Some(response)) => self.on_response(response, s).await,
+                Ok(None) => {
+                    debug!(prefix = %self.prefix, "watch stream ended");
+                    let source = etcd_client::Error::WatchError("stream ended".into());
+                    let prefix = self.prefix.clone();
+                    self.fail(Error::Watch { prefix, source: Arc::new(source) }, resume).await
+                }
+                Err(source) => {
+                    let prefix = self.prefix.clone();
+                    self.fail(Error::Watch { prefix, source: Arc::new(source) }, resume).await
+                }
+            },
+            _ = tokio::time::sleep_until(idle_deadline) => {
+                let after = self.config.idle_timeout;
+                self.fail(Error::Timeout { operation: "watch went silent", after }, resume).await
+            }
+            _ = s.progress.tick() => {
+                // A failed send shows up as an error on the response stream.
+                let _ = s.stream.request_progress().await;
+                (Ok(Vec::new()), State::Streaming(s))
+            }
+        }
+    }
+
+    async fn on_response(
+        &mut self,
+        response: WatchResponse,
+        mut s: Box<Streaming>,
+    ) -> (Output, State) {
+        s.last_message = Instant::now();
+        if s.last_message - s.opened_at >= self.config.healthy_after {
+            self.retry.reset();
+        }
+        if response.canceled() {
+            if response.compact_revision() > 0 {
+                info!(
+                    prefix = %self.prefix,
+                    compact_revision = response.compact_revision(),
+                    "watch fell behind a compaction, re-listing"
+                );
+                return (Ok(Vec::new()), State::List);
+            }
+            let error = Error::WatchCancelled {
+                prefix: self.prefix.clone(),
+                reason: response.cancel_reason().to_owned(),
+            };
+            return self
+                .fail(
+                    error,
+                    State::Watch {
+                        from: s.revision + 1,
+                    },
+                )
+                .await;
+        }
+        let floor = s.revision;
+        let mut changes = Vec::new();
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            // etcd 3.4 can repeat events; one at or below the applied revision is a repeat.
+            if kv.mod_revision() <= floor {
+                continue;
+            }
+            s.revision = s.revision.max(kv.mod_revision());
+            let Some(key) = self.key_of(kv.key()) else {
+                continue;
+            };
+            changes.extend(match event.event_type() {
+                EventType::Put => self.put(key, kv.value().to_vec()),
+                EventType::Delete => self.delete(key),
+            });
+        }
+        let is_progress = response.events().is_empty() && !response.created();
+        if let (true, Some(header)) = (is_progress, response.header()) {
+            // A progress notification: every event up to the header revision was sent.
+            s.revision = s.revision.max(header.revision());
+        }
+        self.publish_synced(s.revision);
+        (Ok(changes), State::Streaming(s))
+    }
+
+    /// Applies a put: announces an insert if the value is new and decodes.
+    fn put(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> Option<Change<String, tonic::transport::Endpoint>> {
+        if self.announced.get(&key) == Some(&value) {
+            return None;
+        }
+        match self.config.endpoint_for(&key, &value) {
+            Ok(endpoint) => {
+                debug!(key, "endpoint inserted");
+                self.announced.insert(key.clone(), value);
+                Some(Change::Insert(key, endpoint))
+            }
+            Err(error) => {
+                // The previous endpoint at this key, if any, stays: bad data never removes a
+                // good endpoint.
+                warn!(key, error = %crate::error::Chain(&error), "skipping undecodable value");
+                None
+            }
+        }
+    }
+
+    fn delete(&mut self, key: String) -> Option<Change<String, tonic::transport::Endpoint>> {
+        self.announced.remove(&key)?;
+        debug!(key, "endpoint removed");
+        Some(Change::Remove(key))
+    }
+
+    /// The key as text, if it is UTF-8 and under the prefix.
+    fn key_of(&self, raw: &[u8]) -> Option<String> {
+        match std::str::from_utf8(raw) {
+            Ok(key) if key.starts_with(&self.prefix) => Some(key.to_owned()),
+            Ok(key) => {
+                warn!(key, prefix = %self.prefix, "skipping key outside the prefix");
+                None
+            }
+            Err(_) => {
+                warn!(key = %String::from_utf8_lossy(raw), "skipping key that is not utf-8");
+                None
+            }
+        }
+    }
+
+    /// Handles a failed step: a permanent error ends the stream; a transient one is logged,
+    /// published, waited out with backoff, and followed by `next`.
+    async fn fail(&mut self, error: Error, next: State) -> (Output, State) {
+        if error.is_permanent() {
+            self.config.status.send_replace(DiscoveryStatus::Failed {
+                error: error.clone(),
+            });
+            return (Err(error), State::Done);
+        }
+        let delay = self.retry.next_delay();
+        let attempt = self.retry.attempt();
+        debug!(prefix = %self.prefix, attempt, ?delay, error = %crate::error::Chain(&error), "retrying");
+        self.config.status.send_replace(DiscoveryStatus::Retrying {
+            attempt,
+            error,
+            endpoints: self.announced.len(),
+        });
+        tokio::time::sleep(delay).await;
+        let next = match next {
+            State::Watch { .. } if attempt >= RELIST_AFTER => State::List,
+            other => other,
+        };
+        (Ok(Vec::new()), next)
+    }
+
+    fn publish_synced(&self, revision: i64) {
+        let endpoints = self.announced.len();
+        self.config.status.send_if_modified(|status| {
+            let current = DiscoveryStatus::Synced {
+                revision,
+                endpoints,
+            };
+            let same = matches!(status, DiscoveryStatus::Synced { revision: r, endpoints: e }
+                if *r == revision && *e == endpoints);
+            if !same {
+                *status = current;
+            }
+            !same
+        });
+    }
+
+    async fn with_timeout<F: Future>(
+        &self,
+        operation: &'static str,
+        f: F,
+    ) -> Result<F::Output, Error> {
+        let after = self.config.request_timeout;
+        tokio::time::timeout(after, f)
+            .await
+            .map_err(|_| Error::Timeout { operation, after })
+    }
+}

@@ -1,0 +1,258 @@
+//! Client side: turning the keys under an etcd prefix into endpoint changes.
+
+mod diff;
+mod engine;
+mod status;
+
+pub use status::DiscoveryStatus;
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tonic::transport::Endpoint;
+use tower::discover::Change;
+
+use crate::format::{DecodeError, EtcdNaming, Format, Instance};
+use crate::{Backoff, Error};
+use engine::{Engine, State};
+
+/// Turns an instance into a [`Endpoint`]: a hook to set timeouts, TLS and the like.
+type EndpointHook = Arc<dyn Fn(Endpoint, &Instance) -> Endpoint + Send + Sync>;
+
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<Change<String, Endpoint>, Error>> + Send>>;
+
+/// A [`tower::discover::Discover`] of the servers registered under an etcd prefix.
+///
+/// It lists the prefix, remembers the revision, then watches `<prefix>/` from the next
+/// revision, so servers registered before the client started are found and no change in
+/// between is missed. Each item is a [`Change`] keyed by the etcd key:
+///
+/// - a new key, or a put that changes a key's value, is an [`Change::Insert`] with that key
+///   (an update is never a remove followed by an insert);
+/// - a deleted key is a [`Change::Remove`];
+/// - a put with an unchanged value, or a repeated event, yields nothing;
+/// - a value that does not decode is skipped with a `warn!` that names the key, and the
+///   endpoint the key had before, if any, stays.
+///
+/// Transient etcd failures never become items, because an `Err` poisons a tower balancer
+/// for good. Discovery retries them with jittered backoff, resumes the watch from the last
+/// applied revision, re-lists and diffs after a compaction, and keeps the last known
+/// endpoints meanwhile. It reports what it is doing through [`EtcdDiscover::status`]. Only
+/// a permanent error ([`Error::is_permanent`]: permission denied, bad credentials, an empty
+/// prefix) is yielded, as the last item.
+///
+/// Building one does no I/O; that starts on the first poll.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tonic_etcd::EtcdDiscover;
+///
+/// let client = tonic_etcd::etcd_client::Client::connect(["http://127.0.0.1:2379"], None).await?;
+/// let (channel, discovery) = EtcdDiscover::new(client, "services/greeter").balance_channel();
+/// // `channel` is a tonic `Channel`: hand it to any generated client.
+/// # drop((channel, discovery));
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "streams do nothing unless polled"]
+pub struct EtcdDiscover {
+    inner: Inner,
+    status: watch::Receiver<DiscoveryStatus>,
+}
+
+enum Inner {
+    /// Not polled yet: the configuration, still open to the setters.
+    Idle(Box<Config>),
+    Running(ChangeStream),
+}
+
+pub(crate) struct Config {
+    pub(crate) client: etcd_client::Client,
+    service: String,
+    format: Arc<dyn Format>,
+    endpoint_hook: Option<EndpointHook>,
+    pub(crate) backoff: Backoff,
+    pub(crate) request_timeout: Duration,
+    pub(crate) progress_interval: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) healthy_after: Duration,
+    pub(crate) status: watch::Sender<DiscoveryStatus>,
+}
+
+impl EtcdDiscover {
+    /// Discovers the instances of `service`, in the default [`EtcdNaming`] format: the keys
+    /// under `<service>/`. A trailing slash on `service` is ignored; `services/greeter`
+    /// never matches `services/greeter-admin/...`.
+    pub fn new(client: etcd_client::Client, service: impl Into<String>) -> Self {
+        let (status, receiver) = watch::channel(DiscoveryStatus::Syncing);
+        let config = Config {
+            client,
+            service: service.into(),
+            format: Arc::new(EtcdNaming),
+            endpoint_hook: None,
+            backoff: Backoff::default().max(Duration::from_secs(5)),
+            request_timeout: Duration::from_secs(5),
+            progress_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(15),
+            healthy_after: Duration::from_secs(10),
+            status,
+        };
+        EtcdDiscover {
+            inner: Inner::Idle(Box::new(config)),
+            status: receiver,
+        }
+    }
+
+    /// The wire format of the registry. Default: [`EtcdNaming`].
+    pub fn format(self, format: impl Format) -> Self {
+        self.configure(|c| c.format = Arc::new(format))
+    }
+
+    /// A hook that adjusts the [`Endpoint`] built for each instance: timeouts, TLS, HTTP/2
+    /// settings. It receives the endpoint for `http://<addr>` (or `https://` when the
+    /// instance asks for TLS), with a connect timeout of 5 s. Default: none.
+    ///
+    /// ```no_run
+    /// # fn f(client: tonic_etcd::etcd_client::Client) {
+    /// use std::time::Duration;
+    /// let discover = tonic_etcd::EtcdDiscover::new(client, "services/greeter")
+    ///     .endpoint(|endpoint, _instance| endpoint.timeout(Duration::from_secs(2)));
+    /// # drop(discover);
+    /// # }
+    /// ```
+    pub fn endpoint<F>(self, hook: F) -> Self
+    where
+        F: Fn(Endpoint, &Instance) -> Endpoint + Send + Sync + 'static,
+    {
+        self.configure(|c| c.endpoint_hook = Some(Arc::new(hook)))
+    }
+
+    /// The backoff between retries while etcd fails. Default: 100 ms doubling to 5 s, with
+    /// jitter.
+    pub fn backoff(self, backoff: Backoff) -> Self {
+        self.configure(|c| c.backoff = backoff)
+    }
+
+    /// How long a list or a watch request to etcd may take. Default: 5 s.
+    pub fn request_timeout(self, timeout: Duration) -> Self {
+        self.configure(|c| c.request_timeout = timeout)
+    }
+
+    /// How often an idle watch asks etcd for a progress notification. Default: 5 s.
+    pub fn progress_interval(self, interval: Duration) -> Self {
+        self.configure(|c| c.progress_interval = interval.max(Duration::from_millis(10)))
+    }
+
+    /// How long a watch may stay silent, progress notifications included, before it is
+    /// taken for dead, dropped and resumed. Default: 15 s.
+    pub fn idle_timeout(self, timeout: Duration) -> Self {
+        self.configure(|c| c.idle_timeout = timeout)
+    }
+
+    /// A receiver of the discovery status, updated as it syncs, retries or fails.
+    pub fn status(&self) -> watch::Receiver<DiscoveryStatus> {
+        self.status.clone()
+    }
+
+    fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        match &mut self.inner {
+            Inner::Idle(config) => f(config),
+            Inner::Running(_) => {
+                tracing::warn!("discovery is already running: configuration change ignored")
+            }
+        }
+        self
+    }
+}
+
+impl Config {
+    /// Decodes a registry value and builds the endpoint for it.
+    pub(crate) fn endpoint_for(&self, key: &str, value: &[u8]) -> Result<Endpoint, DecodeError> {
+        let instance = self.format.decode(key, value)?;
+        let scheme = if instance.tls { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{}", instance.addr))
+            .map_err(|_| DecodeError::InvalidAddress {
+                addr: instance.addr.clone(),
+                reason: "not a valid uri authority",
+            })?
+            .connect_timeout(Duration::from_secs(5));
+        Ok(match &self.endpoint_hook {
+            Some(hook) => hook(endpoint, &instance),
+            None => endpoint,
+        })
+    }
+}
+
+/// Starts the machine: validates the prefix, then lists and watches.
+fn run(config: Config) -> ChangeStream {
+    let prefix = config.format.prefix(&config.service);
+    if prefix.trim_matches('/').is_empty() {
+        let error = Error::InvalidPrefix {
+            prefix: config.service.clone(),
+            reason: "it is empty",
+        };
+        config.status.send_replace(DiscoveryStatus::Failed {
+            error: error.clone(),
+        });
+        return Box::pin(futures_util::stream::iter([Err(error)]));
+    }
+    let engine = Engine::new(config, prefix);
+    let steps = futures_util::stream::unfold(
+        (engine, State::List),
+        |(mut engine, mut state)| async move {
+            loop {
+                if matches!(state, State::Done) {
+                    return None;
+                }
+                let (output, next) = engine.step(state).await;
+                match output {
+                    Ok(changes) if changes.is_empty() => state = next,
+                    output => return Some((output, (engine, next))),
+                }
+            }
+        },
+    );
+    Box::pin(steps.flat_map(|output| {
+        let items: Vec<_> = match output {
+            Ok(changes) => changes.into_iter().map(Ok).collect(),
+            Err(error) => vec![Err(error)],
+        };
+        futures_util::stream::iter(items)
+    }))
+}
+
+impl Stream for EtcdDiscover {
+    type Item = Result<Change<String, Endpoint>, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Inner::Idle(_) = this.inner {
+            let placeholder = Inner::Running(Box::pin(futures_util::stream::empty()));
+            if let Inner::Idle(config) = std::mem::replace(&mut this.inner, placeholder) {
+                this.inner = Inner::Running(run(*config));
+            }
+        }
+        match &mut this.inner {
+            Inner::Running(stream) => stream.as_mut().poll_next(cx),
+            Inner::Idle(_) => unreachable!("started above"),
+        }
+    }
+}
+
+impl fmt::Debug for EtcdDiscover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("EtcdDiscover");
+        if let Inner::Idle(config) = &self.inner {
+            d.field("service", &config.service)
+                .field("format", &config.format);
+        }
+        d.field("status", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
+}

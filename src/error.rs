@@ -1,0 +1,278 @@
+//! The crate's error type.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An etcd client error, shared so that [`Error`] is cheap to clone into a status report.
+type EtcdError = Arc<etcd_client::Error>;
+
+/// Everything that can go wrong in discovery and registration.
+///
+/// Each variant is named after the operation that failed and carries its context. The
+/// underlying cause, when there is one, is available through [`std::error::Error::source`].
+///
+/// Whether an error is worth retrying is decided in one place: [`Error::is_permanent`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The service prefix cannot be watched.
+    #[error("invalid service prefix {prefix:?}: {reason}")]
+    InvalidPrefix {
+        /// The prefix as given.
+        prefix: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A lease TTL below etcd's practical minimum was asked for.
+    #[error("invalid lease ttl {ttl:?}: it must be at least {min:?}")]
+    InvalidTtl {
+        /// The TTL as given.
+        ttl: Duration,
+        /// The smallest TTL accepted.
+        min: Duration,
+    },
+
+    /// Listing the keys under a prefix failed.
+    #[error("failed to list prefix {prefix:?}")]
+    List {
+        /// The prefix being listed, with its trailing slash.
+        prefix: String,
+        /// The etcd error.
+        #[source]
+        source: EtcdError,
+    },
+
+    /// Opening or reading a watch on a prefix failed.
+    #[error("failed to watch prefix {prefix:?}")]
+    Watch {
+        /// The prefix being watched, with its trailing slash.
+        prefix: String,
+        /// The etcd error.
+        #[source]
+        source: EtcdError,
+    },
+
+    /// etcd cancelled a watch for a reason other than compaction.
+    #[error("watch on prefix {prefix:?} was cancelled: {reason}")]
+    WatchCancelled {
+        /// The prefix being watched, with its trailing slash.
+        prefix: String,
+        /// The reason etcd gave.
+        reason: String,
+    },
+
+    /// A request to etcd did not complete in time.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// What was being done.
+        operation: &'static str,
+        /// How long it was given.
+        after: Duration,
+    },
+
+    /// Granting a lease failed.
+    #[error("failed to grant a lease with ttl {ttl_secs} s")]
+    LeaseGrant {
+        /// The TTL asked for, in seconds.
+        ttl_secs: i64,
+        /// The etcd error.
+        #[source]
+        source: EtcdError,
+    },
+
+    /// Writing a registration key failed.
+    #[error("failed to put key {key:?} with lease {lease_id:#x}")]
+    Put {
+        /// The key being written.
+        key: String,
+        /// The lease it was attached to.
+        lease_id: i64,
+        /// The etcd error.
+        #[source]
+        source: EtcdError,
+    },
+
+    /// Keeping a lease alive failed.
+    #[error("failed to keep lease {lease_id:#x} alive")]
+    KeepAlive {
+        /// The lease.
+        lease_id: i64,
+        /// The etcd error.
+        #[source]
+        source: EtcdError,
+    },
+
+    /// etcd reports that the lease no longer exists.
+    #[error("lease {lease_id:#x} has expired or was revoked")]
+    LeaseLost {
+        /// The lease.
+        lease_id: i64,
+    },
+
+    /// Revoking a lease failed.
+    #[error("failed to revoke lease {lease_id:#x}")]
+    Revoke {
+        /// The lease.
+        lease_id: i64,
+        /// The etcd error.
+        #[source]
+        source: EtcdError,
+    },
+}
+
+impl Error {
+    /// Returns `true` if retrying cannot help: the caller must change something first.
+    ///
+    /// Permanent errors are invalid arguments (an empty prefix, a TTL below 2 s) and etcd
+    /// answers that say the credentials are wrong or lack the permission. Everything else,
+    /// including unreachable members, timeouts, leader elections and lost leases, is
+    /// transient: discovery and the registrar retry it with backoff and never end on it.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::InvalidPrefix { .. } | Error::InvalidTtl { .. } => true,
+            Error::WatchCancelled { reason, .. } => reason_is_permanent(reason),
+            Error::List { source, .. }
+            | Error::Watch { source, .. }
+            | Error::LeaseGrant { source, .. }
+            | Error::Put { source, .. }
+            | Error::KeepAlive { source, .. }
+            | Error::Revoke { source, .. } => etcd_error_is_permanent(source),
+            Error::Timeout { .. } | Error::LeaseLost { .. } => false,
+        }
+    }
+
+    /// Returns `true` if etcd said the lease this operation used does not exist.
+    pub(crate) fn is_lease_not_found(&self) -> bool {
+        match self {
+            Error::LeaseLost { .. } => true,
+            Error::Put { source, .. }
+            | Error::KeepAlive { source, .. }
+            | Error::Revoke { source, .. } => {
+                status_of(source).is_some_and(|s| s.message().contains("requested lease not found"))
+            }
+            _ => false,
+        }
+    }
+}
+
+fn status_of(error: &etcd_client::Error) -> Option<&tonic::Status> {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => Some(status),
+        _ => None,
+    }
+}
+
+fn etcd_error_is_permanent(error: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match error {
+        etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => true,
+        etcd_client::Error::GRpcStatus(status) => match status.code() {
+            Code::PermissionDenied => true,
+            // An expired auth token is refreshed by etcd-client; wrong credentials are not.
+            Code::Unauthenticated | Code::InvalidArgument | Code::FailedPrecondition => {
+                reason_is_permanent(status.message())
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn reason_is_permanent(reason: &str) -> bool {
+    const PERMANENT: [&str; 5] = [
+        "permission denied",
+        "authentication failed",
+        "user name is empty",
+        "user name not found",
+        "invalid auth management",
+    ];
+    PERMANENT.iter().any(|p| reason.contains(p))
+}
+
+/// Displays an error with all its causes, `outer: inner: root`, for logs.
+pub(crate) struct Chain<'a>(pub(crate) &'a dyn std::error::Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code, msg: &str) -> EtcdError {
+        Arc::new(etcd_client::Error::GRpcStatus(tonic::Status::new(
+            code, msg,
+        )))
+    }
+
+    #[test]
+    fn unavailable_is_transient() {
+        let e = Error::Watch {
+            prefix: "p/".into(),
+            source: status(tonic::Code::Unavailable, "etcdserver: no leader"),
+        };
+        assert!(!e.is_permanent());
+    }
+
+    #[test]
+    fn permission_denied_is_permanent() {
+        let e = Error::List {
+            prefix: "p/".into(),
+            source: status(
+                tonic::Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+        };
+        assert!(e.is_permanent());
+        let e = Error::WatchCancelled {
+            prefix: "p/".into(),
+            reason: "etcdserver: permission denied".into(),
+        };
+        assert!(e.is_permanent());
+    }
+
+    #[test]
+    fn bad_credentials_are_permanent_but_expired_tokens_are_not() {
+        let e = Error::LeaseGrant {
+            ttl_secs: 10,
+            source: status(
+                tonic::Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+        };
+        assert!(e.is_permanent());
+        let e = Error::LeaseGrant {
+            ttl_secs: 10,
+            source: status(
+                tonic::Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+        };
+        assert!(!e.is_permanent());
+    }
+
+    #[test]
+    fn lease_not_found_is_recognised() {
+        let e = Error::Put {
+            key: "k".into(),
+            lease_id: 7,
+            source: status(
+                tonic::Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+        };
+        assert!(e.is_lease_not_found());
+        assert!(!e.is_permanent());
+    }
+}

@@ -1,0 +1,160 @@
+//! etcd's own Go naming convention (`go.etcd.io/etcd/client/v3/naming`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{DecodeError, Format, Instance, Metadata, validate_addr};
+
+/// The wire format of etcd's Go naming package, the `etcd:///` resolver of grpc-go.
+///
+/// Keys are `<target>/<addr>`; values are
+/// `{"Op":0,"Addr":"10.0.0.1:50051","Metadata":null}`.
+///
+/// Reading accepts a missing `Op` (a put is an add whatever it says), and `Metadata` as an
+/// object, as a string holding a JSON object, or as any other value, which is opaque.
+///
+/// Writing puts `"Metadata":null` when there is no metadata, and otherwise a JSON *string*
+/// holding the encoded object, because an object or array there panics etcd's 3.5 Go
+/// resolver ("hash of unhashable type").
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EtcdNaming;
+
+#[derive(Serialize)]
+struct Encoded<'a> {
+    #[serde(rename = "Op")]
+    op: u8,
+    #[serde(rename = "Addr")]
+    addr: &'a str,
+    #[serde(rename = "Metadata")]
+    metadata: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Decoded {
+    #[serde(rename = "Addr")]
+    addr: Option<String>,
+    #[serde(rename = "Metadata", default)]
+    metadata: Value,
+}
+
+impl Format for EtcdNaming {
+    fn prefix(&self, service: &str) -> String {
+        format!("{}/", service.trim_end_matches('/'))
+    }
+
+    fn key(&self, service: &str, instance: &Instance, _lease_id: i64) -> String {
+        format!("{}{}", self.prefix(service), instance.addr)
+    }
+
+    fn value(&self, _service: &str, instance: &Instance) -> Vec<u8> {
+        let metadata = (!instance.metadata.is_empty())
+            .then(|| Value::Object(instance.metadata.to_json()).to_string());
+        let encoded = Encoded {
+            op: 0,
+            addr: &instance.addr,
+            metadata,
+        };
+        serde_json::to_vec(&encoded).expect("a struct of strings always serialises")
+    }
+
+    fn decode(&self, _key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
+        let text = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8)?;
+        let decoded: Decoded = serde_json::from_str(text).map_err(DecodeError::Json)?;
+        let addr = decoded.addr.ok_or(DecodeError::MissingAddress)?;
+        validate_addr(&addr)?;
+        Ok(Instance {
+            addr,
+            tls: false,
+            metadata: metadata_from(&decoded.metadata),
+        })
+    }
+}
+
+/// Reads metadata from an object, or from a string that holds an encoded object.
+fn metadata_from(value: &Value) -> Metadata {
+    match value {
+        Value::Object(map) => Metadata::from_json(map),
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(map)) => Metadata::from_json(&map),
+            _ => Metadata::default(),
+        },
+        _ => Metadata::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(value: &str) -> Result<Instance, DecodeError> {
+        EtcdNaming.decode("services/greeter/x", value.as_bytes())
+    }
+
+    #[test]
+    fn decodes_the_go_value() {
+        let i = decode(r#"{"Op":0,"Addr":"10.0.0.1:50051","Metadata":null}"#).expect("decodes");
+        assert_eq!(i, Instance::new("10.0.0.1:50051"));
+    }
+
+    #[test]
+    fn op_may_be_missing_or_anything() {
+        assert!(decode(r#"{"Addr":"10.0.0.1:50051"}"#).is_ok());
+        assert!(decode(r#"{"Op":1,"Addr":"10.0.0.1:50051"}"#).is_ok());
+    }
+
+    #[test]
+    fn reads_go_escapes_and_every_metadata_shape() {
+        let i = decode(r#"{"Addr":"10.0.0.1:1","Metadata":{"zone":"a\u003cb\u0026c"}}"#)
+            .expect("object");
+        assert_eq!(i.metadata.zone.as_deref(), Some("a<b&c"));
+        let i = decode(r#"{"Addr":"10.0.0.1:1","Metadata":"{\"weight\":10}"}"#).expect("string");
+        assert_eq!(i.metadata.weight, Some(10));
+        for opaque in [r#""plain""#, "42", "true", "[1,2]"] {
+            let v = format!(r#"{{"Addr":"10.0.0.1:1","Metadata":{opaque}}}"#);
+            assert!(decode(&v).expect("opaque").metadata.is_empty(), "{v}");
+        }
+    }
+
+    #[test]
+    fn writes_null_or_a_string_never_an_object() {
+        let plain = EtcdNaming.value("s", &Instance::new("10.0.0.1:1"));
+        assert_eq!(plain, br#"{"Op":0,"Addr":"10.0.0.1:1","Metadata":null}"#);
+        let rich = EtcdNaming.value("s", &Instance::new("10.0.0.1:1").weight(10).zone("eu-1"));
+        let v: Value = serde_json::from_slice(&rich).expect("json");
+        let meta = v["Metadata"].as_str().expect("metadata is a string");
+        assert_eq!(meta, r#"{"weight":10,"zone":"eu-1"}"#);
+        assert_eq!(
+            EtcdNaming.decode("k", &rich).expect("round trip"),
+            Instance::new("10.0.0.1:1").weight(10).zone("eu-1")
+        );
+    }
+
+    #[test]
+    fn keys_sit_under_the_target_with_one_slash() {
+        let i = Instance::new("10.0.0.1:1");
+        assert_eq!(
+            EtcdNaming.key("services/greeter/", &i, 0),
+            "services/greeter/10.0.0.1:1"
+        );
+        assert_eq!(EtcdNaming.prefix("services/greeter"), "services/greeter/");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in [
+            "",
+            "{",
+            "null",
+            "[]",
+            r#"{"Addr":5}"#,
+            r#"{"Addr":"nope"}"#,
+            r#"{"Op":0}"#,
+        ] {
+            assert!(decode(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(matches!(
+            EtcdNaming.decode("k", &[0xff, 0xfe]),
+            Err(DecodeError::NotUtf8)
+        ));
+    }
+}

@@ -1,0 +1,89 @@
+//! Client-side load balancing for [tonic] gRPC clients, with etcd as the service registry.
+//!
+//! Servers register themselves in etcd under a lease; clients watch the service's prefix and
+//! spread their calls over whichever servers are alive right now. There is no proxy in the
+//! data path.
+//!
+//! - **Client side.** [`EtcdDiscover`] turns the keys under an etcd prefix into
+//!   [`tower::discover::Change`]s. [`EtcdDiscover::balance_channel`] feeds them to tonic's own
+//!   balanced [`Channel`](tonic::transport::Channel), which any generated client accepts.
+//! - **Server side.** [`Registrar`] puts the server's key under a lease and keeps it alive,
+//!   re-registering if the lease is lost. Its [`Registration`] gives a layer that counts
+//!   in-flight calls, and a [`shutdown`](Registration::shutdown) that deregisters first, then
+//!   drains.
+//!
+//! # Client
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use tonic_etcd::{EtcdDiscover, etcd_client::Client};
+//!
+//! let etcd = Client::connect(["http://127.0.0.1:2379"], None).await?;
+//! let (channel, _discovery) = EtcdDiscover::new(etcd, "services/greeter").balance_channel();
+//! // let mut client = GreeterClient::new(channel);
+//! # drop(channel);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Server
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use tonic::transport::{Server, server::TcpIncoming};
+//! use tonic_etcd::{Registrar, etcd_client::Client};
+//!
+//! let etcd = Client::connect(["http://127.0.0.1:2379"], None).await?;
+//! let incoming = TcpIncoming::bind("127.0.0.1:0".parse()?)?;
+//! let registration = Registrar::new(etcd)
+//!     .register("services/greeter", incoming.local_addr()?)
+//!     .await?;
+//! let server = Server::builder()
+//!     .layer(registration.layer())
+//!     // .add_service(GreeterServer::new(MyGreeter))
+//! #   .add_routes(tonic::service::Routes::default())
+//!     .serve_with_incoming_shutdown(incoming, registration.stop_signal());
+//! let server = tokio::spawn(server);
+//! tokio::signal::ctrl_c().await?;
+//! registration.shutdown().await?; // deregister, wait, stop accepting, drain
+//! server.await??;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - `discovery`: the list-then-watch state machine, the pure snapshot diff, the status.
+//! - `channel`: feeding tonic's balanced channel.
+//! - `registrar`: the lease task and the in-flight layer.
+//! - `format`: wire formats and the instance model.
+//! - `backoff`, `error`.
+
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![forbid(unsafe_code)]
+
+mod backoff;
+mod channel;
+mod discovery;
+mod error;
+pub mod format;
+mod registrar;
+
+pub use backoff::Backoff;
+pub use channel::DiscoveryHandle;
+pub use discovery::{DiscoveryStatus, EtcdDiscover};
+pub use error::Error;
+pub use format::{EtcdNaming, Format, Instance};
+pub use registrar::{
+    CountedBody, InFlight, InFlightLayer, MIN_TTL, Registrar, Registration, RegistrationStatus,
+    ResponseFuture,
+};
+
+/// The etcd client this crate is built on; its [`Client`](etcd_client::Client) appears in
+/// this crate's signatures.
+pub use etcd_client;

@@ -1,0 +1,357 @@
+//! Server side: keeping a server's key alive in etcd under a lease, and taking it out first
+//! on shutdown.
+
+mod layer;
+mod lease;
+
+pub use layer::{CountedBody, InFlight, InFlightLayer, ResponseFuture};
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info};
+
+use crate::backoff::Retry;
+use crate::format::{EtcdNaming, Format, Instance};
+use crate::{Backoff, Error};
+use layer::InFlightCounter;
+use lease::{LeaseTask, State};
+
+/// The smallest lease TTL accepted: etcd's own minimum is about 2 s.
+pub const MIN_TTL: Duration = Duration::from_secs(2);
+
+/// Registers a server in etcd under a lease. Built once, consumed by
+/// [`register`](Registrar::register).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use tonic_etcd::Registrar;
+///
+/// let client = tonic_etcd::etcd_client::Client::connect(["http://127.0.0.1:2379"], None).await?;
+/// let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse()?)?;
+/// let addr = incoming.local_addr()?; // the real port, even when binding port 0
+/// let registration = Registrar::new(client)
+///     .ttl(Duration::from_secs(10))
+///     .register("services/greeter", addr)
+///     .await?;
+/// // Server::builder().layer(registration.layer()) ... .serve_with_incoming_shutdown(
+/// //     incoming, registration.stop_signal())
+/// // and on SIGTERM: registration.shutdown().await
+/// # Ok(())
+/// # }
+/// ```
+#[must_use]
+pub struct Registrar {
+    client: etcd_client::Client,
+    ttl: Duration,
+    format: Arc<dyn Format>,
+    backoff: Backoff,
+    grace: Duration,
+    drain_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registrar")
+            .field("ttl", &self.ttl)
+            .field("format", &self.format)
+            .field("grace", &self.grace)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registrar {
+    /// A registrar that writes through `client`.
+    pub fn new(client: etcd_client::Client) -> Self {
+        Registrar {
+            client,
+            ttl: Duration::from_secs(10),
+            format: Arc::new(EtcdNaming),
+            backoff: Backoff::default(),
+            grace: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The lease TTL: how long the key outlives a crashed server. At least [`MIN_TTL`];
+    /// rounded up to whole seconds. The lease is kept alive every TTL/3. Default: 10 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The wire format of the key and value. Default: [`EtcdNaming`].
+    pub fn format(mut self, format: impl Format) -> Self {
+        self.format = Arc::new(format);
+        self
+    }
+
+    /// The backoff between retries while etcd fails. Default: 100 ms doubling to 10 s, with
+    /// jitter.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// How long [`Registration::shutdown`] waits after deregistering, so clients see the
+    /// removal before the server stops accepting calls. Default: 1 s.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// How long [`Registration::shutdown`] waits for in-flight calls. Default: 30 s.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// How long one request to etcd may take. Default: 5 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Grants a lease, puts the instance's key under it, and starts keeping it alive.
+    ///
+    /// Pass the address the server really listens on (the listener's `local_addr`), so that
+    /// binding port 0 works. Fails if etcd cannot be reached now; once registered, the
+    /// registration survives etcd outages on its own.
+    pub async fn register(
+        self,
+        service: impl AsRef<str>,
+        instance: impl Into<Instance>,
+    ) -> Result<Registration, Error> {
+        if self.ttl < MIN_TTL {
+            return Err(Error::InvalidTtl {
+                ttl: self.ttl,
+                min: MIN_TTL,
+            });
+        }
+        let service = service.as_ref();
+        let instance = instance.into();
+        let status = Arc::new(watch::Sender::new(RegistrationStatus::Registering));
+        let key = self.format.key(service, &instance, 0);
+        let mut task = LeaseTask {
+            client: self.client.clone(),
+            key,
+            value: self.format.value(service, &instance),
+            ttl: self.ttl,
+            request_timeout: self.request_timeout,
+            retry: Retry::new(self.backoff),
+            status: status.clone(),
+        };
+        let lease_id = task.grant().await?;
+        // Formats that name the key after the lease need the real lease id.
+        task.key = self.format.key(service, &instance, lease_id);
+        task.put(lease_id).await?;
+        info!(key = %task.key, lease_id, "registered");
+        task.status
+            .send_replace(RegistrationStatus::Registered { lease_id });
+        let key = task.key.clone();
+        let (stop, stopped) = oneshot::channel();
+        let span = tracing::info_span!("tonic_etcd::lease", key = %key);
+        let handle = tokio::spawn(
+            task.run(State::KeepAlive { lease_id }, stopped)
+                .instrument(span),
+        );
+        let (serving, _) = watch::channel(true);
+        Ok(Registration {
+            key,
+            client: self.client,
+            status,
+            counter: Arc::default(),
+            serving,
+            stop: Some(stop),
+            task: handle,
+            grace: self.grace,
+            drain_timeout: self.drain_timeout,
+            request_timeout: self.request_timeout,
+        })
+    }
+}
+
+impl From<std::net::SocketAddr> for Instance {
+    fn from(addr: std::net::SocketAddr) -> Self {
+        Instance::new(addr.to_string())
+    }
+}
+
+/// What a registration reports about itself.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum RegistrationStatus {
+    /// The first registration has not completed yet.
+    Registering,
+    /// The key is in etcd under `lease_id`, and the lease is being kept alive.
+    Registered {
+        /// The lease holding the key.
+        lease_id: i64,
+    },
+    /// etcd failed; the registrar keeps retrying with backoff.
+    Retrying {
+        /// How many attempts have failed in a row.
+        attempt: u32,
+        /// The last error.
+        error: Error,
+    },
+    /// The registration was shut down.
+    Deregistered,
+}
+
+/// A live registration: owns the lease task, and shuts the server down in order.
+///
+/// Dropping it stops keeping the lease alive, so the key expires after the TTL; it does no
+/// I/O. Call [`shutdown`](Registration::shutdown) to remove the key at once.
+pub struct Registration {
+    key: String,
+    client: etcd_client::Client,
+    status: Arc<watch::Sender<RegistrationStatus>>,
+    counter: Arc<InFlightCounter>,
+    serving: watch::Sender<bool>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    grace: Duration,
+    drain_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("key", &self.key)
+            .field("status", &*self.status.borrow())
+            .field("in_flight", &self.counter.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registration {
+    /// The etcd key of this registration.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The lease currently holding the key, if registered.
+    pub fn lease_id(&self) -> Option<i64> {
+        match *self.status.borrow() {
+            RegistrationStatus::Registered { lease_id } => Some(lease_id),
+            _ => None,
+        }
+    }
+
+    /// A receiver of the registration status.
+    pub fn status(&self) -> watch::Receiver<RegistrationStatus> {
+        self.status.subscribe()
+    }
+
+    /// The layer that counts in-flight calls: add it with `Server::builder().layer(..)`.
+    pub fn layer(&self) -> InFlightLayer {
+        InFlightLayer::new(self.counter.clone())
+    }
+
+    /// How many calls are in flight through [`layer`](Registration::layer).
+    pub fn in_flight(&self) -> usize {
+        self.counter.get()
+    }
+
+    /// A future that resolves when the server should stop accepting connections: during
+    /// [`shutdown`](Registration::shutdown), after deregistering and the grace period, or
+    /// when the registration is dropped. Pass it to `serve_with_shutdown` or
+    /// `serve_with_incoming_shutdown`.
+    pub fn stop_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut serving = self.serving.subscribe();
+        async move {
+            let _ = serving.wait_for(|serving| !serving).await;
+        }
+    }
+
+    /// Shuts down in order: deregisters (revokes the lease, which deletes the key at once),
+    /// waits the grace period for clients to see it, fires the
+    /// [`stop_signal`](Registration::stop_signal), then waits for in-flight calls up to the
+    /// drain timeout.
+    ///
+    /// If etcd cannot be reached, the server still drains and stops, the key expires with
+    /// its lease, and the revoke error is returned.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Err(e) = (&mut self.task).await {
+            debug!(error = %e, "lease task ended abnormally");
+        }
+        let revoked = self.revoke().await;
+        tokio::time::sleep(self.grace).await;
+        self.serving.send_replace(false);
+        let drained = tokio::time::timeout(self.drain_timeout, self.counter.idle()).await;
+        match drained {
+            Ok(()) => debug!(key = %self.key, "drained"),
+            Err(_) => info!(
+                key = %self.key,
+                in_flight = self.counter.get(),
+                "drain timed out"
+            ),
+        }
+        revoked
+    }
+
+    async fn revoke(&mut self) -> Result<(), Error> {
+        let Some(lease_id) = self.lease_id() else {
+            return Ok(());
+        };
+        let mut lease = self.client.lease_client();
+        let after = self.request_timeout;
+        let result = match tokio::time::timeout(after, lease.revoke(lease_id)).await {
+            Err(_) => Err(Error::Timeout {
+                operation: "revoking the lease",
+                after,
+            }),
+            Ok(Err(source)) => Err(Error::Revoke {
+                lease_id,
+                source: Arc::new(source),
+            }),
+            Ok(Ok(_)) => Ok(()),
+        };
+        match &result {
+            Ok(()) => {
+                info!(key = %self.key, lease_id, "deregistered");
+                self.status.send_replace(RegistrationStatus::Deregistered);
+            }
+            // The lease is gone already: so is the key.
+            Err(e) if e.is_lease_not_found() => {
+                self.status.send_replace(RegistrationStatus::Deregistered);
+                return Ok(());
+            }
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // Only signals: the lease task stops, and the key expires with the lease.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lease::ttl_secs;
+    use std::time::Duration;
+
+    #[test]
+    fn ttl_rounds_up_to_whole_seconds() {
+        assert_eq!(ttl_secs(Duration::from_secs(2)), 2);
+        assert_eq!(ttl_secs(Duration::from_millis(2500)), 3);
+    }
+}
