@@ -7,7 +7,7 @@
 //! ```
 //!
 //! It prints one line once it is listening and registered, with its real address first:
-//! `127.0.0.1:41234 listening, registered as greeter/127.0.0.1:41234 (lease 7587...)`.
+//! `listening on 127.0.0.1:41234 registered as greeter/127.0.0.1:41234 lease 7587...`.
 //! Each reply names the server that answered: `Hello, <name>! (from <addr>)`.
 //! On SIGTERM or SIGINT it deregisters, waits `--grace` seconds, drains in-flight calls and
 //! exits 0.
@@ -105,7 +105,7 @@ async fn run(args: Args) -> Result<(), String> {
         .serve_with_incoming_shutdown(incoming, registration.stop_signal());
     let mut server = tokio::spawn(server);
     println!(
-        "{addr} listening, registered as {} (lease {})",
+        "listening on {addr} registered as {} lease {}",
         registration.key(),
         registration.lease_id().unwrap_or_default()
     );

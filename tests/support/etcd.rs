@@ -1,0 +1,209 @@
+//! A real etcd for the tests: one member ([`Etcd`]) or three ([`EtcdCluster`]).
+//!
+//! Every member listens on free loopback ports, keeps its data in a private temporary
+//! directory and writes its log next to it. A member that does not become healthy within
+//! [`HEALTH_DEADLINE`] fails the test with the tail of its log. `Drop` kills every member
+//! with SIGKILL, then removes the directory.
+
+mod group;
+mod member;
+
+use std::time::Duration;
+
+use etcd_client::{Client, CompactionOptions, ConnectOptions};
+
+use self::group::Group;
+use self::member::Member;
+use super::wait_for;
+
+/// How long a member may take to become healthy after it is spawned.
+pub const HEALTH_DEADLINE: Duration = Duration::from_secs(20);
+
+/// How long `stop` waits for a member to exit after SIGTERM before it sends SIGKILL.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The key read to learn the current revision.
+const REVISION_KEY: &str = "tonic-etcd-test/revision";
+
+/// A single-member etcd, owned by the test.
+#[derive(Debug)]
+pub struct Etcd {
+    group: Group,
+}
+
+impl Etcd {
+    /// Starts etcd on free loopback ports with a fresh data directory and waits until it is
+    /// healthy (it has a leader and serves a linearizable read).
+    ///
+    /// # Panics
+    ///
+    /// Panics with the tail of the etcd log if it does not become healthy in time.
+    pub async fn start() -> Etcd {
+        Etcd {
+            group: Group::start(1).await,
+        }
+    }
+
+    /// The client URL, `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        self.group.members[0].endpoint()
+    }
+
+    /// A new client connected to this etcd.
+    pub async fn client(&self) -> Client {
+        connect(&[self.endpoint()]).await
+    }
+
+    /// Kills etcd with SIGKILL and reaps it. Does nothing if it is not running.
+    pub fn kill(&mut self) {
+        self.group.members[0].kill();
+    }
+
+    /// Stops etcd with SIGTERM and waits for it to exit (SIGKILL after [`STOP_DEADLINE`]).
+    /// Blocks the current thread while it waits, usually for well under a second.
+    pub fn stop(&mut self) {
+        self.group.members[0].stop();
+    }
+
+    /// Starts etcd again on the same data directory and ports, and waits until it is healthy.
+    /// Stops it first if it is still running.
+    ///
+    /// If a port has been taken meanwhile, etcd exits and is spawned again until the
+    /// [`HEALTH_DEADLINE`] passes.
+    pub async fn restart(&mut self) {
+        self.group.restart(0).await;
+    }
+
+    /// The current revision of the key-value store.
+    pub async fn revision(&self) -> i64 {
+        revision(self.client().await).await
+    }
+
+    /// Compacts the history at the current revision, physically, and returns that revision.
+    /// A revision that is already compacted is not an error.
+    pub async fn compact(&self) -> i64 {
+        compact(self.client().await).await
+    }
+}
+
+/// A three-member etcd cluster (`n0`, `n1`, `n2`), owned by the test.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    group: Group,
+}
+
+impl EtcdCluster {
+    /// The number of members.
+    pub const SIZE: usize = 3;
+
+    /// Starts three members on free loopback ports with a unique cluster token, and waits
+    /// until every member is healthy.
+    ///
+    /// # Panics
+    ///
+    /// Panics with the log tails if the cluster does not become healthy in time.
+    pub async fn start() -> EtcdCluster {
+        EtcdCluster {
+            group: Group::start(Self::SIZE).await,
+        }
+    }
+
+    /// The client URLs of all members, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.group.members.iter().map(Member::endpoint).collect()
+    }
+
+    /// The client URL of member `i`.
+    pub fn endpoint(&self, i: usize) -> String {
+        self.group.members[i].endpoint()
+    }
+
+    /// A new client connected to all three members.
+    pub async fn client(&self) -> Client {
+        connect(&self.endpoints()).await
+    }
+
+    /// A new client connected to member `i` only.
+    pub async fn member_client(&self, i: usize) -> Client {
+        connect(&[self.endpoint(i)]).await
+    }
+
+    /// The index of the current leader, waiting up to [`HEALTH_DEADLINE`] for an election.
+    ///
+    /// Each running member is asked for its status; the leader is the member whose own id
+    /// (`header.member_id`) equals the leader id it reports.
+    pub async fn leader_index(&self) -> usize {
+        wait_for("an etcd cluster leader", HEALTH_DEADLINE, || {
+            self.find_leader()
+        })
+        .await
+    }
+
+    /// Kills member `i` with SIGKILL and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        self.group.members[i].kill();
+    }
+
+    /// Stops member `i` with SIGTERM and waits for it to exit (SIGKILL after
+    /// [`STOP_DEADLINE`]), blocking the current thread.
+    pub fn stop(&mut self, i: usize) {
+        self.group.members[i].stop();
+    }
+
+    /// Starts member `i` again on its data directory and ports, and waits until it is
+    /// healthy. Stops it first if it is still running.
+    pub async fn restart(&mut self, i: usize) {
+        self.group.restart(i).await;
+    }
+
+    /// The current revision of the key-value store.
+    pub async fn revision(&self) -> i64 {
+        revision(self.client().await).await
+    }
+
+    /// Compacts the history at the current revision, physically, and returns that revision.
+    pub async fn compact(&self) -> i64 {
+        compact(self.client().await).await
+    }
+
+    /// Asks each running member whether it is the leader.
+    async fn find_leader(&self) -> Option<usize> {
+        for (i, member) in self.group.members.iter().enumerate() {
+            if member.is_running() && member.is_leader().await {
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+/// Connects a client to `endpoints`. Connecting does no I/O, so this fails only on a bad URL.
+async fn connect(endpoints: &[String]) -> Client {
+    let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
+    Client::connect(endpoints, Some(options))
+        .await
+        .unwrap_or_else(|e| panic!("connect an etcd client to {endpoints:?}: {e}"))
+}
+
+/// The current revision, read from the header of a get.
+async fn revision(mut client: Client) -> i64 {
+    let response = client
+        .get(REVISION_KEY, None)
+        .await
+        .unwrap_or_else(|e| panic!("get {REVISION_KEY} to read the revision: {e}"));
+    response
+        .header()
+        .expect("a get response has a header")
+        .revision()
+}
+
+/// Compacts physically at the current revision and returns it.
+async fn compact(mut client: Client) -> i64 {
+    let rev = revision(client.clone()).await;
+    let options = CompactionOptions::new().with_physical();
+    match client.compact(rev, Some(options)).await {
+        Ok(_) => rev,
+        Err(e) if e.to_string().contains("compacted") => rev,
+        Err(e) => panic!("compact at revision {rev}: {e}"),
+    }
+}

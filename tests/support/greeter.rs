@@ -1,0 +1,164 @@
+//! Greeter servers for the tests: in process ([`TestServer`]) or as the `greeter_server`
+//! example in a child process ([`ServerProcess`]), so that `kill -9` is real.
+//!
+//! Both reply `Hello, <name>! (from <addr>)`; [`backend_of`] reads the address back.
+
+mod server_process;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use super::pb::greeter_server::GreeterServer;
+use super::pb::{HelloReply, HelloRequest};
+use super::wait_for;
+
+pub use self::server_process::{READY_DEADLINE, ServerProcess};
+
+/// The reply a greeter at `addr` sends to `name`.
+pub fn greeting(name: &str, addr: SocketAddr) -> String {
+    format!("Hello, {name}! (from {addr})")
+}
+
+/// The address of the server that sent the greeting `message`.
+///
+/// # Panics
+///
+/// Panics if `message` does not end with `(from <addr>)`.
+pub fn backend_of(message: &str) -> SocketAddr {
+    message
+        .rsplit_once("(from ")
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("greeting {message:?} does not name its server"))
+}
+
+/// The greeter service behind [`TestServer`].
+#[derive(Debug, Clone)]
+struct Greeter {
+    addr: SocketAddr,
+    delay: Duration,
+    calls: Arc<AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl super::pb::greeter_server::Greeter for Greeter {
+    async fn say_hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let message = greeting(&request.into_inner().name, self.addr);
+        Ok(Response::new(HelloReply { message }))
+    }
+}
+
+/// An in-process greeter server on a loopback port.
+///
+/// `Drop` only signals shutdown; [`TestServer::shutdown`] also waits for it.
+#[derive(Debug)]
+pub struct TestServer {
+    addr: SocketAddr,
+    calls: Arc<AtomicUsize>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl TestServer {
+    /// Starts a server on `127.0.0.1:0` that replies at once.
+    pub async fn start() -> TestServer {
+        Self::start_on(loopback_any(), Duration::ZERO).await
+    }
+
+    /// Starts a server on `127.0.0.1:0` that waits `delay` before each reply.
+    pub async fn start_with_delay(delay: Duration) -> TestServer {
+        Self::start_on(loopback_any(), delay).await
+    }
+
+    /// Starts a server on a known `addr`, for example the address of a server that has
+    /// been shut down. Retries the bind for up to 5 s while the old socket goes away.
+    pub async fn start_at(addr: SocketAddr) -> TestServer {
+        Self::start_on(addr, Duration::ZERO).await
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many calls the server has received.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Signals shutdown and waits until the server has stopped: the listener is closed and
+    /// accepted connections are drained.
+    pub async fn shutdown(mut self) {
+        self.signal();
+        if let Some(task) = self.task.take() {
+            let served = task.await.expect("the greeter server task does not panic");
+            served.expect("the greeter server serves until shutdown");
+        }
+    }
+
+    /// Binds `addr` and serves a [`Greeter`] on it in a task.
+    async fn start_on(addr: SocketAddr, delay: Duration) -> TestServer {
+        let incoming = wait_for(&format!("bind {addr}"), Duration::from_secs(5), || async {
+            TcpIncoming::bind(addr).ok()
+        })
+        .await;
+        let addr = incoming
+            .local_addr()
+            .expect("local address of a bound listener");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let greeter = Greeter {
+            addr,
+            delay,
+            calls: calls.clone(),
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        // A dropped sender also means shutdown, so the result of `rx` does not matter.
+        let signal = async {
+            let _ = rx.await;
+        };
+        let serve = Server::builder()
+            .add_service(GreeterServer::new(greeter))
+            .serve_with_incoming_shutdown(incoming, signal);
+        TestServer {
+            addr,
+            calls,
+            shutdown: Some(tx),
+            task: Some(tokio::spawn(serve)),
+        }
+    }
+
+    /// Tells the server task to stop, once.
+    fn signal(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            // The task may have ended already; then there is nobody left to tell.
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for TestServer {
+    /// Signals shutdown; the task stops on its own.
+    fn drop(&mut self) {
+        self.signal();
+    }
+}
+
+/// `127.0.0.1:0`.
+fn loopback_any() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
