@@ -94,6 +94,16 @@ pub enum Error {
         source: EtcdError,
     },
 
+    /// Deleting a registration key failed.
+    #[error("failed to delete key {key:?}")]
+    Delete {
+        /// The key being deleted.
+        key: String,
+        /// The etcd error.
+        #[source]
+        source: EtcdError,
+    },
+
     /// Keeping a lease alive failed.
     #[error("failed to keep lease {lease_id:#x} alive")]
     KeepAlive {
@@ -110,6 +120,10 @@ pub enum Error {
         /// The lease.
         lease_id: i64,
     },
+
+    /// The registration's lease task is no longer running.
+    #[error("the registration has stopped")]
+    Stopped,
 
     /// Revoking a lease failed.
     #[error("failed to revoke lease {lease_id:#x}")]
@@ -137,9 +151,11 @@ impl Error {
             | Error::Watch { source, .. }
             | Error::LeaseGrant { source, .. }
             | Error::Put { source, .. }
+            | Error::Delete { source, .. }
             | Error::KeepAlive { source, .. }
             | Error::Revoke { source, .. } => etcd_error_is_permanent(source),
             Error::Timeout { .. } | Error::LeaseLost { .. } => false,
+            Error::Stopped => true,
         }
     }
 

@@ -1,23 +1,24 @@
-//! The owned task that keeps a registration's lease alive, and re-registers when it is lost.
+//! The owned task that keeps a process's lease alive, and its keys in etcd.
 //!
 //! ```text
-//!  Grant ──ok──► Put{lease} ──ok──► KeepAlive{lease} ──stream broke──► backoff ─┐
-//!    ▲  │            │  ▲                  │   ▲                               │
-//!    └──┘ backoff    │  └── backoff        │   └───────── same lease ──────────┘
-//!    ▲               │ lease not found     │ ttl 0 / lease not found
-//!    └───────────────┴─────────────────────┘
+//!  Grant ──ok──► Put{lease} ──ok──► KeepAlive{lease, from} ──stream broke──► backoff ─┐
+//!    ▲  │            │  ▲  ▲                  │     │   ▲                            │
+//!    └──┘ backoff    │  │  └── key deleted ───┘     │   └──────── same lease ────────┘
+//!    ▲               │  └─ backoff                  │
+//!    └───────────────┴── lease not found / ttl 0 ───┘
 //! ```
 //!
-//! After an etcd restart or a leader change the lease usually survives, because etcd extends
-//! leases on recovery, so a broken keepalive stream is retried on the same lease first: a new
-//! lease would put a duplicate key. Only when etcd says the lease is gone does the task grant
-//! a new one and put the key again. It never gives up.
+//! One lease holds every key the process registers. After an etcd restart or a leader change
+//! the lease usually survives, because etcd extends leases on recovery, so a broken keepalive
+//! stream is retried on the same lease first: a new lease would put a duplicate key. Only
+//! when etcd says the lease is gone does the task grant a new one and put the keys again. It
+//! watches its own keys and puts back one that someone deletes. It never gives up.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, PutOptions};
-use tokio::sync::watch;
+use etcd_client::{Client, EventType, PutOptions, WatchOptions, WatchStream};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -25,17 +26,44 @@ use super::RegistrationStatus;
 use crate::Error;
 use crate::backoff::Retry;
 use crate::error::Chain;
+use crate::format::{Format, Instance};
+
+/// What the registration asks of its lease task.
+pub(super) enum Command {
+    /// Register one more instance under the same lease; replies with its key.
+    Add {
+        service: String,
+        instance: Instance,
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
+    /// Take the keys out of etcd (`true`), or put them back (`false`), keeping the lease.
+    Withdraw(bool),
+}
 
 pub(super) enum State {
     Grant,
     Put { lease_id: i64 },
-    KeepAlive { lease_id: i64 },
+    KeepAlive { lease_id: i64, from: i64 },
+}
+
+/// Why keeping alive stopped.
+enum Interrupt {
+    Failed(Error),
+    /// A key is missing, or must be written again.
+    Rewrite,
+}
+
+pub(super) struct Entry {
+    service: String,
+    instance: Instance,
+    pub(super) key: String,
 }
 
 pub(super) struct LeaseTask {
     pub(super) client: Client,
-    pub(super) key: String,
-    pub(super) value: Vec<u8>,
+    pub(super) format: Arc<dyn Format>,
+    pub(super) entries: Vec<Entry>,
+    pub(super) withdrawn: bool,
     pub(super) ttl: Duration,
     pub(super) request_timeout: Duration,
     pub(super) retry: Retry,
@@ -43,43 +71,59 @@ pub(super) struct LeaseTask {
 }
 
 impl LeaseTask {
-    /// Runs until `stop` resolves: the sender is used or dropped.
-    pub(super) async fn run(mut self, start: State, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    pub(super) fn entry(&self, service: String, instance: Instance, lease_id: i64) -> Entry {
+        let key = self.format.key(&service, &instance, lease_id);
+        Entry {
+            service,
+            instance,
+            key,
+        }
+    }
+
+    /// Runs until `stop` fires or its sender is dropped.
+    pub(super) async fn run(
+        mut self,
+        start: State,
+        mut commands: mpsc::Receiver<Command>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut state = start;
         loop {
             tokio::select! {
                 // Biased: once asked to stop, no further request is started.
                 biased;
-                _ = &mut stop => return,
-                next = self.step(state) => state = next,
+                _ = stop.wait_for(|stop| *stop) => return,
+                next = self.step(state, &mut commands) => state = next,
             }
         }
     }
 
-    async fn step(&mut self, state: State) -> State {
+    async fn step(&mut self, state: State, commands: &mut mpsc::Receiver<Command>) -> State {
         match state {
             State::Grant => match self.grant().await {
                 Ok(lease_id) => State::Put { lease_id },
                 Err(error) => self.fail(error, State::Grant).await,
             },
-            State::Put { lease_id } => match self.put(lease_id).await {
-                Ok(()) => {
-                    info!(key = %self.key, lease_id, "registered");
+            State::Put { lease_id } => match self.put_all(lease_id).await {
+                Ok(from) => {
+                    info!(lease_id, keys = self.entries.len(), "registered");
                     self.status
                         .send_replace(RegistrationStatus::Registered { lease_id });
-                    State::KeepAlive { lease_id }
+                    State::KeepAlive { lease_id, from }
                 }
                 Err(error) if error.is_lease_not_found() => self.fail(error, State::Grant).await,
                 Err(error) => self.fail(error, State::Put { lease_id }).await,
             },
-            State::KeepAlive { lease_id } => match self.keep_alive(lease_id).await {
-                Err(error) if error.is_lease_not_found() => {
-                    warn!(key = %self.key, lease_id, "lease lost, registering again");
-                    self.fail(error, State::Grant).await
+            State::KeepAlive { lease_id, from } => {
+                match self.keep_alive(lease_id, from, commands).await {
+                    Interrupt::Rewrite => State::Put { lease_id },
+                    Interrupt::Failed(error) if error.is_lease_not_found() => {
+                        warn!(lease_id, "lease lost, registering again");
+                        self.fail(error, State::Grant).await
+                    }
+                    Interrupt::Failed(error) => self.fail(error, State::Put { lease_id }).await,
                 }
-                Err(error) => self.fail(error, State::KeepAlive { lease_id }).await,
-                Ok(never) => match never {},
-            },
+            }
         }
     }
 
@@ -96,22 +140,72 @@ impl LeaseTask {
         Ok(response.id())
     }
 
-    pub(super) async fn put(&mut self, lease_id: i64) -> Result<(), Error> {
+    /// Puts every key under `lease_id` (unless withdrawn); returns the revision after.
+    pub(super) async fn put_all(&mut self, lease_id: i64) -> Result<i64, Error> {
+        for entry in &mut self.entries {
+            // Formats that name the key after the lease get the new key.
+            entry.key = self.format.key(&entry.service, &entry.instance, lease_id);
+        }
+        let mut revision = 0;
+        if self.withdrawn {
+            return Ok(revision);
+        }
+        for i in 0..self.entries.len() {
+            revision = self.put(i, lease_id).await?;
+        }
+        Ok(revision)
+    }
+
+    async fn put(&self, index: usize, lease_id: i64) -> Result<i64, Error> {
+        let entry = &self.entries[index];
+        let value = self.format.value(&entry.service, &entry.instance);
         let mut kv = self.client.kv_client();
         let options = PutOptions::new().with_lease(lease_id);
-        let put = kv.put(self.key.as_str(), self.value.clone(), Some(options));
-        self.timed("putting the key", put)
+        let put = kv.put(entry.key.as_str(), value, Some(options));
+        let response = self
+            .timed("putting a key", put)
             .await?
             .map_err(|source| Error::Put {
-                key: self.key.clone(),
+                key: entry.key.clone(),
                 lease_id,
                 source: Arc::new(source),
             })?;
+        Ok(response.header().map_or(0, |h| h.revision()))
+    }
+
+    async fn delete_all(&self) -> Result<(), Error> {
+        let mut kv = self.client.kv_client();
+        for entry in &self.entries {
+            self.timed("deleting a key", kv.delete(entry.key.as_str(), None))
+                .await?
+                .map_err(|source| Error::Delete {
+                    key: entry.key.clone(),
+                    source: Arc::new(source),
+                })?;
+        }
         Ok(())
     }
 
-    /// Keeps `lease_id` alive every TTL/3 until something breaks; returns why.
-    async fn keep_alive(&mut self, lease_id: i64) -> Result<std::convert::Infallible, Error> {
+    /// Keeps `lease_id` alive every TTL/3, watches the keys from revision `from`, and serves
+    /// commands, until something needs another state.
+    async fn keep_alive(
+        &mut self,
+        lease_id: i64,
+        from: i64,
+        commands: &mut mpsc::Receiver<Command>,
+    ) -> Interrupt {
+        match self.keep_alive_inner(lease_id, from, commands).await {
+            Ok(interrupt) => interrupt,
+            Err(error) => Interrupt::Failed(error),
+        }
+    }
+
+    async fn keep_alive_inner(
+        &mut self,
+        lease_id: i64,
+        from: i64,
+        commands: &mut mpsc::Receiver<Command>,
+    ) -> Result<Interrupt, Error> {
         let wrap = |source| Error::KeepAlive {
             lease_id,
             source: Arc::new(source),
@@ -121,41 +215,112 @@ impl LeaseTask {
             .timed("opening a keepalive stream", lease.keep_alive(lease_id))
             .await?
             .map_err(wrap)?;
+        let mut keys = match self.watch_keys(from).await {
+            Ok(keys) => keys,
+            Err(source) => return Err(wrap(source)),
+        };
         let interval = self.ttl / 3;
         let opened = Instant::now();
+        let mut next_keepalive = Instant::now();
         loop {
-            keeper.keep_alive().await.map_err(wrap)?;
-            let response = self
-                .timed("keeping the lease alive", responses.message())
-                .await?
-                .map_err(wrap)?
-                .ok_or_else(|| {
-                    wrap(etcd_client::Error::LeaseKeepAliveError(
-                        "stream ended".into(),
-                    ))
-                })?;
-            if response.ttl() <= 0 {
-                return Err(Error::LeaseLost { lease_id });
-            }
-            if opened.elapsed() >= self.ttl {
-                self.retry.reset();
-            }
-            self.status.send_if_modified(|status| {
-                let registered = RegistrationStatus::Registered { lease_id };
-                let changed = !matches!(status, RegistrationStatus::Registered { lease_id: l } if *l == lease_id);
-                if changed {
-                    *status = registered;
+            tokio::select! {
+                // Biased: the keepalive is due before anything else is looked at.
+                biased;
+                _ = tokio::time::sleep_until(next_keepalive) => {
+                    keeper.keep_alive().await.map_err(wrap)?;
+                    let response = self
+                        .timed("keeping the lease alive", responses.message())
+                        .await?
+                        .map_err(wrap)?
+                        .ok_or_else(|| wrap(etcd_client::Error::LeaseKeepAliveError("stream ended".into())))?;
+                    if response.ttl() <= 0 {
+                        return Err(Error::LeaseLost { lease_id });
+                    }
+                    if opened.elapsed() >= self.ttl {
+                        self.retry.reset();
+                    }
+                    self.mark_registered(lease_id);
+                    next_keepalive = Instant::now() + interval;
                 }
-                changed
-            });
-            tokio::time::sleep(interval).await;
+                message = next_message(&mut keys) => {
+                    let response = message.map_err(wrap)?.ok_or_else(|| {
+                        wrap(etcd_client::Error::WatchError("key watch ended".into()))
+                    })?;
+                    let deleted = response
+                        .events()
+                        .iter()
+                        .any(|e| e.event_type() == EventType::Delete);
+                    if deleted || response.canceled() {
+                        warn!(lease_id, "a registered key was deleted, putting it back");
+                        return Ok(Interrupt::Rewrite);
+                    }
+                }
+                Some(command) = commands.recv() => match command {
+                    Command::Add { service, instance, reply } => {
+                        let entry = self.entry(service, instance, lease_id);
+                        let key = entry.key.clone();
+                        self.entries.push(entry);
+                        let result = if self.withdrawn {
+                            Ok(0)
+                        } else {
+                            self.put(self.entries.len() - 1, lease_id).await
+                        };
+                        let failed = result.as_ref().err().cloned();
+                        let _ = reply.send(result.map(|_| key));
+                        match failed {
+                            Some(error) => return Err(error),
+                            // Start over, so the new key is watched too.
+                            None => return Ok(Interrupt::Rewrite),
+                        }
+                    }
+                    Command::Withdraw(withdraw) if withdraw != self.withdrawn => {
+                        self.withdrawn = withdraw;
+                        if withdraw {
+                            info!(lease_id, "withdrawing the keys");
+                            self.delete_all().await?;
+                        } else {
+                            info!(lease_id, "restoring the keys");
+                            return Ok(Interrupt::Rewrite);
+                        }
+                    }
+                    Command::Withdraw(_) => {}
+                },
+            }
         }
+    }
+
+    /// Watches every key from revision `from`, on one stream; none while withdrawn.
+    async fn watch_keys(&self, from: i64) -> Result<Option<WatchStream>, etcd_client::Error> {
+        let (Some(first), false) = (self.entries.first(), self.withdrawn) else {
+            return Ok(None);
+        };
+        let options = || Some(WatchOptions::new().with_start_revision(from.max(1)));
+        let mut client = self.client.watch_client();
+        let open = client.watch(first.key.as_str(), options());
+        let mut stream = tokio::time::timeout(self.request_timeout, open)
+            .await
+            .map_err(|_| etcd_client::Error::WatchError("opening a watch timed out".into()))??;
+        for entry in &self.entries[1..] {
+            stream.watch(entry.key.as_str(), options()).await?;
+        }
+        Ok(Some(stream))
+    }
+
+    fn mark_registered(&self, lease_id: i64) {
+        self.status.send_if_modified(|status| {
+            let same =
+                matches!(status, RegistrationStatus::Registered { lease_id: l } if *l == lease_id);
+            if !same {
+                *status = RegistrationStatus::Registered { lease_id };
+            }
+            !same
+        });
     }
 
     async fn fail(&mut self, error: Error, next: State) -> State {
         let delay = self.retry.next_delay();
         let attempt = self.retry.attempt();
-        debug!(key = %self.key, attempt, ?delay, error = %Chain(&error), "retrying");
+        debug!(attempt, ?delay, error = %Chain(&error), "retrying");
         self.status
             .send_replace(RegistrationStatus::Retrying { attempt, error });
         tokio::time::sleep(delay).await;
@@ -167,6 +332,16 @@ impl LeaseTask {
         tokio::time::timeout(after, f)
             .await
             .map_err(|_| Error::Timeout { operation, after })
+    }
+}
+
+/// The next message of the key watch; never, if there is none.
+async fn next_message(
+    stream: &mut Option<WatchStream>,
+) -> Result<Option<etcd_client::WatchResponse>, etcd_client::Error> {
+    match stream {
+        Some(stream) => stream.message().await,
+        None => std::future::pending().await,
     }
 }
 

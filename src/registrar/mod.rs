@@ -1,6 +1,8 @@
 //! Server side: keeping a server's key alive in etcd under a lease, and taking it out first
 //! on shutdown.
 
+#[cfg(feature = "health")]
+mod health;
 mod layer;
 mod lease;
 
@@ -10,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info};
 
@@ -18,7 +20,7 @@ use crate::backoff::Retry;
 use crate::format::{EtcdNaming, Format, Instance};
 use crate::{Backoff, Error};
 use layer::InFlightCounter;
-use lease::{LeaseTask, State};
+use lease::{Command, LeaseTask, State};
 
 /// The smallest lease TTL accepted: etcd's own minimum is about 2 s.
 pub const MIN_TTL: Duration = Duration::from_secs(2);
@@ -123,10 +125,11 @@ impl Registrar {
     ///
     /// Pass the address the server really listens on (the listener's `local_addr`), so that
     /// binding port 0 works. Fails if etcd cannot be reached now; once registered, the
-    /// registration survives etcd outages on its own.
+    /// registration survives etcd outages on its own. More instances, of this service or
+    /// others, can share the lease through [`Registration::add`].
     pub async fn register(
         self,
-        service: impl AsRef<str>,
+        service: impl Into<String>,
         instance: impl Into<Instance>,
     ) -> Result<Registration, Error> {
         if self.ttl < MIN_TTL {
@@ -135,33 +138,29 @@ impl Registrar {
                 min: MIN_TTL,
             });
         }
-        let service = service.as_ref();
-        let instance = instance.into();
         let status = Arc::new(watch::Sender::new(RegistrationStatus::Registering));
-        let key = self.format.key(service, &instance, 0);
         let mut task = LeaseTask {
             client: self.client.clone(),
-            key,
-            value: self.format.value(service, &instance),
+            format: self.format,
+            entries: Vec::new(),
+            withdrawn: false,
             ttl: self.ttl,
             request_timeout: self.request_timeout,
             retry: Retry::new(self.backoff),
             status: status.clone(),
         };
         let lease_id = task.grant().await?;
-        // Formats that name the key after the lease need the real lease id.
-        task.key = self.format.key(service, &instance, lease_id);
-        task.put(lease_id).await?;
-        info!(key = %task.key, lease_id, "registered");
-        task.status
-            .send_replace(RegistrationStatus::Registered { lease_id });
-        let key = task.key.clone();
-        let (stop, stopped) = oneshot::channel();
-        let span = tracing::info_span!("tonic_etcd::lease", key = %key);
-        let handle = tokio::spawn(
-            task.run(State::KeepAlive { lease_id }, stopped)
-                .instrument(span),
-        );
+        let entry = task.entry(service.into(), instance.into(), lease_id);
+        let key = entry.key.clone();
+        task.entries.push(entry);
+        let from = task.put_all(lease_id).await?;
+        info!(key = %key, lease_id, "registered");
+        status.send_replace(RegistrationStatus::Registered { lease_id });
+        let (commands, command_rx) = mpsc::channel(16);
+        let (stop, stop_rx) = watch::channel(false);
+        let span = tracing::info_span!("tonic_etcd::lease", lease_id);
+        let start = State::KeepAlive { lease_id, from };
+        let lease_task = tokio::spawn(task.run(start, command_rx, stop_rx).instrument(span));
         let (serving, _) = watch::channel(true);
         Ok(Registration {
             key,
@@ -169,8 +168,9 @@ impl Registrar {
             status,
             counter: Arc::default(),
             serving,
-            stop: Some(stop),
-            task: handle,
+            commands,
+            stop,
+            tasks: vec![lease_task],
             grace: self.grace,
             drain_timeout: self.drain_timeout,
             request_timeout: self.request_timeout,
@@ -208,16 +208,18 @@ pub enum RegistrationStatus {
 
 /// A live registration: owns the lease task, and shuts the server down in order.
 ///
-/// Dropping it stops keeping the lease alive, so the key expires after the TTL; it does no
-/// I/O. Call [`shutdown`](Registration::shutdown) to remove the key at once.
+/// Dropping it stops keeping the lease alive, so the keys expire after the TTL; it does no
+/// I/O. Call [`shutdown`](Registration::shutdown) to remove the keys at once.
 pub struct Registration {
     key: String,
     client: etcd_client::Client,
     status: Arc<watch::Sender<RegistrationStatus>>,
     counter: Arc<InFlightCounter>,
     serving: watch::Sender<bool>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    commands: mpsc::Sender<Command>,
+    /// Tells the owned tasks to stop; dropping it does too.
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
     grace: Duration,
     drain_timeout: Duration,
     request_timeout: Duration,
@@ -234,7 +236,8 @@ impl fmt::Debug for Registration {
 }
 
 impl Registration {
-    /// The etcd key of this registration.
+    /// The etcd key of the first instance, as registered. (A format that names keys after
+    /// the lease, such as go-zero's, changes it when the lease is lost and granted again.)
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -247,9 +250,46 @@ impl Registration {
         }
     }
 
+    /// Registers one more instance under the same lease, so a process holds one lease
+    /// whatever it registers. Returns its key once it is in etcd.
+    pub async fn add(
+        &self,
+        service: impl Into<String>,
+        instance: impl Into<Instance>,
+    ) -> Result<String, Error> {
+        let (reply, response) = oneshot::channel();
+        let command = Command::Add {
+            service: service.into(),
+            instance: instance.into(),
+            reply,
+        };
+        let stopped = || Error::Stopped;
+        self.commands.send(command).await.map_err(|_| stopped())?;
+        response.await.map_err(|_| stopped())?
+    }
+
+    /// Takes the keys out of etcd while keeping the lease (`true`), or puts them back
+    /// (`false`): for a server that is up but should get no calls for a while.
+    pub async fn withdraw(&self, withdraw: bool) -> Result<(), Error> {
+        self.commands
+            .send(Command::Withdraw(withdraw))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
     /// A receiver of the registration status.
     pub fn status(&self) -> watch::Receiver<RegistrationStatus> {
         self.status.subscribe()
+    }
+
+    #[cfg_attr(not(feature = "health"), allow(dead_code))]
+    pub(crate) fn stop_receiver(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    #[cfg_attr(not(feature = "health"), allow(dead_code))]
+    pub(crate) fn own(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
     }
 
     /// The layer that counts in-flight calls: add it with `Server::builder().layer(..)`.
@@ -281,11 +321,11 @@ impl Registration {
     /// If etcd cannot be reached, the server still drains and stops, the key expires with
     /// its lease, and the revoke error is returned.
     pub async fn shutdown(mut self) -> Result<(), Error> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Err(e) = (&mut self.task).await {
-            debug!(error = %e, "lease task ended abnormally");
+        self.stop.send_replace(true);
+        for task in self.tasks.drain(..) {
+            if let Err(e) = task.await {
+                debug!(error = %e, "registration task ended abnormally");
+            }
         }
         let revoked = self.revoke().await;
         tokio::time::sleep(self.grace).await;
@@ -337,10 +377,8 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        // Only signals: the lease task stops, and the key expires with the lease.
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        // Only signals: the tasks stop, and the keys expire with the lease.
+        self.stop.send_replace(true);
     }
 }
 

@@ -1,0 +1,67 @@
+//! Following a tonic-health reporter: a service that is not serving gets no calls.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::Health;
+use tonic_health::server::{HealthReporter, HealthService};
+use tracing::{Instrument, debug};
+
+use super::Registration;
+use super::lease::Command;
+
+/// How often to look again for a service the reporter does not know yet.
+const UNKNOWN_SERVICE_RETRY: Duration = Duration::from_millis(500);
+
+impl Registration {
+    /// Follows the health of `service_name` (for example `"helloworld.Greeter"`, the name
+    /// tonic-health's `set_serving::<GreeterServer<_>>()` uses) as `reporter` sets it: when it
+    /// goes `NOT_SERVING` the keys are taken out of etcd, keeping the lease; when it is
+    /// `SERVING` again they are put back. The task is owned by the registration and stops
+    /// with it.
+    ///
+    /// Requires the `health` feature.
+    pub fn follow_health(&mut self, reporter: &HealthReporter, service_name: impl Into<String>) {
+        let service = HealthService::from_health_reporter(reporter.clone());
+        let name = service_name.into();
+        let span = tracing::info_span!("tonic_etcd::health", service = %name);
+        let follow = follow(service, name, self.commands.clone());
+        let mut stop = self.stop_receiver();
+        let task = tokio::spawn(
+            async move {
+                tokio::select! {
+                    _ = stop.wait_for(|stop| *stop) => {}
+                    _ = follow => {}
+                }
+            }
+            .instrument(span),
+        );
+        self.own(task);
+    }
+}
+
+async fn follow(service: HealthService, name: String, commands: mpsc::Sender<Command>) {
+    loop {
+        let request = tonic::Request::new(HealthCheckRequest {
+            service: name.clone(),
+        });
+        let mut statuses = match service.watch(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                debug!(message = status.message(), "health not reported yet");
+                tokio::time::sleep(UNKNOWN_SERVICE_RETRY).await;
+                continue;
+            }
+        };
+        while let Some(Ok(response)) = statuses.next().await {
+            let serving = response.status == ServingStatus::Serving as i32;
+            debug!(serving, "health changed");
+            if commands.send(Command::Withdraw(!serving)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
