@@ -68,13 +68,16 @@
 #![forbid(unsafe_code)]
 
 mod backoff;
+mod balance;
 mod channel;
 mod discovery;
 mod error;
 pub mod format;
+mod inflight;
 mod registrar;
 
 pub use backoff::Backoff;
+pub use balance::{BalancedChannel, Balancer, EndpointInfo, EndpointState};
 pub use channel::DiscoveryHandle;
 pub use discovery::{DiscoveryStatus, EtcdDiscover};
 pub use error::Error;

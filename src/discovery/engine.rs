@@ -19,12 +19,12 @@ use tower::discover::Change;
 use tracing::{debug, info, warn};
 
 use super::diff::{Entries, diff};
-use super::{Config, DiscoveryStatus};
+use super::{Config, Discovered, DiscoveryStatus};
 use crate::Error;
 use crate::backoff::Retry;
 
 /// What one step of the machine announces.
-pub(super) type Output = Result<Vec<Change<String, tonic::transport::Endpoint>>, Error>;
+pub(super) type Output = Result<Vec<Change<String, Discovered>>, Error>;
 
 /// Failed resumes in a row after which the machine re-lists instead.
 const RELIST_AFTER: u32 = 3;
@@ -262,19 +262,15 @@ impl Engine {
     }
 
     /// Applies a put: announces an insert if the value is new and decodes.
-    fn put(
-        &mut self,
-        key: String,
-        value: Vec<u8>,
-    ) -> Option<Change<String, tonic::transport::Endpoint>> {
+    fn put(&mut self, key: String, value: Vec<u8>) -> Option<Change<String, Discovered>> {
         if self.announced.get(&key) == Some(&value) {
             return None;
         }
         match self.config.endpoint_for(&key, &value) {
-            Ok(endpoint) => {
+            Ok(discovered) => {
                 debug!(key, "endpoint inserted");
                 self.announced.insert(key.clone(), value);
-                Some(Change::Insert(key, endpoint))
+                Some(Change::Insert(key, discovered))
             }
             Err(error) => {
                 // The previous endpoint at this key, if any, stays: bad data never removes a
@@ -285,7 +281,7 @@ impl Engine {
         }
     }
 
-    fn delete(&mut self, key: String) -> Option<Change<String, tonic::transport::Endpoint>> {
+    fn delete(&mut self, key: String) -> Option<Change<String, Discovered>> {
         self.announced.remove(&key)?;
         debug!(key, "endpoint removed");
         Some(Change::Remove(key))

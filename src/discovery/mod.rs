@@ -25,7 +25,14 @@ use engine::{Engine, State};
 /// Turns an instance into a [`Endpoint`]: a hook to set timeouts, TLS and the like.
 type EndpointHook = Arc<dyn Fn(Endpoint, &Instance) -> Endpoint + Send + Sync>;
 
-type ChangeStream = Pin<Box<dyn Stream<Item = Result<Change<String, Endpoint>, Error>> + Send>>;
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<Change<String, Discovered>, Error>> + Send>>;
+
+/// A decoded instance and the endpoint built for it.
+#[derive(Debug, Clone)]
+pub(crate) struct Discovered {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) instance: Instance,
+}
 
 /// A [`tower::discover::Discover`] of the servers registered under an etcd prefix.
 ///
@@ -62,6 +69,7 @@ type ChangeStream = Pin<Box<dyn Stream<Item = Result<Change<String, Endpoint>, E
 /// ```
 #[must_use = "streams do nothing unless polled"]
 pub struct EtcdDiscover {
+    service: String,
     inner: Inner,
     status: watch::Receiver<DiscoveryStatus>,
 }
@@ -91,9 +99,10 @@ impl EtcdDiscover {
     /// never matches `services/greeter-admin/...`.
     pub fn new(client: etcd_client::Client, service: impl Into<String>) -> Self {
         let (status, receiver) = watch::channel(DiscoveryStatus::Syncing);
+        let service = service.into();
         let config = Config {
             client,
-            service: service.into(),
+            service: service.clone(),
             format: Arc::new(EtcdNaming),
             endpoint_hook: None,
             backoff: Backoff::default().max(Duration::from_secs(5)),
@@ -104,6 +113,7 @@ impl EtcdDiscover {
             status,
         };
         EtcdDiscover {
+            service,
             inner: Inner::Idle(Box::new(config)),
             status: receiver,
         }
@@ -173,7 +183,7 @@ impl EtcdDiscover {
 
 impl Config {
     /// Decodes a registry value and builds the endpoint for it.
-    pub(crate) fn endpoint_for(&self, key: &str, value: &[u8]) -> Result<Endpoint, DecodeError> {
+    pub(crate) fn endpoint_for(&self, key: &str, value: &[u8]) -> Result<Discovered, DecodeError> {
         let instance = self.format.decode(key, value)?;
         let scheme = if instance.tls { "https" } else { "http" };
         let endpoint = Endpoint::from_shared(format!("{scheme}://{}", instance.addr))
@@ -182,10 +192,11 @@ impl Config {
                 reason: "not a valid uri authority",
             })?
             .connect_timeout(Duration::from_secs(5));
-        Ok(match &self.endpoint_hook {
+        let endpoint = match &self.endpoint_hook {
             Some(hook) => hook(endpoint, &instance),
             None => endpoint,
-        })
+        };
+        Ok(Discovered { endpoint, instance })
     }
 }
 
@@ -227,21 +238,50 @@ fn run(config: Config) -> ChangeStream {
     }))
 }
 
+impl EtcdDiscover {
+    /// The service this discovers, as given.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Polls for the next change, with the decoded instance: what the crate's own balancer
+    /// needs for weights and zones.
+    pub(crate) fn poll_discovered(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Change<String, Discovered>, Error>>> {
+        if let Inner::Idle(_) = self.inner {
+            let placeholder = Inner::Running(Box::pin(futures_util::stream::empty()));
+            if let Inner::Idle(config) = std::mem::replace(&mut self.inner, placeholder) {
+                self.inner = Inner::Running(run(*config));
+            }
+        }
+        match &mut self.inner {
+            Inner::Running(stream) => stream.as_mut().poll_next(cx),
+            Inner::Idle(_) => unreachable!("started above"),
+        }
+    }
+
+    /// The next change, with the decoded instance.
+    pub(crate) async fn next_discovered(
+        &mut self,
+    ) -> Option<Result<Change<String, Discovered>, Error>> {
+        std::future::poll_fn(|cx| self.poll_discovered(cx)).await
+    }
+}
+
 impl Stream for EtcdDiscover {
     type Item = Result<Change<String, Endpoint>, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if let Inner::Idle(_) = this.inner {
-            let placeholder = Inner::Running(Box::pin(futures_util::stream::empty()));
-            if let Inner::Idle(config) = std::mem::replace(&mut this.inner, placeholder) {
-                this.inner = Inner::Running(run(*config));
-            }
-        }
-        match &mut this.inner {
-            Inner::Running(stream) => stream.as_mut().poll_next(cx),
-            Inner::Idle(_) => unreachable!("started above"),
-        }
+        self.poll_discovered(cx).map(|item| {
+            item.map(|result| {
+                result.map(|change| match change {
+                    Change::Insert(key, discovered) => Change::Insert(key, discovered.endpoint),
+                    Change::Remove(key) => Change::Remove(key),
+                })
+            })
+        })
     }
 }
 

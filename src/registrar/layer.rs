@@ -2,57 +2,13 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
-use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::sync::Notify;
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// The count of calls in flight, shared by every clone of the layer and its services.
-#[derive(Debug, Default)]
-pub(crate) struct InFlightCounter {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-impl InFlightCounter {
-    pub(crate) fn get(&self) -> usize {
-        self.count.load(Ordering::Acquire)
-    }
-
-    fn enter(self: &Arc<Self>) -> Guard {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        Guard(self.clone())
-    }
-
-    /// Waits until no call is in flight.
-    pub(crate) async fn idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.get() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// Counts one call until it is dropped: with the response body, once it has been sent.
-#[derive(Debug)]
-struct Guard(Arc<InFlightCounter>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
+use crate::inflight::{CountedBody, Guard, InFlightCounter};
 
 /// A [`Layer`] for `tonic::transport::Server::builder().layer(..)` that counts in-flight
 /// calls for a [`Registration`](crate::Registration)'s drain.
@@ -102,7 +58,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let guard = self.counter.enter();
+        let guard = InFlightCounter::enter(&self.counter);
         ResponseFuture {
             inner: self.inner.call(request),
             guard: Some(guard),
@@ -130,40 +86,7 @@ where
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
         let guard = this.guard.take();
-        Poll::Ready(Ok(response.map(|inner| CountedBody {
-            inner,
-            _guard: guard,
-        })))
-    }
-}
-
-pin_project! {
-    /// A response body that keeps its call counted until it is dropped.
-    #[derive(Debug)]
-    pub struct CountedBody<B> {
-        #[pin]
-        inner: B,
-        _guard: Option<Guard>,
-    }
-}
-
-impl<B: Body> Body for CountedBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        Poll::Ready(Ok(response.map(|inner| CountedBody::new(inner, guard))))
     }
 }
 

@@ -6,7 +6,8 @@ mod health;
 mod layer;
 mod lease;
 
-pub use layer::{CountedBody, InFlight, InFlightLayer, ResponseFuture};
+pub use crate::inflight::CountedBody;
+pub use layer::{InFlight, InFlightLayer, ResponseFuture};
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,8 +19,8 @@ use tracing::{Instrument, debug, info};
 
 use crate::backoff::Retry;
 use crate::format::{EtcdNaming, Format, Instance};
+use crate::inflight::InFlightCounter;
 use crate::{Backoff, Error};
-use layer::InFlightCounter;
 use lease::{Command, LeaseTask, State};
 
 /// The smallest lease TTL accepted: etcd's own minimum is about 2 s.

@@ -1,0 +1,256 @@
+//! One discovered server: its connection, its load, and whether it is in rotation.
+//!
+//! ```text
+//!  Connecting ──connected──► Up ──transport error──► Ejected ──backoff──► Connecting
+//!      │   ▲                                                                  
+//!      └───┘ failed: backoff, probe again
+//! ```
+//!
+//! A connection is opened as soon as the server is discovered, so the first call does not
+//! pay for it, and an endpoint is only picked while it is up. A transport failure ejects it
+//! at once; a probe (a fresh connection) readmits it, with jittered exponential backoff
+//! between probes.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{Instrument, debug, info};
+
+use crate::backoff::{Backoff, Retry};
+use crate::format::Instance;
+use crate::inflight::InFlightCounter;
+
+/// Where an endpoint stands; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndpointState {
+    /// The first connection has not been tried yet, or is under way.
+    Connecting,
+    /// Connected and in rotation.
+    Up,
+    /// Out of rotation after a failure, until a probe connects.
+    Ejected,
+}
+
+impl EndpointState {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => EndpointState::Up,
+            2 => EndpointState::Ejected,
+            _ => EndpointState::Connecting,
+        }
+    }
+}
+
+pub(crate) struct Backend {
+    pub(crate) key: String,
+    pub(crate) instance: Instance,
+    state: AtomicU8,
+    channel: RwLock<Option<Channel>>,
+    pub(crate) in_flight: Arc<InFlightCounter>,
+    latency: Mutex<Ewma>,
+    /// Wakes the connector after an ejection.
+    ejected: Notify,
+    /// Told when the backend comes up or goes down.
+    changed: Arc<Notify>,
+}
+
+impl Backend {
+    pub(crate) fn new(
+        key: String,
+        instance: Instance,
+        changed: Arc<Notify>,
+        decay: Duration,
+    ) -> Self {
+        Backend {
+            key,
+            instance,
+            state: AtomicU8::new(0),
+            channel: RwLock::new(None),
+            in_flight: Arc::default(),
+            latency: Mutex::new(Ewma::new(decay)),
+            ejected: Notify::new(),
+            changed,
+        }
+    }
+
+    pub(crate) fn state(&self) -> EndpointState {
+        EndpointState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.state() == EndpointState::Up
+    }
+
+    /// The connection, if up.
+    pub(crate) fn channel(&self) -> Option<Channel> {
+        if !self.is_up() {
+            return None;
+        }
+        self.channel
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The load used to compare two candidates: calls in flight, weighted by latency.
+    pub(crate) fn cost(&self, now: Instant) -> f64 {
+        let latency = self
+            .latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(now);
+        let in_flight = self.in_flight.get() as f64;
+        // A backend with no latency sample yet competes on calls in flight alone.
+        (in_flight + 1.0) * latency.max(1e-6)
+    }
+
+    pub(crate) fn observe(&self, latency: Duration, now: Instant) {
+        self.latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(latency, now);
+    }
+
+    /// Takes the endpoint out of rotation after a transport failure; a probe readmits it.
+    pub(crate) fn eject(&self) {
+        let previous = self.state.swap(2, Ordering::AcqRel);
+        if EndpointState::from_u8(previous) == EndpointState::Up {
+            info!(key = %self.key, addr = %self.instance.addr, "endpoint ejected");
+            self.ejected.notify_one();
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn set_up(&self, channel: Channel) {
+        *self.channel.write().unwrap_or_else(PoisonError::into_inner) = Some(channel);
+        self.state.store(1, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Marks a failed first attempt, so callers stop waiting for it.
+    fn set_ejected(&self) {
+        if self.state.swap(2, Ordering::AcqRel) != 2 {
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+/// Connects, and reconnects after every ejection, for as long as the backend is discovered.
+/// The returned handle's owner aborts it on removal.
+pub(crate) fn spawn_connector(
+    backend: Arc<Backend>,
+    endpoint: Endpoint,
+    backoff: Backoff,
+) -> tokio::task::JoinHandle<()> {
+    let span = tracing::debug_span!("tonic_etcd::connect", key = %backend.key);
+    tokio::spawn(connect_loop(backend, endpoint, backoff).instrument(span))
+}
+
+async fn connect_loop(backend: Arc<Backend>, endpoint: Endpoint, backoff: Backoff) {
+    let mut retry = Retry::new(backoff);
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => {
+                if retry.attempt() > 0 {
+                    info!(key = %backend.key, addr = %backend.instance.addr, "endpoint readmitted");
+                }
+                backend.set_up(channel);
+                let connected = Instant::now();
+                backend.ejected.notified().await;
+                // A connection that stayed up for a while resets the probe backoff.
+                if connected.elapsed() >= Duration::from_secs(10) {
+                    retry.reset();
+                }
+            }
+            Err(error) => {
+                debug!(key = %backend.key, error = %crate::error::Chain(&error), "connect failed");
+                backend.set_ejected();
+            }
+        }
+        tokio::time::sleep(retry.next_delay()).await;
+    }
+}
+
+/// A peak-sensitive exponentially weighted moving average of latency, in seconds: a slower
+/// sample is taken at once, a faster one blends in, and the estimate decays toward zero
+/// while no sample arrives, so an idle backend is tried again.
+#[derive(Debug)]
+struct Ewma {
+    value: f64,
+    stamp: Instant,
+    decay: f64,
+}
+
+impl Ewma {
+    fn new(decay: Duration) -> Self {
+        Ewma {
+            value: 0.0,
+            stamp: Instant::now(),
+            decay: decay.as_secs_f64().max(1e-3),
+        }
+    }
+
+    fn get(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
+        self.value * (-elapsed / self.decay).exp()
+    }
+
+    fn observe(&mut self, sample: Duration, now: Instant) {
+        let sample = sample.as_secs_f64();
+        let current = self.get(now);
+        self.value = if sample > current {
+            sample
+        } else {
+            let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
+            let w = (-elapsed / self.decay).exp();
+            current * w + sample * (1.0 - w)
+        };
+        self.stamp = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ewma_takes_peaks_at_once_and_decays() {
+        let start = Instant::now();
+        let mut e = Ewma::new(Duration::from_secs(1));
+        e.observe(Duration::from_millis(10), start);
+        assert!((e.get(start) - 0.010).abs() < 1e-9);
+        e.observe(Duration::from_millis(100), start);
+        assert!(
+            (e.get(start) - 0.100).abs() < 1e-9,
+            "a peak is taken at once"
+        );
+        let later = start + Duration::from_secs(3);
+        assert!(e.get(later) < 0.100 * 0.06, "decays while idle");
+        e.observe(Duration::from_millis(1), start + Duration::from_millis(1));
+        assert!(
+            e.get(start + Duration::from_millis(1)) > 0.09,
+            "a fast sample blends in"
+        );
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in [
+            EndpointState::Connecting,
+            EndpointState::Up,
+            EndpointState::Ejected,
+        ] {
+            let n = match s {
+                EndpointState::Connecting => 0,
+                EndpointState::Up => 1,
+                EndpointState::Ejected => 2,
+            };
+            assert_eq!(EndpointState::from_u8(n), s);
+        }
+    }
+}

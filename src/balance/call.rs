@@ -1,0 +1,123 @@
+//! One call through the balancer: pick, send, and retry a call that never left.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::time::Instant;
+use tonic::Status;
+use tonic::body::Body;
+use tower::ServiceExt;
+use tracing::debug;
+
+use super::State;
+use crate::inflight::CountedBody;
+
+/// Retries of one call on other endpoints, after connection failures before it was sent.
+const MAX_RETRIES: usize = 4;
+
+type Slot = Arc<Mutex<Option<Body>>>;
+
+pub(super) async fn call(
+    state: Arc<State>,
+    request: http::Request<Body>,
+) -> Result<http::Response<Body>, tower::BoxError> {
+    let (parts, body) = request.into_parts();
+    // An empty body is never polled, so it cannot tell whether the call left: no retry.
+    let retryable = !body.is_end_stream();
+    let slot: Slot = Arc::new(Mutex::new(Some(body)));
+    let deadline = state
+        .config
+        .wait_for_ready
+        .map(|wait| Instant::now() + wait);
+    let mut retries = 0;
+    loop {
+        let backend = state.pick(deadline).await?;
+        let Some(channel) = backend.channel() else {
+            continue;
+        };
+        let body = if retryable {
+            Body::new(OnceBody::new(slot.clone()))
+        } else {
+            take(&slot).unwrap_or_default()
+        };
+        let request = http::Request::from_parts(parts.clone(), body);
+        let guard = backend.in_flight.enter();
+        let started = Instant::now();
+        match channel.oneshot(request).await {
+            Ok(response) => {
+                let now = Instant::now();
+                backend.observe(now - started, now);
+                return Ok(response.map(|body| Body::new(CountedBody::new(body, Some(guard)))));
+            }
+            Err(error) => {
+                drop(guard);
+                backend.eject();
+                let unsent = retryable && lock(&slot).is_some();
+                if unsent && retries < MAX_RETRIES {
+                    retries += 1;
+                    debug!(key = %backend.key, error = %crate::error::Chain(&error), "call never left, retrying on another endpoint");
+                    continue;
+                }
+                return Err(error.into());
+            }
+        }
+    }
+}
+
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Body>> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn take(slot: &Slot) -> Option<Body> {
+    lock(slot).take()
+}
+
+/// A request body that stays in its slot until the transport first reads it, so a call
+/// that failed before sending anything can be sent again elsewhere.
+struct OnceBody {
+    slot: Slot,
+    body: Option<Body>,
+}
+
+impl OnceBody {
+    fn new(slot: Slot) -> Self {
+        OnceBody { slot, body: None }
+    }
+}
+
+impl HttpBody for OnceBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.body.is_none() {
+            self.body = take(&self.slot);
+        }
+        match &mut self.body {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.body {
+            Some(body) => body.is_end_stream(),
+            None => lock(&self.slot).as_ref().is_none_or(|b| b.is_end_stream()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.body {
+            Some(body) => body.size_hint(),
+            None => lock(&self.slot)
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint()),
+        }
+    }
+}

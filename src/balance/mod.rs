@@ -1,0 +1,323 @@
+//! The crate's own balancer: health- and load-aware, with no proxy.
+
+mod backend;
+mod call;
+mod driver;
+mod pick;
+
+pub use backend::EndpointState;
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::time::Instant;
+use tonic::Status;
+use tonic::body::Body;
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::{Backoff, DiscoveryStatus, EtcdDiscover};
+use backend::Backend;
+use pick::Weighted;
+
+/// Configures the crate's own balancer; [`channel`](Balancer::channel) starts it.
+///
+/// ```no_run
+/// # async fn run(etcd: tonic_etcd::etcd_client::Client) {
+/// use std::time::Duration;
+/// use tonic_etcd::{Balancer, EtcdDiscover};
+///
+/// let channel = Balancer::new()
+///     .zone("eu-1")
+///     .wait_for_ready(Duration::from_secs(2))
+///     .channel(EtcdDiscover::new(etcd, "greeter"));
+/// // GreeterClient::new(channel)
+/// # drop(channel);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Balancer {
+    zone: Option<String>,
+    wait_for_ready: Option<Duration>,
+    startup_wait: Duration,
+    probe_backoff: Backoff,
+    latency_decay: Duration,
+}
+
+impl Default for Balancer {
+    fn default() -> Self {
+        Balancer {
+            zone: None,
+            wait_for_ready: None,
+            startup_wait: Duration::from_secs(5),
+            probe_backoff: Backoff::default()
+                .initial(Duration::from_millis(50))
+                .max(Duration::from_secs(5)),
+            latency_decay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Balancer {
+    /// A balancer with the defaults below.
+    pub fn new() -> Self {
+        Balancer::default()
+    }
+
+    /// The client's zone: endpoints whose metadata names the same zone get every call while
+    /// any of them is up. Default: none, every endpoint alike.
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+
+    /// Lets a call wait up to `wait` for an endpoint when none is up, instead of failing at
+    /// once with `Unavailable`. Default: none (fail fast).
+    pub fn wait_for_ready(mut self, wait: Duration) -> Self {
+        self.wait_for_ready = Some(wait);
+        self
+    }
+
+    /// How long a call waits, without [`wait_for_ready`](Balancer::wait_for_ready), while
+    /// discovery has not synced yet or the first connections are still being made.
+    /// Default: 5 s.
+    pub fn startup_wait(mut self, wait: Duration) -> Self {
+        self.startup_wait = wait;
+        self
+    }
+
+    /// The backoff between probes of an ejected endpoint. Default: 50 ms doubling to 5 s,
+    /// with jitter.
+    pub fn probe_backoff(mut self, backoff: Backoff) -> Self {
+        self.probe_backoff = backoff;
+        self
+    }
+
+    /// Starts balancing over what `discover` finds, and returns the channel.
+    ///
+    /// A background task, owned by the channel, applies discovery changes as they come,
+    /// whether calls flow or not, and connects to new endpoints at once. It stops when the
+    /// last clone of the channel is dropped. Must be called inside a tokio runtime.
+    pub fn channel(self, discover: EtcdDiscover) -> BalancedChannel {
+        let service = discover.service().to_owned();
+        let status = discover.status();
+        let state = Arc::new(State {
+            service,
+            snapshot: RwLock::new(Arc::default()),
+            changed: Arc::new(Notify::new()),
+            synced: AtomicBool::new(false),
+            config: self,
+        });
+        let (stop, stopped) = oneshot::channel();
+        let span = tracing::info_span!("tonic_etcd::balance", service = %state.service);
+        let driver = driver::drive(state.clone(), discover, stopped);
+        tokio::spawn(driver.instrument(span));
+        BalancedChannel {
+            state,
+            status,
+            _owner: Arc::new(Owner { _stop: stop }),
+        }
+    }
+}
+
+impl EtcdDiscover {
+    /// Returns a channel balanced by the crate's own [`Balancer`], with its defaults: the
+    /// recommended client. See [`balance_channel`](EtcdDiscover::balance_channel) for
+    /// tonic's own.
+    pub fn channel(self) -> BalancedChannel {
+        Balancer::new().channel(self)
+    }
+}
+
+/// What the driver and the channels share.
+pub(crate) struct State {
+    service: String,
+    snapshot: RwLock<Arc<Snapshot>>,
+    changed: Arc<Notify>,
+    synced: AtomicBool,
+    config: Balancer,
+}
+
+/// The endpoints at one moment, with the sets to sample from.
+#[derive(Default)]
+struct Snapshot {
+    backends: Vec<Arc<Backend>>,
+    all: Weighted,
+    local: Weighted,
+}
+
+impl Snapshot {
+    fn new(backends: Vec<Arc<Backend>>, zone: Option<&str>) -> Self {
+        let weight = |b: &Backend| b.instance.metadata.weight.unwrap_or(1);
+        let all = Weighted::new(backends.iter().enumerate().map(|(i, b)| (i, weight(b))));
+        let local = Weighted::new(
+            backends
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| zone.is_some() && b.instance.metadata.zone.as_deref() == zone)
+                .map(|(i, b)| (i, weight(b))),
+        );
+        Snapshot {
+            backends,
+            all,
+            local,
+        }
+    }
+}
+
+impl State {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn try_pick(&self) -> Option<Arc<Backend>> {
+        let snapshot = self.snapshot();
+        let now = Instant::now();
+        let up = |i: usize| snapshot.backends[i].is_up();
+        let cost = |i: usize| snapshot.backends[i].cost(now);
+        let mut rng = fastrand::Rng::new();
+        let local = (!snapshot.local.is_empty())
+            .then(|| snapshot.local.pick(&mut rng, up, cost))
+            .flatten();
+        let index = local.or_else(|| snapshot.all.pick(&mut rng, up, cost))?;
+        Some(snapshot.backends[index].clone())
+    }
+
+    /// Whether an endpoint may still come up soon: discovery has not synced, or a first
+    /// connection is under way.
+    fn starting(&self) -> bool {
+        !self.synced.load(Ordering::Acquire)
+            || self
+                .snapshot()
+                .backends
+                .iter()
+                .any(|b| b.state() == EndpointState::Connecting)
+    }
+
+    /// An endpoint that is up; waits for one up to `deadline`, or while starting up.
+    async fn pick(&self, deadline: Option<Instant>) -> Result<Arc<Backend>, Status> {
+        let started = Instant::now();
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(backend) = self.try_pick() {
+                return Ok(backend);
+            }
+            let startup = self.starting().then(|| started + self.config.startup_wait);
+            let until = match (deadline, startup) {
+                (Some(d), Some(s)) => d.max(s),
+                (Some(d), None) | (None, Some(d)) => d,
+                (None, None) => return Err(self.unavailable()),
+            };
+            if Instant::now() >= until {
+                return Err(self.unavailable());
+            }
+            let _ = tokio::time::timeout_at(until, notified).await;
+        }
+    }
+
+    fn unavailable(&self) -> Status {
+        Status::unavailable(format!(
+            "no endpoint of service {:?} is available",
+            self.service
+        ))
+    }
+}
+
+/// Signals the driver to stop once the last channel is dropped.
+struct Owner {
+    _stop: oneshot::Sender<()>,
+}
+
+/// A balanced channel over the servers discovered in etcd: pass it to any generated tonic
+/// client (`GreeterClient::new(channel)`). Cheap to clone; every clone shares the endpoints.
+///
+/// How it picks and recovers:
+///
+/// - **Power of two choices** over the endpoints that are up, by a real load: calls in
+///   flight (counted until the response body ends, so streams count) times a peak-EWMA of
+///   latency, divided by nothing — weights from instance metadata shape the draw instead.
+/// - **Passive ejection.** A transport failure (refused, reset, GOAWAY) takes the endpoint
+///   out of rotation at once; a probe, backed off with jitter, readmits it.
+/// - **A call that never left is retried** at once on another endpoint, so a dead endpoint
+///   costs no failed call. A call already sent is never retried.
+/// - **No endpoint fails fast** with `Unavailable`, naming the service, unless
+///   [`Balancer::wait_for_ready`] allows a bounded wait. It never hangs.
+/// - **Changes apply while idle**: the channel's own task follows discovery and drops a
+///   removed endpoint's connection.
+#[derive(Clone)]
+pub struct BalancedChannel {
+    state: Arc<State>,
+    status: watch::Receiver<DiscoveryStatus>,
+    _owner: Arc<Owner>,
+}
+
+/// One endpoint as the balancer sees it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EndpointInfo {
+    /// The etcd key.
+    pub key: String,
+    /// The address.
+    pub addr: String,
+    /// Whether it is in rotation.
+    pub state: EndpointState,
+    /// Calls in flight on it.
+    pub in_flight: usize,
+}
+
+impl BalancedChannel {
+    /// A receiver of the discovery status.
+    pub fn status(&self) -> watch::Receiver<DiscoveryStatus> {
+        self.status.clone()
+    }
+
+    /// The endpoints the balancer knows now.
+    pub fn endpoints(&self) -> Vec<EndpointInfo> {
+        self.state
+            .snapshot()
+            .backends
+            .iter()
+            .map(|b| EndpointInfo {
+                key: b.key.clone(),
+                addr: b.instance.addr.clone(),
+                state: b.state(),
+                in_flight: b.in_flight.get(),
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for BalancedChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BalancedChannel")
+            .field("service", &self.state.service)
+            .field("endpoints", &self.state.snapshot().backends.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service<http::Request<Body>> for BalancedChannel {
+    type Response = http::Response<Body>;
+    type Error = tower::BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Always ready: each call picks its endpoint, and waits or fails fast, by itself.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        Box::pin(call::call(self.state.clone(), request))
+    }
+}

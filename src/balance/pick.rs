@@ -1,0 +1,146 @@
+//! Power of two choices: the pure part of picking an endpoint.
+
+/// Draws before giving up on random sampling and scanning for live endpoints.
+const DRAWS: usize = 8;
+
+/// A weighted set to sample from: prefix sums of the weights, so a draw is a binary search.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Weighted {
+    /// The indexes of the members, in the backend list.
+    members: Vec<usize>,
+    /// `cumulative[i]` is the sum of the weights of `members[..=i]`.
+    cumulative: Vec<u64>,
+}
+
+impl Weighted {
+    pub(crate) fn new(members: impl IntoIterator<Item = (usize, u32)>) -> Self {
+        let mut total = 0u64;
+        let (members, cumulative) = members
+            .into_iter()
+            .map(|(index, weight)| {
+                total += u64::from(weight.max(1));
+                (index, total)
+            })
+            .unzip();
+        Weighted {
+            members,
+            cumulative,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    fn total(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// One member, drawn with probability proportional to its weight.
+    fn draw(&self, rng: &mut fastrand::Rng) -> Option<usize> {
+        let total = self.total();
+        if total == 0 {
+            return None;
+        }
+        let point = rng.u64(0..total);
+        let slot = self.cumulative.partition_point(|&c| c <= point);
+        self.members.get(slot).copied()
+    }
+
+    /// Picks by power of two choices among the members that are `up`: two distinct members
+    /// drawn by weight, and the one of lower `cost` wins. Falls back to a scan when random
+    /// draws keep hitting members that are down.
+    pub(crate) fn pick(
+        &self,
+        rng: &mut fastrand::Rng,
+        up: impl Fn(usize) -> bool,
+        cost: impl Fn(usize) -> f64,
+    ) -> Option<usize> {
+        let first = (0..DRAWS)
+            .filter_map(|_| self.draw(rng))
+            .find(|&i| up(i))
+            .or_else(|| self.scan(rng, &up))?;
+        let second = (0..DRAWS)
+            .filter_map(|_| self.draw(rng))
+            .find(|&i| i != first && up(i));
+        Some(match second {
+            Some(second) if cost(second) < cost(first) => second,
+            _ => first,
+        })
+    }
+
+    /// A uniformly random member that is up, by a full scan.
+    fn scan(&self, rng: &mut fastrand::Rng, up: &impl Fn(usize) -> bool) -> Option<usize> {
+        let live: Vec<usize> = self.members.iter().copied().filter(|&i| up(i)).collect();
+        if live.is_empty() {
+            return None;
+        }
+        Some(live[rng.usize(0..live.len())])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(
+        set: &Weighted,
+        n: usize,
+        up: impl Fn(usize) -> bool,
+        cost: impl Fn(usize) -> f64,
+    ) -> Vec<usize> {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut counts = vec![0; n];
+        for _ in 0..10_000 {
+            if let Some(i) = set.pick(&mut rng, &up, &cost) {
+                counts[i] += 1;
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn empty_or_all_down_picks_nothing() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        assert_eq!(Weighted::default().pick(&mut rng, |_| true, |_| 0.0), None);
+        let set = Weighted::new([(0, 1), (1, 1)]);
+        assert_eq!(set.pick(&mut rng, |_| false, |_| 0.0), None);
+    }
+
+    #[test]
+    fn never_picks_a_member_that_is_down() {
+        let set = Weighted::new((0..10).map(|i| (i, 1)));
+        let c = counts(&set, 10, |i| i == 3 || i == 7, |_| 0.0);
+        assert_eq!(c.iter().sum::<usize>(), 10_000);
+        assert!(c[3] > 0 && c[7] > 0);
+        assert_eq!(c[3] + c[7], 10_000);
+    }
+
+    #[test]
+    fn lower_cost_wins_the_pair() {
+        let set = Weighted::new([(0, 1), (1, 1), (2, 1)]);
+        let c = counts(&set, 3, |_| true, |i| if i == 2 { 10.0 } else { 1.0 });
+        // Member 2 wins no pair it is in, and is picked alone never: it gets no call.
+        assert_eq!(c[2], 0, "{c:?}");
+    }
+
+    #[test]
+    fn weights_shift_the_share() {
+        let set = Weighted::new([(0, 1), (1, 3)]);
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut heavy = 0;
+        for _ in 0..10_000 {
+            if set.draw(&mut rng) == Some(1) {
+                heavy += 1;
+            }
+        }
+        assert!((7_000..8_000).contains(&heavy), "{heavy}");
+    }
+
+    #[test]
+    fn zero_weights_count_as_one() {
+        let set = Weighted::new([(0, 0), (1, 0)]);
+        let c = counts(&set, 2, |_| true, |_| 0.0);
+        assert!(c[0] > 3_000 && c[1] > 3_000, "{c:?}");
+    }
+}

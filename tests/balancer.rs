@@ -1,0 +1,301 @@
+//! The crate's own balancer against real etcd and real greeter servers.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::pb::HelloRequest;
+use support::pb::greeter_client::GreeterClient;
+use support::{Etcd, TestServer, wait_until};
+use tokio::time::Instant;
+use tonic_etcd::etcd_client::Client;
+use tonic_etcd::{BalancedChannel, Balancer, EndpointState, EtcdDiscover, Format, Instance};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+async fn register(etcd: &mut Client, service: &str, instance: &Instance) {
+    let format = tonic_etcd::EtcdNaming;
+    let key = format.key(service, instance, 0);
+    etcd.put(key, format.value(service, instance), None)
+        .await
+        .expect("put a registration");
+}
+
+async fn deregister(etcd: &mut Client, service: &str, addr: SocketAddr) {
+    etcd.delete(format!("{service}/{addr}"), None)
+        .await
+        .expect("delete a registration");
+}
+
+/// Calls `n` times, in sequence; returns the calls per backend and the failures.
+async fn calls(channel: &BalancedChannel, n: usize) -> (HashMap<SocketAddr, usize>, usize) {
+    let mut client = GreeterClient::new(channel.clone());
+    let mut backends = HashMap::new();
+    let mut failed = 0;
+    for _ in 0..n {
+        let request = HelloRequest { name: "b".into() };
+        match client.say_hello(request).await {
+            Ok(reply) => {
+                let addr = support::greeter::backend_of(&reply.into_inner().message);
+                *backends.entry(addr).or_insert(0) += 1;
+            }
+            Err(status) => {
+                eprintln!("call failed: {status:?}");
+                failed += 1;
+            }
+        }
+    }
+    (backends, failed)
+}
+
+async fn up_count(channel: &BalancedChannel) -> usize {
+    channel
+        .endpoints()
+        .iter()
+        .filter(|e| e.state == EndpointState::Up)
+        .count()
+}
+
+/// An address where nothing listens.
+fn dead_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// Established TCP connections whose local port is `port`, from /proc/net/tcp.
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && fields.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_costs_no_failed_call() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let (a, b) = (TestServer::start().await, TestServer::start().await);
+    let dead = dead_addr();
+    for addr in [a.addr(), b.addr(), dead] {
+        register(&mut kv, "svc", &Instance::from(addr)).await;
+    }
+    let channel = EtcdDiscover::new(etcd.client().await, "svc").channel();
+    let (backends, failed) = calls(&channel, 300).await;
+    assert_eq!(failed, 0, "calls failed with one registered endpoint dead");
+    assert!(!backends.contains_key(&dead));
+    assert!(
+        backends[&a.addr()] > 50 && backends[&b.addr()] > 50,
+        "{backends:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_server_is_ejected_and_readmitted_when_it_returns() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let (a, b) = (TestServer::start().await, TestServer::start().await);
+    let b_addr = b.addr();
+    for addr in [a.addr(), b_addr] {
+        register(&mut kv, "svc", &Instance::from(addr)).await;
+    }
+    let channel = Balancer::new()
+        .probe_backoff(
+            tonic_etcd::Backoff::default()
+                .initial(Duration::from_millis(20))
+                .max(Duration::from_millis(200)),
+        )
+        .channel(EtcdDiscover::new(etcd.client().await, "svc"));
+    wait_until("both endpoints up", DEADLINE, || async {
+        up_count(&channel).await == 2
+    })
+    .await;
+    // The server goes away but its key stays, as after a crash before the lease expires.
+    b.shutdown().await;
+    let (backends, failed) = calls(&channel, 100).await;
+    assert_eq!(failed, 0, "the stopped server cost failed calls");
+    assert_eq!(backends.get(&b_addr), None);
+    let b = TestServer::start_at(b_addr).await;
+    wait_until(
+        "the returning server gets calls again",
+        DEADLINE,
+        || async { calls(&channel, 10).await.0.contains_key(&b_addr) },
+    )
+    .await;
+    assert!(b.calls() > 0);
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_gets_fewer_calls() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let fast = [TestServer::start().await, TestServer::start().await];
+    let slow = TestServer::start_with_delay(Duration::from_millis(20)).await;
+    for addr in [fast[0].addr(), fast[1].addr(), slow.addr()] {
+        register(&mut kv, "svc", &Instance::from(addr)).await;
+    }
+    let channel = EtcdDiscover::new(etcd.client().await, "svc").channel();
+    wait_until("all endpoints up", DEADLINE, || async {
+        up_count(&channel).await == 3
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let channel = channel.clone();
+        tasks.push(tokio::spawn(async move { calls(&channel, 60).await }));
+    }
+    let mut total: HashMap<SocketAddr, usize> = HashMap::new();
+    for task in tasks {
+        let (backends, failed) = task.await.expect("caller");
+        assert_eq!(failed, 0);
+        for (addr, n) in backends {
+            *total.entry(addr).or_default() += n;
+        }
+    }
+    let slow_calls = total.get(&slow.addr()).copied().unwrap_or(0);
+    let fast_min = fast
+        .iter()
+        .map(|s| total.get(&s.addr()).copied().unwrap_or(0))
+        .min();
+    eprintln!("calls per backend: {total:?}");
+    assert!(
+        slow_calls * 5 < fast_min.unwrap_or(0),
+        "slow got {slow_calls}, fast {fast_min:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_service_fails_fast_and_waits_when_asked() {
+    let etcd = Etcd::start().await;
+    let channel = EtcdDiscover::new(etcd.client().await, "nothing").channel();
+    let mut client = GreeterClient::new(channel.clone());
+    wait_until("discovery synced", DEADLINE, || async {
+        channel.status().borrow().is_synced()
+    })
+    .await;
+    let started = Instant::now();
+    let status = client
+        .say_hello(HelloRequest { name: "x".into() })
+        .await
+        .expect_err("no endpoint");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().contains("nothing"), "{}", status.message());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let waiting = Balancer::new()
+        .wait_for_ready(Duration::from_secs(10))
+        .channel(EtcdDiscover::new(etcd.client().await, "later"));
+    let mut client = GreeterClient::new(waiting);
+    let call =
+        tokio::spawn(async move { client.say_hello(HelloRequest { name: "x".into() }).await });
+    let server = TestServer::start().await;
+    let mut kv = etcd.client().await;
+    register(&mut kv, "later", &Instance::from(server.addr())).await;
+    let reply = tokio::time::timeout(DEADLINE, call)
+        .await
+        .expect("the waiting call returns")
+        .expect("task")
+        .expect("the call waits for the endpoint and succeeds");
+    assert!(
+        reply
+            .into_inner()
+            .message
+            .contains(&server.addr().to_string())
+    );
+}
+
+#[tokio::test]
+async fn weights_shift_the_share_of_calls() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let (light, heavy) = (TestServer::start().await, TestServer::start().await);
+    register(&mut kv, "svc", &Instance::from(light.addr()).weight(1)).await;
+    register(&mut kv, "svc", &Instance::from(heavy.addr()).weight(4)).await;
+    let channel = EtcdDiscover::new(etcd.client().await, "svc").channel();
+    wait_until("both up", DEADLINE, || async {
+        up_count(&channel).await == 2
+    })
+    .await;
+    let (backends, failed) = calls(&channel, 400).await;
+    assert_eq!(failed, 0);
+    let (l, h) = (
+        backends.get(&light.addr()).copied().unwrap_or(0),
+        backends[&heavy.addr()],
+    );
+    eprintln!("weight 1: {l} calls, weight 4: {h} calls");
+    assert!(h > 2 * l, "weight 4 got {h}, weight 1 got {l}");
+}
+
+#[tokio::test]
+async fn the_local_zone_is_preferred() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let (near, far) = (TestServer::start().await, TestServer::start().await);
+    register(&mut kv, "svc", &Instance::from(near.addr()).zone("eu-1")).await;
+    register(&mut kv, "svc", &Instance::from(far.addr()).zone("us-1")).await;
+    let channel = Balancer::new()
+        .zone("eu-1")
+        .channel(EtcdDiscover::new(etcd.client().await, "svc"));
+    wait_until("both up", DEADLINE, || async {
+        up_count(&channel).await == 2
+    })
+    .await;
+    let (backends, failed) = calls(&channel, 100).await;
+    assert_eq!(failed, 0);
+    assert_eq!(backends.get(&near.addr()), Some(&100), "{backends:?}");
+}
+
+#[tokio::test]
+async fn an_idle_client_drops_a_removed_endpoints_connection() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let server = TestServer::start().await;
+    register(&mut kv, "svc", &Instance::from(server.addr())).await;
+    let channel = EtcdDiscover::new(etcd.client().await, "svc").channel();
+    let port = server.addr().port();
+    wait_until("connected without any call", DEADLINE, || async {
+        established_to(port) == 1
+    })
+    .await;
+    deregister(&mut kv, "svc", server.addr()).await;
+    wait_until(
+        "the connection is closed with no call made",
+        DEADLINE,
+        || async { established_to(port) == 0 && channel.endpoints().is_empty() },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_new_server_is_called_within_milliseconds_of_its_registration() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let first = TestServer::start().await;
+    register(&mut kv, "svc", &Instance::from(first.addr())).await;
+    let channel = EtcdDiscover::new(etcd.client().await, "svc").channel();
+    wait_until("first up", DEADLINE, || async {
+        up_count(&channel).await == 1
+    })
+    .await;
+    let second = TestServer::start().await;
+    register(&mut kv, "svc", &Instance::from(second.addr())).await;
+    wait_until("the new server serves a call", DEADLINE, || async {
+        calls(&channel, 4).await;
+        second.calls() > 0
+    })
+    .await;
+}
