@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use clap::{ArgGroup, Parser, ValueEnum};
+use clap::{ArgGroup, Parser};
 use common::pb::HelloRequest;
 use common::pb::greeter_client::GreeterClient;
 use tokio::time::Instant;
@@ -33,7 +33,8 @@ struct Args {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "ETCD_ENDPOINTS", default_value = common::DEFAULT_ETCD)]
     etcd: String,
-    /// The service to call; servers are the keys under `<service>/`.
+    /// The service to call, as `--format` means it: the etcd naming target (servers are the
+    /// keys under `<service>/`), the go-zero key, or the Kratos or blog service name.
     #[arg(long, default_value = "greeter")]
     service: String,
     /// How many calls to make in all (default 100, unless --duration is given).
@@ -46,17 +47,11 @@ struct Args {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     concurrency: u64,
     /// The registry wire format.
-    #[arg(long, value_enum, default_value_t = FormatArg::EtcdNaming)]
-    format: FormatArg,
+    #[arg(long, value_enum, default_value_t = common::FormatArg::EtcdNaming)]
+    format: common::FormatArg,
     /// Seconds a single call may take.
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum FormatArg {
-    /// etcd's Go naming convention: `{"Op":0,"Addr":"host:port","Metadata":null}`.
-    EtcdNaming,
 }
 
 /// When the calls stop.
@@ -100,8 +95,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(common::EXIT_USAGE as u8);
         }
     };
-    let FormatArg::EtcdNaming = args.format;
-    let discover = EtcdDiscover::new(etcd, &args.service);
+    let discover = EtcdDiscover::new(etcd, &args.service).format(args.format.format());
     let (channel, discovery) = discover.balance_channel();
     wait_for_sync(discovery.status()).await;
     let timeout = Duration::from_secs_f64(args.timeout);

@@ -8,6 +8,9 @@
 //!
 //! It prints one line once it is listening and registered, with its real address first:
 //! `listening on 127.0.0.1:41234 registered as greeter/127.0.0.1:41234 lease 7587...`.
+//! `--format etcd-naming|go-zero|kratos|blog` chooses the wire format (default
+//! `etcd-naming`); `--service` means what the format means: the etcd naming target, the
+//! go-zero key, or the Kratos or blog service name.
 //! Each reply names the server that answered: `Hello, <name>! (from <addr>)`.
 //! On SIGTERM or SIGINT it deregisters, waits `--grace` seconds, drains in-flight calls and
 //! exits 0.
@@ -34,9 +37,14 @@ struct Args {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "ETCD_ENDPOINTS", default_value = common::DEFAULT_ETCD)]
     etcd: String,
-    /// The service to register as; keys are `<service>/<addr>`.
+    /// The service to register as, as `--format` means it: the etcd naming target (keys
+    /// `<service>/<addr>`), the go-zero key (`<service>/<lease id>`), or the Kratos
+    /// (`/microservices/<service>/<addr>`) or blog (`services/<service>/<addr>`) name.
     #[arg(long, default_value = "greeter")]
     service: String,
+    /// The registry wire format.
+    #[arg(long, value_enum, default_value_t = common::FormatArg::EtcdNaming)]
+    format: common::FormatArg,
     /// The address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     addr: SocketAddr,
@@ -96,6 +104,7 @@ async fn run(args: Args) -> Result<(), String> {
     let registration = Registrar::new(etcd)
         .ttl(Duration::from_secs(args.ttl))
         .grace(Duration::from_secs_f64(args.grace))
+        .format(args.format.format())
         .register(&args.service, addr)
         .await
         .map_err(|e| format!("cannot register: {}", chain(&e)))?;

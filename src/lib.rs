@@ -81,7 +81,7 @@ pub use balance::{BalancedChannel, Balancer, EndpointInfo, EndpointState};
 pub use channel::DiscoveryHandle;
 pub use discovery::{DiscoveryStatus, EtcdDiscover};
 pub use error::Error;
-pub use format::{EtcdNaming, Format, Instance};
+pub use format::{Blog, EtcdNaming, Format, GoZero, Instance, Kratos, PlainAddr};
 pub use registrar::{
     CountedBody, InFlight, InFlightLayer, MIN_TTL, Registrar, Registration, RegistrationStatus,
     ResponseFuture,

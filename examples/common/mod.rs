@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use clap::ValueEnum;
 use tonic_etcd::etcd_client::{Client, ConnectOptions};
+use tonic_etcd::{Blog, EtcdNaming, Format, GoZero, Kratos};
 
 /// The code generated from `proto/helloworld.proto`.
 pub mod pb {
@@ -16,6 +18,34 @@ pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
 
 /// Exit code for bad usage or an etcd that cannot be reached at start.
 pub const EXIT_USAGE: i32 = 2;
+
+/// The registry wire format (`--format`), and what `--service` means in it.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    /// etcd's Go naming convention: `--service` is the target, keys `<target>/<addr>`,
+    /// values `{"Op":0,"Addr":"host:port","Metadata":null}`.
+    EtcdNaming,
+    /// go-zero: `--service` is the go-zero key, keys `<key>/<lease id>`, values `host:port`.
+    GoZero,
+    /// Kratos: `--service` is the service name, keys `/microservices/<name>/<addr>`, values
+    /// Kratos's `ServiceInstance` JSON.
+    Kratos,
+    /// The blog post's format: `--service` is the name, keys `services/<name>/<addr>`,
+    /// values `{"ID":0,"IP":"host:port"}`.
+    Blog,
+}
+
+impl FormatArg {
+    /// The library format this flag names.
+    pub fn format(self) -> Box<dyn Format> {
+        match self {
+            FormatArg::EtcdNaming => Box::new(EtcdNaming),
+            FormatArg::GoZero => Box::new(GoZero::new()),
+            FormatArg::Kratos => Box::new(Kratos::new()),
+            FormatArg::Blog => Box::new(Blog::new()),
+        }
+    }
+}
 
 /// Splits a comma-separated endpoint list, dropping empty items.
 pub fn endpoints(list: &str) -> Vec<String> {

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info};
 
+use super::pick::Load;
 use crate::backoff::{Backoff, Retry};
 use crate::format::Instance;
 use crate::inflight::InFlightCounter;
@@ -97,16 +98,17 @@ impl Backend {
             .clone()
     }
 
-    /// The load used to compare two candidates: calls in flight, weighted by latency.
-    pub(crate) fn cost(&self, now: Instant) -> f64 {
+    /// The load used to compare two candidates: calls in flight and recent latency.
+    pub(crate) fn load(&self, now: Instant) -> Load {
         let latency = self
             .latency
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(now);
-        let in_flight = self.in_flight.get() as f64;
-        // A backend with no latency sample yet competes on calls in flight alone.
-        (in_flight + 1.0) * latency.max(1e-6)
+        Load {
+            in_flight: self.in_flight.get(),
+            latency,
+        }
     }
 
     pub(crate) fn observe(&self, latency: Duration, now: Instant) {

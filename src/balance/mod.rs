@@ -59,7 +59,7 @@ impl Default for Balancer {
             probe_backoff: Backoff::default()
                 .initial(Duration::from_millis(50))
                 .max(Duration::from_secs(5)),
-            latency_decay: Duration::from_secs(10),
+            latency_decay: Duration::from_secs(1),
         }
     }
 }
@@ -183,12 +183,12 @@ impl State {
         let snapshot = self.snapshot();
         let now = Instant::now();
         let up = |i: usize| snapshot.backends[i].is_up();
-        let cost = |i: usize| snapshot.backends[i].cost(now);
+        let load = |i: usize| snapshot.backends[i].load(now);
         let mut rng = fastrand::Rng::new();
         let local = (!snapshot.local.is_empty())
-            .then(|| snapshot.local.pick(&mut rng, up, cost))
+            .then(|| snapshot.local.pick(&mut rng, up, load))
             .flatten();
-        let index = local.or_else(|| snapshot.all.pick(&mut rng, up, cost))?;
+        let index = local.or_else(|| snapshot.all.pick(&mut rng, up, load))?;
         Some(snapshot.backends[index].clone())
     }
 
@@ -244,9 +244,11 @@ struct Owner {
 ///
 /// How it picks and recovers:
 ///
-/// - **Power of two choices** over the endpoints that are up, by a real load: calls in
-///   flight (counted until the response body ends, so streams count) times a peak-EWMA of
-///   latency, divided by nothing — weights from instance metadata shape the draw instead.
+/// - **Power of two choices** over the endpoints that are up, drawn by the weights in their
+///   metadata, by a real load: calls in flight (counted until the response body ends, so
+///   streams count) times a peak-EWMA of latency that decays over a second. A candidate
+///   more than twice as costly loses; closer than that, fewer calls in flight win, so
+///   latency noise between equal servers does not skew the spread.
 /// - **Passive ejection.** A transport failure (refused, reset, GOAWAY) takes the endpoint
 ///   out of rotation at once; a probe, backed off with jitter, readmits it.
 /// - **A call that never left is retried** at once on another endpoint, so a dead endpoint

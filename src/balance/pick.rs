@@ -3,6 +3,35 @@
 /// Draws before giving up on random sampling and scanning for live endpoints.
 const DRAWS: usize = 8;
 
+/// How much costlier one candidate must be before latency decides: below this, latencies
+/// are noise, and calls in flight decide, then the draw.
+const LATENCY_BAND: f64 = 2.0;
+
+/// What a candidate costs: its calls in flight and its recent latency.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Load {
+    pub(crate) in_flight: usize,
+    pub(crate) latency: f64,
+}
+
+impl Load {
+    fn cost(self) -> f64 {
+        (self.in_flight as f64 + 1.0) * self.latency.max(1e-6)
+    }
+
+    /// Whether `other` should win over `self`.
+    fn loses_to(self, other: Load) -> bool {
+        let (mine, theirs) = (self.cost(), other.cost());
+        if theirs * LATENCY_BAND < mine {
+            return true;
+        }
+        if mine * LATENCY_BAND < theirs {
+            return false;
+        }
+        other.in_flight < self.in_flight
+    }
+}
+
 /// A weighted set to sample from: prefix sums of the weights, so a draw is a binary search.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Weighted {
@@ -48,13 +77,14 @@ impl Weighted {
     }
 
     /// Picks by power of two choices among the members that are `up`: two distinct members
-    /// drawn by weight, and the one of lower `cost` wins. Falls back to a scan when random
+    /// drawn by weight; a clearly lower cost wins, then fewer calls in flight, then the
+    /// first drawn. Falls back to a scan when random
     /// draws keep hitting members that are down.
     pub(crate) fn pick(
         &self,
         rng: &mut fastrand::Rng,
         up: impl Fn(usize) -> bool,
-        cost: impl Fn(usize) -> f64,
+        load: impl Fn(usize) -> Load,
     ) -> Option<usize> {
         let first = (0..DRAWS)
             .filter_map(|_| self.draw(rng))
@@ -64,7 +94,7 @@ impl Weighted {
             .filter_map(|_| self.draw(rng))
             .find(|&i| i != first && up(i));
         Some(match second {
-            Some(second) if cost(second) < cost(first) => second,
+            Some(second) if load(first).loses_to(load(second)) => second,
             _ => first,
         })
     }
@@ -83,11 +113,18 @@ impl Weighted {
 mod tests {
     use super::*;
 
+    fn load(latency: f64) -> Load {
+        Load {
+            in_flight: 0,
+            latency,
+        }
+    }
+
     fn counts(
         set: &Weighted,
         n: usize,
         up: impl Fn(usize) -> bool,
-        cost: impl Fn(usize) -> f64,
+        cost: impl Fn(usize) -> Load,
     ) -> Vec<usize> {
         let mut rng = fastrand::Rng::with_seed(7);
         let mut counts = vec![0; n];
@@ -102,15 +139,18 @@ mod tests {
     #[test]
     fn empty_or_all_down_picks_nothing() {
         let mut rng = fastrand::Rng::with_seed(1);
-        assert_eq!(Weighted::default().pick(&mut rng, |_| true, |_| 0.0), None);
+        assert_eq!(
+            Weighted::default().pick(&mut rng, |_| true, |_| load(0.0)),
+            None
+        );
         let set = Weighted::new([(0, 1), (1, 1)]);
-        assert_eq!(set.pick(&mut rng, |_| false, |_| 0.0), None);
+        assert_eq!(set.pick(&mut rng, |_| false, |_| load(0.0)), None);
     }
 
     #[test]
     fn never_picks_a_member_that_is_down() {
         let set = Weighted::new((0..10).map(|i| (i, 1)));
-        let c = counts(&set, 10, |i| i == 3 || i == 7, |_| 0.0);
+        let c = counts(&set, 10, |i| i == 3 || i == 7, |_| load(0.0));
         assert_eq!(c.iter().sum::<usize>(), 10_000);
         assert!(c[3] > 0 && c[7] > 0);
         assert_eq!(c[3] + c[7], 10_000);
@@ -119,9 +159,33 @@ mod tests {
     #[test]
     fn lower_cost_wins_the_pair() {
         let set = Weighted::new([(0, 1), (1, 1), (2, 1)]);
-        let c = counts(&set, 3, |_| true, |i| if i == 2 { 10.0 } else { 1.0 });
+        let c = counts(&set, 3, |_| true, |i| load(if i == 2 { 10.0 } else { 1.0 }));
         // Member 2 wins no pair it is in, and is picked alone never: it gets no call.
         assert_eq!(c[2], 0, "{c:?}");
+    }
+
+    #[test]
+    fn close_latencies_are_noise_and_spread_evenly() {
+        let set = Weighted::new([(0, 1), (1, 1)]);
+        let c = counts(
+            &set,
+            2,
+            |_| true,
+            |i| load(if i == 0 { 0.0010 } else { 0.0015 }),
+        );
+        assert!(c[0] > 4_000 && c[1] > 4_000, "{c:?}");
+    }
+
+    #[test]
+    fn fewer_calls_in_flight_win_among_close_latencies() {
+        let set = Weighted::new([(0, 1), (1, 1)]);
+        let busy = |i| Load {
+            in_flight: if i == 0 { 5 } else { 4 },
+            latency: 0.001,
+        };
+        let c = counts(&set, 2, |_| true, busy);
+        // Only when eight draws in a row find no second candidate (0.4%) does 0 get a call.
+        assert!(c[0] < 100, "{c:?}");
     }
 
     #[test]
@@ -140,7 +204,7 @@ mod tests {
     #[test]
     fn zero_weights_count_as_one() {
         let set = Weighted::new([(0, 0), (1, 0)]);
-        let c = counts(&set, 2, |_| true, |_| 0.0);
+        let c = counts(&set, 2, |_| true, |_| load(0.0));
         assert!(c[0] > 3_000 && c[1] > 3_000, "{c:?}");
     }
 }

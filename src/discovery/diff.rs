@@ -5,6 +5,24 @@ use std::collections::BTreeMap;
 /// Raw registry entries: etcd key to value.
 pub(crate) type Entries = BTreeMap<String, Vec<u8>>;
 
+/// A change to the raw registry entries, before decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RawChange {
+    /// The key now holds the value.
+    Put(String, Vec<u8>),
+    /// The key is gone.
+    Delete(String),
+}
+
+impl Diff {
+    /// The diff as changes: removals first.
+    pub(crate) fn into_changes(self) -> impl Iterator<Item = RawChange> {
+        let removed = self.removed.into_iter().map(RawChange::Delete);
+        let upserted = self.upserted.into_iter().map(|(k, v)| RawChange::Put(k, v));
+        removed.chain(upserted)
+    }
+}
+
 /// What a re-list must announce so that the announced set matches etcd again.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Diff {

@@ -14,17 +14,28 @@
 use std::sync::Arc;
 
 use etcd_client::{EventType, GetOptions, WatchOptions, WatchResponse, WatchStream};
+use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tower::discover::Change;
 use tracing::{debug, info, warn};
 
-use super::diff::{Entries, diff};
-use super::{Config, Discovered, DiscoveryStatus};
+use super::DiscoveryStatus;
+use super::diff::{Entries, RawChange, diff};
 use crate::Error;
-use crate::backoff::Retry;
+use crate::backoff::{Backoff, Retry};
 
 /// What one step of the machine announces.
-pub(super) type Output = Result<Vec<Change<String, Discovered>>, Error>;
+pub(super) type Output = Result<Vec<RawChange>, Error>;
+
+/// How the machine talks to etcd.
+pub(super) struct EngineConfig {
+    pub(super) client: etcd_client::Client,
+    pub(super) backoff: Backoff,
+    pub(super) request_timeout: std::time::Duration,
+    pub(super) progress_interval: std::time::Duration,
+    pub(super) idle_timeout: std::time::Duration,
+    pub(super) healthy_after: std::time::Duration,
+    pub(super) status: watch::Sender<DiscoveryStatus>,
+}
 
 /// Failed resumes in a row after which the machine re-lists instead.
 const RELIST_AFTER: u32 = 3;
@@ -52,16 +63,16 @@ pub(super) struct Streaming {
 }
 
 pub(super) struct Engine {
-    config: Config,
+    config: EngineConfig,
     /// The prefix with its trailing slash.
     prefix: String,
-    /// Announced keys and their raw values.
+    /// Announced keys and their raw values, whether they decode or not.
     announced: Entries,
     retry: Retry,
 }
 
 impl Engine {
-    pub(super) fn new(config: Config, prefix: String) -> Self {
+    pub(super) fn new(config: EngineConfig, prefix: String) -> Self {
         let retry = Retry::new(config.backoff);
         Engine {
             config,
@@ -261,30 +272,18 @@ impl Engine {
         (Ok(changes), State::Streaming(s))
     }
 
-    /// Applies a put: announces an insert if the value is new and decodes.
-    fn put(&mut self, key: String, value: Vec<u8>) -> Option<Change<String, Discovered>> {
+    /// Applies a put: announces it if the value is new. Decoding is the subscriber's job.
+    fn put(&mut self, key: String, value: Vec<u8>) -> Option<RawChange> {
         if self.announced.get(&key) == Some(&value) {
             return None;
         }
-        match self.config.endpoint_for(&key, &value) {
-            Ok(discovered) => {
-                debug!(key, "endpoint inserted");
-                self.announced.insert(key.clone(), value);
-                Some(Change::Insert(key, discovered))
-            }
-            Err(error) => {
-                // The previous endpoint at this key, if any, stays: bad data never removes a
-                // good endpoint.
-                warn!(key, error = %crate::error::Chain(&error), "skipping undecodable value");
-                None
-            }
-        }
+        self.announced.insert(key.clone(), value.clone());
+        Some(RawChange::Put(key, value))
     }
 
-    fn delete(&mut self, key: String) -> Option<Change<String, Discovered>> {
+    fn delete(&mut self, key: String) -> Option<RawChange> {
         self.announced.remove(&key)?;
-        debug!(key, "endpoint removed");
-        Some(Change::Remove(key))
+        Some(RawChange::Delete(key))
     }
 
     /// The key as text, if it is UTF-8 and under the prefix.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{DecodeError, Format, Instance, Metadata, validate_addr};
+use super::{DecodeError, Format, Instance, Metadata, slash_prefix, validate_addr};
 
 /// The wire format of etcd's Go naming package, the `etcd:///` resolver of grpc-go.
 ///
@@ -39,7 +39,7 @@ struct Decoded {
 
 impl Format for EtcdNaming {
     fn prefix(&self, service: &str) -> String {
-        format!("{}/", service.trim_end_matches('/'))
+        slash_prefix(service)
     }
 
     fn key(&self, service: &str, instance: &Instance, _lease_id: i64) -> String {

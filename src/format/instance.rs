@@ -104,6 +104,22 @@ impl Metadata {
         map
     }
 
+    /// Encodes the metadata as text fields, for registries whose metadata is Go's
+    /// `map[string]string`: the weight is written in decimal.
+    pub(crate) fn to_strings(&self) -> BTreeMap<String, String> {
+        let mut map = self.attributes.clone();
+        if let Some(weight) = self.weight {
+            map.insert("weight".into(), weight.to_string());
+        }
+        if let Some(zone) = &self.zone {
+            map.insert("zone".into(), zone.clone());
+        }
+        if let Some(version) = &self.version {
+            map.insert("version".into(), version.clone());
+        }
+        map
+    }
+
     /// Reads metadata from a JSON object. Unknown fields become attributes; a weight that is
     /// not a whole number in `u32` range is kept as an attribute rather than guessed at.
     pub(crate) fn from_json(map: &serde_json::Map<String, serde_json::Value>) -> Self {
@@ -148,6 +164,22 @@ mod tests {
         };
         meta.attributes.insert("team".into(), "core".into());
         assert_eq!(Metadata::from_json(&meta.to_json()), meta);
+    }
+
+    #[test]
+    fn metadata_round_trips_through_text_fields() {
+        let meta = Metadata {
+            weight: Some(10),
+            zone: Some("eu-1".into()),
+            ..Metadata::default()
+        };
+        let strings = meta.to_strings();
+        assert_eq!(strings["weight"], "10");
+        let json = strings
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        assert_eq!(Metadata::from_json(&json), meta);
     }
 
     #[test]

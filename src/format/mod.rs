@@ -2,28 +2,86 @@
 //!
 //! A [`Format`] maps an [`Instance`] to a key and a value, and a key and a value back to an
 //! instance. The default, [`EtcdNaming`], is the convention of etcd's own Go naming package,
-//! so Go and Rust services discover each other with no glue.
+//! so Go and Rust services discover each other with no glue. The others speak the registries
+//! of Go frameworks, or the simplest thing that works:
+//!
+//! | format | `service` is | key | value |
+//! |---|---|---|---|
+//! | [`EtcdNaming`] | the target | `<target>/<addr>` | `{"Op":0,"Addr":"10.0.0.1:50051","Metadata":null}` |
+//! | [`GoZero`] | the go-zero key | `<key>/<lease id>` | `10.0.0.5:8080` |
+//! | [`Kratos`] | the service name | `/microservices/<name>/<id>` | `{"id":..,"name":..,"version":..,"metadata":..,"endpoints":["grpc://10.0.0.5:9000"]}` |
+//! | [`Blog`] | the service name | `services/<name>/<addr>` | `{"ID":0,"IP":"127.0.0.1:8080"}` |
+//! | [`PlainAddr`] | the prefix | `<prefix>/<addr>` | `10.0.0.1:50051` |
+//!
+//! Every decoder validates the address (`host:port`, port in 1..=65535) and returns a
+//! [`DecodeError`] rather than panicking, whatever the bytes.
 
+mod blog;
 mod etcd_naming;
+mod go_zero;
 mod instance;
+mod kratos;
+mod plain;
 
+pub use blog::Blog;
 pub use etcd_naming::EtcdNaming;
+pub use go_zero::GoZero;
 pub use instance::{Instance, Metadata};
+pub use kratos::Kratos;
+pub use plain::PlainAddr;
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A registry wire format.
 ///
 /// Implementations are synchronous, cheap and object-safe: discovery holds an
-/// `Arc<dyn Format>` and calls [`decode`](Format::decode) for every key it sees.
+/// `Arc<dyn Format>` and calls [`decode`](Format::decode) for every key it sees, and the
+/// registrar calls [`key`](Format::key) and [`value`](Format::value) once per registration.
+/// `Box<dyn Format>` and `Arc<dyn Format>` are formats too, so a format chosen at run time
+/// can be passed where `impl Format` is expected.
 ///
 /// `decode` never panics on bad input: it returns a [`DecodeError`] that says why, and
 /// discovery skips the key with a warning that names it.
+///
+/// ```
+/// use tonic_etcd::format::{DecodeError, Format, Instance};
+///
+/// /// Keys `<service>/<addr>`, values `addr` in upper case, for the sake of the example.
+/// #[derive(Debug)]
+/// struct Shouting;
+///
+/// impl Format for Shouting {
+///     fn prefix(&self, service: &str) -> String {
+///         format!("{}/", service.trim_end_matches('/'))
+///     }
+///     fn key(&self, service: &str, instance: &Instance, _lease_id: i64) -> String {
+///         format!("{}{}", self.prefix(service), instance.addr)
+///     }
+///     fn value(&self, _service: &str, instance: &Instance) -> Vec<u8> {
+///         instance.addr.to_uppercase().into_bytes()
+///     }
+///     fn decode(&self, _key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
+///         let text = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8)?;
+///         Ok(Instance::new(text.to_lowercase()))
+///     }
+/// }
+///
+/// let format: Box<dyn Format> = Box::new(Shouting);
+/// assert_eq!(format.value("s", &Instance::new("host-a:80")), b"HOST-A:80");
+/// ```
 pub trait Format: fmt::Debug + Send + Sync + 'static {
     /// The key prefix that holds the instances of `service`, with its trailing slash.
+    ///
+    /// Discovery lists and watches exactly this prefix; every key a format writes for
+    /// `service` must start with it.
     fn prefix(&self, service: &str) -> String;
 
     /// The key under which an instance of `service` registers, holding lease `lease_id`.
+    ///
+    /// The registrar calls it again whenever it puts the key under a new lease, so a key
+    /// named after the lease (as [`GoZero`]'s is) follows the lease. A format that ignores
+    /// `lease_id` keeps one key for the whole registration.
     fn key(&self, service: &str, instance: &Instance, lease_id: i64) -> String;
 
     /// The value an instance of `service` registers.
@@ -31,6 +89,42 @@ pub trait Format: fmt::Debug + Send + Sync + 'static {
 
     /// Decodes the instance that the key and value describe.
     fn decode(&self, key: &str, value: &[u8]) -> Result<Instance, DecodeError>;
+}
+
+impl<F: Format + ?Sized> Format for Box<F> {
+    fn prefix(&self, service: &str) -> String {
+        (**self).prefix(service)
+    }
+
+    fn key(&self, service: &str, instance: &Instance, lease_id: i64) -> String {
+        (**self).key(service, instance, lease_id)
+    }
+
+    fn value(&self, service: &str, instance: &Instance) -> Vec<u8> {
+        (**self).value(service, instance)
+    }
+
+    fn decode(&self, key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
+        (**self).decode(key, value)
+    }
+}
+
+impl<F: Format + ?Sized> Format for Arc<F> {
+    fn prefix(&self, service: &str) -> String {
+        (**self).prefix(service)
+    }
+
+    fn key(&self, service: &str, instance: &Instance, lease_id: i64) -> String {
+        (**self).key(service, instance, lease_id)
+    }
+
+    fn value(&self, service: &str, instance: &Instance) -> Vec<u8> {
+        (**self).value(service, instance)
+    }
+
+    fn decode(&self, key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
+        (**self).decode(key, value)
+    }
 }
 
 /// Why a registry value could not be decoded into an [`Instance`].
@@ -46,6 +140,9 @@ pub enum DecodeError {
     /// The value names no address.
     #[error("value has no address")]
     MissingAddress,
+    /// The value lists endpoints, but none of them is `grpc://` or `grpcs://`.
+    #[error("value has no grpc:// or grpcs:// endpoint")]
+    NoGrpcEndpoint,
     /// The address is not `host:port`.
     #[error("invalid address {addr:?}: {reason}")]
     InvalidAddress {
@@ -56,18 +153,33 @@ pub enum DecodeError {
     },
 }
 
+/// The prefix `<service>/`, with exactly one trailing slash.
+fn slash_prefix(service: &str) -> String {
+    format!("{}/", service.trim_end_matches('/'))
+}
+
 /// Checks that `addr` is `host:port`, with a non-empty host and a port in 1..=65535.
 pub(crate) fn validate_addr(addr: &str) -> Result<(), DecodeError> {
     let invalid = |reason| DecodeError::InvalidAddress {
         addr: addr.to_owned(),
         reason,
     };
-    if addr.parse::<std::net::SocketAddr>().is_ok() {
+    if let Ok(socket) = addr.parse::<std::net::SocketAddr>() {
+        if socket.port() == 0 {
+            return Err(invalid("port is not in 1..=65535"));
+        }
+        // A scope id (`[fe80::1%2]:80`) parses, but is not a valid URI authority.
+        if addr.contains('%') {
+            return Err(invalid("ipv6 scope ids are not supported"));
+        }
         return Ok(());
     }
     let (host, port) = addr.rsplit_once(':').ok_or_else(|| invalid("no port"))?;
     match port.parse::<u16>() {
         Ok(0) | Err(_) => return Err(invalid("port is not in 1..=65535")),
+        Ok(_) if !port.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(invalid("port is not in 1..=65535"));
+        }
         Ok(_) => {}
     }
     let host_ok = !host.is_empty()
@@ -98,14 +210,47 @@ mod tests {
             "10.0.0.1",
             ":80",
             "host:0",
+            "10.0.0.1:0",
+            "[::1]:0",
             "host:65536",
+            "host:+80",
             "host:http",
             "a b:80",
             "user@host:80",
             "http://host:80",
             "::1:80",
+            "[fe80::1%2]:80",
         ] {
             assert!(validate_addr(addr).is_err(), "{addr:?} accepted");
+        }
+    }
+
+    #[test]
+    fn boxed_and_shared_formats_delegate() {
+        let boxed: Box<dyn Format> = Box::new(PlainAddr);
+        let shared: Arc<dyn Format> = Arc::new(PlainAddr);
+        let instance = Instance::new("10.0.0.1:1");
+        for format in [&boxed as &dyn Format, &shared as &dyn Format] {
+            assert_eq!(format.prefix("s/"), "s/");
+            assert_eq!(format.key("s", &instance, 7), "s/10.0.0.1:1");
+            assert_eq!(format.value("s", &instance), b"10.0.0.1:1");
+            assert_eq!(
+                format.decode("s/x", b"10.0.0.1:1").ok(),
+                Some(instance.clone())
+            );
+        }
+    }
+
+    #[test]
+    fn every_error_says_why() {
+        let errors = [
+            DecodeError::NotUtf8,
+            DecodeError::MissingAddress,
+            DecodeError::NoGrpcEndpoint,
+            validate_addr("nope").expect_err("no port"),
+        ];
+        for error in errors {
+            assert!(!error.to_string().is_empty(), "{error:?}");
         }
     }
 }

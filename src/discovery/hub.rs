@@ -1,0 +1,158 @@
+//! One watch per prefix per process: every discovery of the same prefix on the same etcd
+//! cluster shares one list-then-watch engine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+
+use tokio::sync::{broadcast, oneshot, watch};
+use tracing::Instrument;
+
+use super::DiscoveryStatus;
+use super::diff::{Entries, RawChange};
+use super::engine::{Engine, EngineConfig, State};
+use crate::Error;
+
+/// Batches a slow subscriber may fall behind by before it resyncs from the snapshot.
+const BACKLOG: usize = 1024;
+
+/// What the engine tells its subscribers.
+#[derive(Debug)]
+pub(super) enum Message {
+    Batch(Vec<RawChange>),
+    Failed(Error),
+}
+
+/// What has been published so far: the state a new subscriber starts from.
+#[derive(Default)]
+pub(super) struct Published {
+    pub(super) entries: Entries,
+    pub(super) failed: Option<Error>,
+}
+
+/// A running engine and its subscribers' channel. Dropping the last `Arc` stops the engine.
+pub(super) struct Hub {
+    published: Arc<Mutex<Published>>,
+    sender: broadcast::Sender<Arc<Message>>,
+    status: watch::Receiver<DiscoveryStatus>,
+    _stop: oneshot::Sender<()>,
+}
+
+type Registry = Mutex<HashMap<(u64, String), Weak<Hub>>>;
+
+static HUBS: LazyLock<Registry> = LazyLock::new(Registry::default);
+
+/// A subscriber's start: the entries so far, and the changes after them.
+pub(super) struct Subscription {
+    pub(super) hub: Arc<Hub>,
+    pub(super) snapshot: Entries,
+    pub(super) changes: broadcast::Receiver<Arc<Message>>,
+}
+
+impl Hub {
+    /// Joins the engine that watches `prefix` on cluster `cluster_id`, starting one with
+    /// `config` if none runs (or the last one failed).
+    pub(super) fn join(
+        cluster_id: u64,
+        prefix: &str,
+        config: impl FnOnce() -> EngineConfig,
+    ) -> Subscription {
+        let mut hubs = HUBS.lock().unwrap_or_else(PoisonError::into_inner);
+        hubs.retain(|_, hub| hub.strong_count() > 0);
+        let key = (cluster_id, prefix.to_owned());
+        let running = hubs
+            .get(&key)
+            .and_then(Weak::upgrade)
+            .filter(|hub| !hub.failed());
+        let hub = running.unwrap_or_else(|| {
+            let hub = Arc::new(Hub::start(config(), prefix.to_owned()));
+            hubs.insert(key, Arc::downgrade(&hub));
+            hub
+        });
+        drop(hubs);
+        hub.subscribe()
+    }
+
+    fn start(config: EngineConfig, prefix: String) -> Hub {
+        let status = config.status.subscribe();
+        let published = Arc::new(Mutex::new(Published::default()));
+        let (sender, _) = broadcast::channel(BACKLOG);
+        let (stop, stopped) = oneshot::channel();
+        let span = tracing::info_span!("tonic_etcd::watch", prefix = %prefix);
+        let engine = Engine::new(config, prefix);
+        let task = run(engine, published.clone(), sender.clone(), stopped);
+        tokio::spawn(task.instrument(span));
+        Hub {
+            published,
+            sender,
+            status,
+            _stop: stop,
+        }
+    }
+
+    fn subscribe(self: Arc<Self>) -> Subscription {
+        // Under the lock, so no batch falls between the snapshot and the receiver.
+        let published = self.lock();
+        let snapshot = published.entries.clone();
+        let changes = self.sender.subscribe();
+        drop(published);
+        Subscription {
+            hub: self,
+            snapshot,
+            changes,
+        }
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Published> {
+        self.published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn failed(&self) -> bool {
+        self.lock().failed.is_some()
+    }
+
+    pub(super) fn status(&self) -> watch::Receiver<DiscoveryStatus> {
+        self.status.clone()
+    }
+}
+
+async fn run(
+    mut engine: Engine,
+    published: Arc<Mutex<Published>>,
+    sender: broadcast::Sender<Arc<Message>>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let mut state = State::List;
+    loop {
+        let (output, next) = tokio::select! {
+            // Biased: once the last subscriber is gone, no further request is started.
+            biased;
+            _ = &mut stopped => return,
+            step = engine.step(state) => step,
+        };
+        state = next;
+        let mut published = published.lock().unwrap_or_else(PoisonError::into_inner);
+        match output {
+            Ok(changes) if changes.is_empty() => {}
+            Ok(changes) => {
+                for change in &changes {
+                    match change {
+                        RawChange::Put(key, value) => {
+                            published.entries.insert(key.clone(), value.clone());
+                        }
+                        RawChange::Delete(key) => {
+                            published.entries.remove(key);
+                        }
+                    }
+                }
+                let _ = sender.send(Arc::new(Message::Batch(changes)));
+            }
+            Err(error) => {
+                published.failed = Some(error.clone());
+                let _ = sender.send(Arc::new(Message::Failed(error)));
+                return;
+            }
+        }
+    }
+}
