@@ -19,11 +19,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use clap::{ArgGroup, Parser};
+use clap::{ArgGroup, Parser, ValueEnum};
 use common::pb::HelloRequest;
 use common::pb::greeter_client::GreeterClient;
 use tokio::time::Instant;
-use tonic::transport::Channel;
+use tower::ServiceExt;
+
+/// Either balancer, behind one type. (The error is a concrete `Status` rather than a boxed
+/// error, which keeps the spawned workers' futures provably `Send`.)
+type AnyChannel = tower::util::BoxCloneService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    tonic::Status,
+>;
 use tonic_etcd::{DiscoveryStatus, EtcdDiscover};
 
 /// A greeter client that balances its calls over the servers registered in etcd.
@@ -46,12 +54,24 @@ struct Args {
     /// How many calls to keep in flight.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     concurrency: u64,
+    /// Which balancer spreads the calls: the crate's own (health- and load-aware), or
+    /// tonic's `balance_channel`, for side-by-side runs.
+    #[arg(long, value_enum, default_value_t = BalancerArg::Etcd)]
+    balancer: BalancerArg,
     /// The registry wire format.
     #[arg(long, value_enum, default_value_t = common::FormatArg::EtcdNaming)]
     format: common::FormatArg,
     /// Seconds a single call may take.
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BalancerArg {
+    /// tonic-etcd's balancer: ejects dead endpoints, avoids slow ones, fails fast.
+    Etcd,
+    /// tonic's own `Channel::balance_channel`.
+    Tonic,
 }
 
 /// When the calls stop.
@@ -96,11 +116,27 @@ async fn main() -> ExitCode {
         }
     };
     let discover = EtcdDiscover::new(etcd, &args.service).format(args.format.format());
-    let (channel, discovery) = discover.balance_channel();
-    wait_for_sync(discovery.status()).await;
+    let (channel, discovery) = match args.balancer {
+        BalancerArg::Etcd => {
+            let channel = discover.channel();
+            let status = channel.status();
+            let channel = AnyChannel::new(channel.map_err(tonic::Status::from_error));
+            (channel, (status, None))
+        }
+        BalancerArg::Tonic => {
+            let (channel, handle) = discover.balance_channel();
+            let channel = channel.map_err(|e| tonic::Status::from_error(Box::new(e)));
+            let channel = AnyChannel::new(channel);
+            (channel, (handle.status(), Some(handle)))
+        }
+    };
+    let (status, handle) = discovery;
+    wait_for_sync(status).await;
     let timeout = Duration::from_secs_f64(args.timeout);
     let tally = run(channel, budget, args.concurrency, timeout).await;
-    discovery.stop().await;
+    if let Some(handle) = handle {
+        handle.stop().await;
+    }
     println!("{}", summary(&tally));
     if tally.failed == 0 {
         ExitCode::SUCCESS
@@ -115,7 +151,7 @@ async fn wait_for_sync(mut status: tokio::sync::watch::Receiver<DiscoveryStatus>
     let _ = tokio::time::timeout(Duration::from_secs(5), synced).await;
 }
 
-async fn run(channel: Channel, budget: Budget, concurrency: u64, timeout: Duration) -> Tally {
+async fn run(channel: AnyChannel, budget: Budget, concurrency: u64, timeout: Duration) -> Tally {
     let issued = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -140,7 +176,7 @@ async fn run(channel: Channel, budget: Budget, concurrency: u64, timeout: Durati
 }
 
 async fn worker(
-    mut client: GreeterClient<Channel>,
+    mut client: GreeterClient<AnyChannel>,
     budget: Budget,
     issued: Arc<AtomicU64>,
     timeout: Duration,

@@ -34,7 +34,7 @@
 //! use tonic_etcd::{Registrar, etcd_client::Client};
 //!
 //! let etcd = Client::connect(["http://127.0.0.1:2379"], None).await?;
-//! let incoming = TcpIncoming::bind("127.0.0.1:0".parse()?)?;
+//! let incoming = TcpIncoming::bind("127.0.0.1:0".parse()?)?.with_nodelay(Some(true));
 //! let registration = Registrar::new(etcd)
 //!     .register("services/greeter", incoming.local_addr()?)
 //!     .await?;

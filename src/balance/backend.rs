@@ -11,7 +11,7 @@
 //! at once; a probe (a fresh connection) readmits it, with jittered exponential backoff
 //! between probes.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -54,6 +54,8 @@ pub(crate) struct Backend {
     channel: RwLock<Option<Channel>>,
     pub(crate) in_flight: Arc<InFlightCounter>,
     latency: Mutex<Ewma>,
+    /// Whether the current connection has served its first call, which is not timed.
+    warm: AtomicBool,
     /// Wakes the connector after an ejection.
     ejected: Notify,
     /// Told when the backend comes up or goes down.
@@ -74,6 +76,7 @@ impl Backend {
             channel: RwLock::new(None),
             in_flight: Arc::default(),
             latency: Mutex::new(Ewma::new(decay)),
+            warm: AtomicBool::new(false),
             ejected: Notify::new(),
             changed,
         }
@@ -111,11 +114,19 @@ impl Backend {
         }
     }
 
-    pub(crate) fn observe(&self, latency: Duration, now: Instant) {
+    /// Records the latency of a call; the first call on a connection pays for its warm-up
+    /// and is not counted.
+    ///
+    /// `reference` is the channel-wide latency: no sample counts for more than
+    /// [`PEAK_STEP`] times it, so a backend's first samples are bounded too.
+    pub(crate) fn observe(&self, latency: Duration, now: Instant, reference: f64) {
+        if !self.warm.swap(true, Ordering::AcqRel) {
+            return;
+        }
         self.latency
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .observe(latency, now);
+            .observe(latency, now, reference);
     }
 
     /// Takes the endpoint out of rotation after a transport failure; a probe readmits it.
@@ -129,6 +140,7 @@ impl Backend {
     }
 
     fn set_up(&self, channel: Channel) {
+        self.warm.store(false, Ordering::Release);
         *self.channel.write().unwrap_or_else(PoisonError::into_inner) = Some(channel);
         self.state.store(1, Ordering::Release);
         self.changed.notify_waiters();
@@ -178,18 +190,25 @@ async fn connect_loop(backend: Arc<Backend>, endpoint: Endpoint, backoff: Backof
     }
 }
 
-/// A peak-sensitive exponentially weighted moving average of latency, in seconds: a slower
-/// sample is taken at once, a faster one blends in, and the estimate decays toward zero
-/// while no sample arrives, so an idle backend is tried again.
+/// An exponentially weighted moving average of latency, in seconds. Each sample moves it by
+/// [`SMOOTHING`], and counts for at most [`PEAK_STEP`] times the estimate, so one outlier
+/// cannot bench a backend while a lasting slowdown shows within a few calls. The estimate
+/// decays toward zero while no sample arrives, so a backend that was avoided is tried again.
+/// How far one sample can raise the latency estimate.
+const PEAK_STEP: f64 = 4.0;
+
+/// The weight of a new sample.
+const SMOOTHING: f64 = 0.3;
+
 #[derive(Debug)]
-struct Ewma {
+pub(crate) struct Ewma {
     value: f64,
     stamp: Instant,
     decay: f64,
 }
 
 impl Ewma {
-    fn new(decay: Duration) -> Self {
+    pub(crate) fn new(decay: Duration) -> Self {
         Ewma {
             value: 0.0,
             stamp: Instant::now(),
@@ -202,17 +221,22 @@ impl Ewma {
         self.value * (-elapsed / self.decay).exp()
     }
 
-    fn observe(&mut self, sample: Duration, now: Instant) {
-        let sample = sample.as_secs_f64();
+    /// Adds a sample, bounded by [`PEAK_STEP`] times the larger of this estimate and
+    /// `reference` (when there is one); returns the estimate before the sample.
+    pub(crate) fn observe(&mut self, sample: Duration, now: Instant, reference: f64) -> f64 {
         let current = self.get(now);
-        self.value = if sample > current {
-            sample
+        let bound = current.max(reference) * PEAK_STEP;
+        let mut sample = sample.as_secs_f64();
+        if bound > 0.0 {
+            sample = sample.min(bound);
+        }
+        self.value = if current > 0.0 {
+            current + SMOOTHING * (sample - current)
         } else {
-            let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
-            let w = (-elapsed / self.decay).exp();
-            current * w + sample * (1.0 - w)
+            sample
         };
         self.stamp = now;
+        current
     }
 }
 
@@ -221,23 +245,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ewma_takes_peaks_at_once_and_decays() {
+    fn ewma_follows_samples_bounds_outliers_and_decays() {
         let start = Instant::now();
         let mut e = Ewma::new(Duration::from_secs(1));
-        e.observe(Duration::from_millis(10), start);
-        assert!((e.get(start) - 0.010).abs() < 1e-9);
-        e.observe(Duration::from_millis(100), start);
+        e.observe(Duration::from_millis(10), start, 0.0);
         assert!(
-            (e.get(start) - 0.100).abs() < 1e-9,
-            "a peak is taken at once"
+            (e.get(start) - 0.010).abs() < 1e-9,
+            "the first sample sets it"
+        );
+        e.observe(Duration::from_secs(5), start, 0.0);
+        let after_outlier = e.get(start);
+        assert!(
+            after_outlier < 0.020,
+            "one outlier moves it little: {after_outlier}"
+        );
+        for _ in 0..5 {
+            e.observe(Duration::from_millis(100), start, 0.0);
+        }
+        assert!(
+            e.get(start) > 0.040,
+            "a lasting slowdown shows within a few calls"
         );
         let later = start + Duration::from_secs(3);
-        assert!(e.get(later) < 0.100 * 0.06, "decays while idle");
-        e.observe(Duration::from_millis(1), start + Duration::from_millis(1));
-        assert!(
-            e.get(start + Duration::from_millis(1)) > 0.09,
-            "a fast sample blends in"
-        );
+        assert!(e.get(later) < e.get(start) * 0.06, "decays while idle");
+    }
+
+    #[test]
+    fn a_first_sample_is_bounded_by_the_reference() {
+        let start = Instant::now();
+        let mut e = Ewma::new(Duration::from_secs(1));
+        e.observe(Duration::from_millis(40), start, 0.001);
+        assert!((e.get(start) - 0.004).abs() < 1e-9, "{}", e.get(start));
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub(super) async fn call(
         match channel.oneshot(request).await {
             Ok(response) => {
                 let now = Instant::now();
-                backend.observe(now - started, now);
+                let reference = state.observe(now - started, now);
+                backend.observe(now - started, now, reference);
                 return Ok(response.map(|body| Body::new(CountedBody::new(body, Some(guard)))));
             }
             Err(error) => {

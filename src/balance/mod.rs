@@ -109,6 +109,7 @@ impl Balancer {
         let status = discover.status();
         let state = Arc::new(State {
             service,
+            latency: std::sync::Mutex::new(backend::Ewma::new(self.latency_decay)),
             snapshot: RwLock::new(Arc::default()),
             changed: Arc::new(Notify::new()),
             synced: AtomicBool::new(false),
@@ -138,6 +139,8 @@ impl EtcdDiscover {
 /// What the driver and the channels share.
 pub(crate) struct State {
     service: String,
+    /// The latency of every call through the channel.
+    latency: std::sync::Mutex<backend::Ewma>,
     snapshot: RwLock<Arc<Snapshot>>,
     changed: Arc<Notify>,
     synced: AtomicBool,
@@ -226,6 +229,12 @@ impl State {
         }
     }
 
+    /// Adds a call's latency to the channel-wide estimate; returns the estimate before it.
+    fn observe(&self, latency: Duration, now: Instant) -> f64 {
+        let mut ewma = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
+        ewma.observe(latency, now, 0.0)
+    }
+
     fn unavailable(&self) -> Status {
         Status::unavailable(format!(
             "no endpoint of service {:?} is available",
@@ -246,7 +255,7 @@ struct Owner {
 ///
 /// - **Power of two choices** over the endpoints that are up, drawn by the weights in their
 ///   metadata, by a real load: calls in flight (counted until the response body ends, so
-///   streams count) times a peak-EWMA of latency that decays over a second. A candidate
+///   streams count) times an EWMA of latency that decays over a second. A candidate
 ///   more than twice as costly loses; closer than that, fewer calls in flight win, so
 ///   latency noise between equal servers does not skew the spread.
 /// - **Passive ejection.** A transport failure (refused, reset, GOAWAY) takes the endpoint

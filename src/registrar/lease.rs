@@ -15,6 +15,7 @@
 //! watches its own keys and puts back one that someone deletes. It never gives up.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, PutOptions, WatchOptions, WatchStream};
@@ -68,6 +69,8 @@ pub(super) struct LeaseTask {
     pub(super) request_timeout: Duration,
     pub(super) retry: Retry,
     pub(super) status: Arc<watch::Sender<RegistrationStatus>>,
+    /// The last lease granted (0: none yet), which shutdown revokes whatever the status.
+    pub(super) lease: Arc<AtomicI64>,
 }
 
 impl LeaseTask {
@@ -137,6 +140,7 @@ impl LeaseTask {
                 ttl_secs,
                 source: Arc::new(source),
             })?;
+        self.lease.store(response.id(), Ordering::Release);
         Ok(response.id())
     }
 

@@ -11,6 +11,7 @@ pub use layer::{InFlight, InFlightLayer, ResponseFuture};
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -35,7 +36,8 @@ pub const MIN_TTL: Duration = Duration::from_secs(2);
 /// use tonic_etcd::Registrar;
 ///
 /// let client = tonic_etcd::etcd_client::Client::connect(["http://127.0.0.1:2379"], None).await?;
-/// let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse()?)?;
+/// let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse()?)?
+///     .with_nodelay(Some(true)); // else small replies can stall 40 ms on delayed ACKs
 /// let addr = incoming.local_addr()?; // the real port, even when binding port 0
 /// let registration = Registrar::new(client)
 ///     .ttl(Duration::from_secs(10))
@@ -140,6 +142,7 @@ impl Registrar {
             });
         }
         let status = Arc::new(watch::Sender::new(RegistrationStatus::Registering));
+        let lease = Arc::new(AtomicI64::new(0));
         let mut task = LeaseTask {
             client: self.client.clone(),
             format: self.format,
@@ -149,6 +152,7 @@ impl Registrar {
             request_timeout: self.request_timeout,
             retry: Retry::new(self.backoff),
             status: status.clone(),
+            lease: lease.clone(),
         };
         let lease_id = task.grant().await?;
         let entry = task.entry(service.into(), instance.into(), lease_id);
@@ -167,6 +171,7 @@ impl Registrar {
             key,
             client: self.client,
             status,
+            lease,
             counter: Arc::default(),
             serving,
             commands,
@@ -215,6 +220,8 @@ pub struct Registration {
     key: String,
     client: etcd_client::Client,
     status: Arc<watch::Sender<RegistrationStatus>>,
+    /// The last lease granted (0: none), shared with the lease task.
+    lease: Arc<AtomicI64>,
     counter: Arc<InFlightCounter>,
     serving: watch::Sender<bool>,
     commands: mpsc::Sender<Command>,
@@ -344,8 +351,11 @@ impl Registration {
     }
 
     async fn revoke(&mut self) -> Result<(), Error> {
-        let Some(lease_id) = self.lease_id() else {
-            return Ok(());
+        // Not `lease_id()`: while the lease task retries, the status names no lease, yet
+        // the key is most likely still in etcd under the last one.
+        let lease_id = match self.lease.load(Ordering::Acquire) {
+            0 => return Ok(()),
+            lease_id => lease_id,
         };
         let mut lease = self.client.lease_client();
         let after = self.request_timeout;

@@ -114,7 +114,9 @@ impl TestServer {
     /// Binds `addr` and serves a [`Greeter`] on it in a task.
     async fn start_on(addr: SocketAddr, delay: Duration) -> TestServer {
         let incoming = wait_for(&format!("bind {addr}"), Duration::from_secs(5), || async {
-            TcpIncoming::bind(addr).ok()
+            TcpIncoming::bind(addr)
+                .ok()
+                .map(|i| i.with_nodelay(Some(true)))
         })
         .await;
         let addr = incoming

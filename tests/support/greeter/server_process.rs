@@ -147,14 +147,19 @@ fn drain_stdout(
         let mut ready = Some(tx);
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
-            if line.contains("listening on")
-                && let Some(addr) = first_addr(&line)
+            let addr = if line.contains("listening on") {
+                first_addr(&line)
+            } else {
+                None
+            };
+            // Kept before the signal, so `stdout_lines` has it once `spawn` has returned.
+            lines.lock().expect("stdout lines lock").push(line);
+            if let Some(addr) = addr
                 && let Some(tx) = ready.take()
             {
                 // The test may have given up waiting; the line is kept all the same.
                 let _ = tx.send(addr);
             }
-            lines.lock().expect("stdout lines lock").push(line);
         }
     });
     rx
