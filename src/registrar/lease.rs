@@ -42,9 +42,16 @@ pub(super) enum Command {
 }
 
 pub(super) enum State {
+    /// A permanent error (permission denied, bad credentials): retrying cannot help.
+    Failed,
     Grant,
-    Put { lease_id: i64 },
-    KeepAlive { lease_id: i64, from: i64 },
+    Put {
+        lease_id: i64,
+    },
+    KeepAlive {
+        lease_id: i64,
+        from: i64,
+    },
 }
 
 /// Why keeping alive stopped.
@@ -103,6 +110,7 @@ impl LeaseTask {
 
     async fn step(&mut self, state: State, commands: &mut mpsc::Receiver<Command>) -> State {
         match state {
+            State::Failed => std::future::pending().await,
             State::Grant => match self.grant().await {
                 Ok(lease_id) => State::Put { lease_id },
                 Err(error) => self.fail(error, State::Grant).await,
@@ -322,6 +330,12 @@ impl LeaseTask {
     }
 
     async fn fail(&mut self, error: Error, next: State) -> State {
+        if error.is_permanent() {
+            warn!(error = %Chain(&error), "registration failed for good");
+            self.status
+                .send_replace(RegistrationStatus::Failed { error });
+            return State::Failed;
+        }
         let delay = self.retry.next_delay();
         let attempt = self.retry.attempt();
         debug!(attempt, ?delay, error = %Chain(&error), "retrying");

@@ -201,7 +201,7 @@ pub enum RegistrationStatus {
         /// The lease holding the key.
         lease_id: i64,
     },
-    /// etcd failed; the registrar keeps retrying with backoff.
+    /// etcd failed for a reason that may pass; the registrar keeps retrying with backoff.
     Retrying {
         /// How many attempts have failed in a row.
         attempt: u32,
@@ -210,6 +210,12 @@ pub enum RegistrationStatus {
     },
     /// The registration was shut down.
     Deregistered,
+    /// etcd refused the registration for good (permission denied, bad credentials): the
+    /// registrar stopped retrying. The key, if it was ever written, expires with its lease.
+    Failed {
+        /// Why.
+        error: Error,
+    },
 }
 
 /// A live registration: owns the lease task, and shuts the server down in order.
