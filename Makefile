@@ -25,7 +25,9 @@ demo: deps
 	$(CARGO) build --examples
 	bash scripts/demo.sh
 
+# Every feature (tls, health) is built and tested; the default build is checked too.
 test: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test
+	$(CARGO) clippy --all-targets --all-features -- -D warnings
+	$(CARGO) clippy --lib -- -D warnings
+	$(CARGO) test --all-features
