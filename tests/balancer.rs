@@ -299,3 +299,98 @@ async fn a_new_server_is_called_within_milliseconds_of_its_registration() {
     })
     .await;
 }
+
+#[cfg(feature = "health")]
+mod health {
+    use super::*;
+    use support::pb::greeter_server::{Greeter, GreeterServer};
+    use support::pb::{HelloReply, HelloRequest as Request};
+    use tonic_health::ServingStatus;
+    use tonic_health::server::HealthReporter;
+
+    struct Reply(SocketAddr);
+
+    #[tonic::async_trait]
+    impl Greeter for Reply {
+        async fn say_hello(
+            &self,
+            request: tonic::Request<Request>,
+        ) -> Result<tonic::Response<HelloReply>, tonic::Status> {
+            let message = support::greeter::greeting(&request.into_inner().name, self.0);
+            Ok(tonic::Response::new(HelloReply { message }))
+        }
+    }
+
+    /// A greeter that also serves grpc.health.v1, until the returned sender is dropped.
+    async fn start() -> (SocketAddr, HealthReporter, tokio::sync::oneshot::Sender<()>) {
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().expect("addr"))
+                .expect("bind")
+                .with_nodelay(Some(true));
+        let addr = incoming.local_addr().expect("local addr");
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(GreeterServer::new(Reply(addr)))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            });
+        tokio::spawn(server);
+        (addr, reporter, stop)
+    }
+
+    fn state_of(channel: &BalancedChannel, addr: SocketAddr) -> Option<EndpointState> {
+        let addr = addr.to_string();
+        channel
+            .endpoints()
+            .into_iter()
+            .find(|e| e.addr == addr)
+            .map(|e| e.state)
+    }
+
+    #[tokio::test]
+    async fn active_health_checks_eject_and_readmit() {
+        let etcd = Etcd::start().await;
+        let mut kv = etcd.client().await;
+        // With active checks, every endpoint must serve grpc.health.v1.
+        let (steady, _steady_reporter, _steady_stop) = start().await;
+        let (checked, reporter, _stop) = start().await;
+        for addr in [steady, checked] {
+            register(&mut kv, "svc", &Instance::from(addr)).await;
+        }
+        let channel = Balancer::new()
+            .health_check("", Duration::from_millis(50))
+            .probe_backoff(
+                tonic_etcd::Backoff::default()
+                    .initial(Duration::from_millis(20))
+                    .max(Duration::from_millis(100)),
+            )
+            .channel(EtcdDiscover::new(etcd.client().await, "svc"));
+        wait_until("both up", DEADLINE, || async {
+            up_count(&channel).await == 2
+        })
+        .await;
+
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        wait_until("the not-serving endpoint is ejected", DEADLINE, || async {
+            state_of(&channel, checked) == Some(EndpointState::Ejected)
+        })
+        .await;
+        let (backends, failed) = calls(&channel, 50).await;
+        assert_eq!(failed, 0);
+        assert_eq!(backends.get(&checked), None, "{backends:?}");
+
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        wait_until(
+            "the serving endpoint is readmitted and called",
+            DEADLINE,
+            || async { calls(&channel, 10).await.0.contains_key(&checked) },
+        )
+        .await;
+    }
+}

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info};
 
+use super::health::{self, HealthCheck};
 use super::pick::Load;
 use crate::backoff::{Backoff, Retry};
 use crate::format::Instance;
@@ -155,31 +156,45 @@ impl Backend {
 }
 
 /// Connects, and reconnects after every ejection, for as long as the backend is discovered.
-/// The returned handle's owner aborts it on removal.
+/// With a health check, an endpoint must also report `SERVING` to come up, and is ejected
+/// when a later check fails. The returned handle's owner aborts it on removal.
 pub(crate) fn spawn_connector(
     backend: Arc<Backend>,
     endpoint: Endpoint,
     backoff: Backoff,
+    check: Option<HealthCheck>,
 ) -> tokio::task::JoinHandle<()> {
     let span = tracing::debug_span!("tonic_etcd::connect", key = %backend.key);
-    tokio::spawn(connect_loop(backend, endpoint, backoff).instrument(span))
+    tokio::spawn(connect_loop(backend, endpoint, backoff, check).instrument(span))
 }
 
-async fn connect_loop(backend: Arc<Backend>, endpoint: Endpoint, backoff: Backoff) {
+async fn connect_loop(
+    backend: Arc<Backend>,
+    endpoint: Endpoint,
+    backoff: Backoff,
+    check: Option<HealthCheck>,
+) {
     let mut retry = Retry::new(backoff);
     loop {
         match endpoint.connect().await {
-            Ok(channel) => {
+            Ok(channel) if healthy(&channel, check.as_ref()).await => {
                 if retry.attempt() > 0 {
                     info!(key = %backend.key, addr = %backend.instance.addr, "endpoint readmitted");
                 }
-                backend.set_up(channel);
+                backend.set_up(channel.clone());
                 let connected = Instant::now();
-                backend.ejected.notified().await;
+                tokio::select! {
+                    _ = backend.ejected.notified() => {}
+                    _ = health::until_unhealthy(&channel, check.as_ref()) => backend.eject(),
+                }
                 // A connection that stayed up for a while resets the probe backoff.
                 if connected.elapsed() >= Duration::from_secs(10) {
                     retry.reset();
                 }
+            }
+            Ok(_) => {
+                debug!(key = %backend.key, "endpoint is not serving");
+                backend.set_ejected();
             }
             Err(error) => {
                 debug!(key = %backend.key, error = %crate::error::Chain(&error), "connect failed");
@@ -190,16 +205,23 @@ async fn connect_loop(backend: Arc<Backend>, endpoint: Endpoint, backoff: Backof
     }
 }
 
-/// An exponentially weighted moving average of latency, in seconds. Each sample moves it by
-/// [`SMOOTHING`], and counts for at most [`PEAK_STEP`] times the estimate, so one outlier
-/// cannot bench a backend while a lasting slowdown shows within a few calls. The estimate
-/// decays toward zero while no sample arrives, so a backend that was avoided is tried again.
+async fn healthy(channel: &Channel, check: Option<&HealthCheck>) -> bool {
+    match check {
+        Some(check) => health::passes(channel, check).await,
+        None => true,
+    }
+}
+
 /// How far one sample can raise the latency estimate.
 const PEAK_STEP: f64 = 4.0;
 
 /// The weight of a new sample.
 const SMOOTHING: f64 = 0.3;
 
+/// An exponentially weighted moving average of latency, in seconds. Each sample moves it by
+/// [`SMOOTHING`], and counts for at most [`PEAK_STEP`] times the estimate, so one outlier
+/// cannot bench a backend while a lasting slowdown shows within a few calls. The estimate
+/// decays toward zero while no sample arrives, so a backend that was avoided is tried again.
 #[derive(Debug)]
 pub(crate) struct Ewma {
     value: f64,

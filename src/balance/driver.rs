@@ -96,7 +96,9 @@ fn apply(
                     state.changed.clone(),
                     state.config.latency_decay,
                 ));
-                let task = spawn_connector(backend.clone(), endpoint, state.config.probe_backoff);
+                let check = state.config.health_check.clone();
+                let task =
+                    spawn_connector(backend.clone(), endpoint, state.config.probe_backoff, check);
                 endpoints.insert(key, (backend, Connector(task)));
             }
             Change::Remove(key) => {

@@ -3,6 +3,7 @@
 mod backend;
 mod call;
 mod driver;
+mod health;
 mod pick;
 
 pub use backend::EndpointState;
@@ -48,6 +49,7 @@ pub struct Balancer {
     startup_wait: Duration,
     probe_backoff: Backoff,
     latency_decay: Duration,
+    health_check: Option<health::HealthCheck>,
 }
 
 impl Default for Balancer {
@@ -60,6 +62,7 @@ impl Default for Balancer {
                 .initial(Duration::from_millis(50))
                 .max(Duration::from_secs(5)),
             latency_decay: Duration::from_secs(1),
+            health_check: None,
         }
     }
 }
@@ -96,6 +99,23 @@ impl Balancer {
     /// with jitter.
     pub fn probe_backoff(mut self, backoff: Backoff) -> Self {
         self.probe_backoff = backoff;
+        self
+    }
+
+    /// Checks every endpoint's health actively, with `grpc.health.v1.Health/Check` for
+    /// `service` (`""` for the whole server) every `interval`: an endpoint comes into
+    /// rotation only once it reports `SERVING`, and leaves it when a check fails or takes
+    /// longer than the interval (at most 5 s). Default: no active checks; failures are still
+    /// detected passively, from the calls themselves.
+    ///
+    /// Requires the `health` feature.
+    #[cfg(feature = "health")]
+    pub fn health_check(mut self, service: impl Into<String>, interval: Duration) -> Self {
+        self.health_check = Some(health::HealthCheck {
+            service: service.into(),
+            interval,
+            timeout: interval.min(Duration::from_secs(5)),
+        });
         self
     }
 
