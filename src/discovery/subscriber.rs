@@ -1,0 +1,220 @@
+//! One discovery's view of the shared engine: joins it, then decodes its raw changes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tower::discover::Change;
+
+use super::decode::Decoder;
+use super::diff::{self, Entries, RawChange};
+use super::hub::{Hub, Message, Subscription};
+use super::{ChangeStream, Config, Discovered, DiscoveryStatus};
+use crate::Error;
+use crate::backoff::Retry;
+
+/// Starts a subscriber: validates the prefix, finds the cluster, joins (or starts) the
+/// shared engine of its prefix, then turns the engine's raw changes into endpoint changes.
+pub(super) fn run(config: Config) -> ChangeStream {
+    let prefix = config.format.prefix(&config.service);
+    if prefix.trim_matches('/').is_empty() {
+        let error = Error::InvalidPrefix {
+            prefix: config.service.clone(),
+            reason: "it is empty",
+        };
+        config.status.send_replace(DiscoveryStatus::Failed {
+            error: error.clone(),
+        });
+        return Box::pin(futures_util::stream::iter([Err(error)]));
+    }
+    let subscriber = Subscriber {
+        decoder: Decoder::new(config.format.clone(), config.endpoint_hook.clone()),
+        retry: Retry::new(config.backoff),
+        config,
+        prefix,
+        endpoints: Arc::default(),
+    };
+    let steps = futures_util::stream::unfold(
+        (subscriber, Step::Join),
+        |(mut subscriber, mut step)| async move {
+            loop {
+                if matches!(step, Step::Done) {
+                    return None;
+                }
+                let (output, next) = subscriber.step(step).await;
+                match output {
+                    Ok(changes) if changes.is_empty() => step = next,
+                    output => return Some((output, (subscriber, next))),
+                }
+            }
+        },
+    );
+    Box::pin(steps.flat_map(|output| {
+        let items: Vec<_> = match output {
+            Ok(changes) => changes.into_iter().map(Ok).collect(),
+            Err(error) => vec![Err(error)],
+        };
+        futures_util::stream::iter(items)
+    }))
+}
+
+type Output = Result<Vec<Change<String, Discovered>>, Error>;
+
+enum Step {
+    /// Find the cluster, and join the engine watching the prefix there.
+    Join,
+    /// Follow the engine; `seen` is every raw entry received.
+    Follow {
+        subscription: Subscription,
+        seen: Entries,
+    },
+    Done,
+}
+
+struct Subscriber {
+    config: Config,
+    prefix: String,
+    decoder: Decoder,
+    retry: Retry,
+    /// How many endpoints this subscriber has announced, for its status.
+    endpoints: Arc<AtomicUsize>,
+}
+
+impl Subscriber {
+    async fn step(&mut self, step: Step) -> (Output, Step) {
+        match step {
+            Step::Join => self.join().await,
+            Step::Follow { subscription, seen } => self.follow(subscription, seen).await,
+            Step::Done => (Ok(Vec::new()), Step::Done),
+        }
+    }
+
+    /// Asks etcd which cluster it is (a count-only get of the prefix, which also checks
+    /// the permission to read it), then joins the engine for that cluster and prefix.
+    async fn join(&mut self) -> (Output, Step) {
+        let mut kv = self.config.client.kv_client();
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_count_only();
+        let after = self.config.request_timeout;
+        let get = tokio::time::timeout(after, kv.get(self.prefix.as_str(), Some(options)));
+        let error = match get.await {
+            Ok(Ok(response)) => {
+                let cluster_id = response.header().map_or(0, |h| h.cluster_id());
+                let subscription =
+                    Hub::join(cluster_id, &self.prefix, || self.config.engine_config());
+                let seen = subscription.snapshot.clone();
+                let changes = seen
+                    .iter()
+                    .map(|(k, v)| RawChange::Put(k.clone(), v.clone()))
+                    .filter_map(|c| self.decoder.apply(c))
+                    .collect();
+                self.endpoints.store(self.decoder.len(), Ordering::Release);
+                let to = self.config.status.clone();
+                let status = forward_status(subscription.hub.status(), to, self.endpoints.clone());
+                tokio::spawn(status);
+                return (Ok(changes), Step::Follow { subscription, seen });
+            }
+            Ok(Err(source)) => Error::List {
+                prefix: self.prefix.clone(),
+                source: Arc::new(source),
+            },
+            Err(_) => Error::Timeout {
+                operation: "reaching etcd",
+                after,
+            },
+        };
+        self.retry_join(error).await
+    }
+
+    async fn retry_join(&mut self, error: Error) -> (Output, Step) {
+        if error.is_permanent() {
+            let failed = DiscoveryStatus::Failed {
+                error: error.clone(),
+            };
+            self.config.status.send_replace(failed);
+            return (Err(error), Step::Done);
+        }
+        let delay = self.retry.next_delay();
+        let attempt = self.retry.attempt();
+        tracing::debug!(prefix = %self.prefix, attempt, ?delay, error = %crate::error::Chain(&error), "retrying");
+        self.config.status.send_replace(DiscoveryStatus::Retrying {
+            attempt,
+            error,
+            endpoints: 0,
+        });
+        tokio::time::sleep(delay).await;
+        (Ok(Vec::new()), Step::Join)
+    }
+
+    async fn follow(
+        &mut self,
+        mut subscription: Subscription,
+        mut seen: Entries,
+    ) -> (Output, Step) {
+        use tokio::sync::broadcast::error::RecvError;
+        let raw: Vec<RawChange> = match subscription.changes.recv().await {
+            Ok(message) => match &*message {
+                Message::Batch(changes) => changes.clone(),
+                Message::Failed(error) => return (Err(error.clone()), Step::Done),
+            },
+            Err(RecvError::Lagged(missed)) => {
+                // Fell behind the engine: catch up from its snapshot, by diff.
+                tracing::debug!(prefix = %self.prefix, missed, "subscriber lagged, resyncing");
+                let published = subscription.hub.lock();
+                diff::diff(&seen, &published.entries)
+                    .into_changes()
+                    .collect()
+            }
+            Err(RecvError::Closed) => return (Ok(Vec::new()), Step::Done),
+        };
+        let mut changes = Vec::with_capacity(raw.len());
+        for change in raw {
+            match &change {
+                RawChange::Put(key, value) => {
+                    seen.insert(key.clone(), value.clone());
+                }
+                RawChange::Delete(key) => {
+                    seen.remove(key);
+                }
+            }
+            changes.extend(self.decoder.apply(change));
+        }
+        let endpoints = self.decoder.len();
+        if self.endpoints.swap(endpoints, Ordering::AcqRel) != endpoints {
+            self.config
+                .status
+                .send_modify(|status| set_endpoints(status, endpoints));
+        }
+        (Ok(changes), Step::Follow { subscription, seen })
+    }
+}
+
+fn set_endpoints(status: &mut DiscoveryStatus, count: usize) {
+    match status {
+        DiscoveryStatus::Synced { endpoints, .. } | DiscoveryStatus::Retrying { endpoints, .. } => {
+            *endpoints = count
+        }
+        DiscoveryStatus::Syncing | DiscoveryStatus::Failed { .. } => {}
+    }
+}
+
+/// Copies the shared engine's status to one subscriber's, with the subscriber's own count
+/// of endpoints (values that do not decode in its format are not endpoints), until either
+/// side is gone.
+async fn forward_status(
+    mut from: watch::Receiver<DiscoveryStatus>,
+    to: Arc<watch::Sender<DiscoveryStatus>>,
+    endpoints: Arc<AtomicUsize>,
+) {
+    loop {
+        let mut status = from.borrow_and_update().clone();
+        set_endpoints(&mut status, endpoints.load(Ordering::Acquire));
+        to.send_replace(status);
+        tokio::select! {
+            changed = from.changed() => if changed.is_err() { return },
+            _ = to.closed() => return,
+        }
+    }
+}
