@@ -1,0 +1,198 @@
+//! A live registration: the handle that owns the lease task and shuts the server down in
+//! order.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+
+use super::lease::Command;
+use super::{InFlightLayer, RegistrationStatus};
+use crate::Error;
+use crate::format::Instance;
+use crate::inflight::InFlightCounter;
+
+/// A live registration: owns the lease task, and shuts the server down in order.
+///
+/// Dropping it stops keeping the lease alive, so the keys expire after the TTL; it does no
+/// I/O. Call [`shutdown`](Registration::shutdown) to remove the keys at once.
+pub struct Registration {
+    pub(super) key: String,
+    pub(super) client: etcd_client::Client,
+    pub(super) status: Arc<watch::Sender<RegistrationStatus>>,
+    /// The last lease granted (0: none), shared with the lease task.
+    pub(super) lease: Arc<AtomicI64>,
+    pub(super) counter: Arc<InFlightCounter>,
+    pub(super) serving: watch::Sender<bool>,
+    pub(super) commands: mpsc::Sender<Command>,
+    /// Tells the owned tasks to stop; dropping it does too.
+    pub(super) stop: watch::Sender<bool>,
+    pub(super) tasks: Vec<JoinHandle<()>>,
+    pub(super) grace: Duration,
+    pub(super) drain_timeout: Duration,
+    pub(super) request_timeout: Duration,
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("key", &self.key)
+            .field("status", &*self.status.borrow())
+            .field("in_flight", &self.counter.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registration {
+    /// The etcd key of the first instance, as registered. (A format that names keys after
+    /// the lease, such as go-zero's, changes it when the lease is lost and granted again.)
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The lease currently holding the key, if registered.
+    pub fn lease_id(&self) -> Option<i64> {
+        match *self.status.borrow() {
+            RegistrationStatus::Registered { lease_id } => Some(lease_id),
+            _ => None,
+        }
+    }
+
+    /// Registers one more instance under the same lease, so a process holds one lease
+    /// whatever it registers. Returns its key once it is in etcd.
+    pub async fn add(
+        &self,
+        service: impl Into<String>,
+        instance: impl Into<Instance>,
+    ) -> Result<String, Error> {
+        let (reply, response) = oneshot::channel();
+        let command = Command::Add {
+            service: service.into(),
+            instance: instance.into(),
+            reply,
+        };
+        let stopped = || Error::Stopped;
+        self.commands.send(command).await.map_err(|_| stopped())?;
+        response.await.map_err(|_| stopped())?
+    }
+
+    /// Takes the keys out of etcd while keeping the lease (`true`), or puts them back
+    /// (`false`): for a server that is up but should get no calls for a while.
+    pub async fn withdraw(&self, withdraw: bool) -> Result<(), Error> {
+        self.commands
+            .send(Command::Withdraw(withdraw))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// A receiver of the registration status.
+    pub fn status(&self) -> watch::Receiver<RegistrationStatus> {
+        self.status.subscribe()
+    }
+
+    #[cfg_attr(not(feature = "health"), allow(dead_code))]
+    pub(crate) fn stop_receiver(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    #[cfg_attr(not(feature = "health"), allow(dead_code))]
+    pub(crate) fn own(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    /// The layer that counts in-flight calls: add it with `Server::builder().layer(..)`.
+    pub fn layer(&self) -> InFlightLayer {
+        InFlightLayer::new(self.counter.clone())
+    }
+
+    /// How many calls are in flight through [`layer`](Registration::layer).
+    pub fn in_flight(&self) -> usize {
+        self.counter.get()
+    }
+
+    /// A future that resolves when the server should stop accepting connections: during
+    /// [`shutdown`](Registration::shutdown), after deregistering and the grace period, or
+    /// when the registration is dropped. Pass it to `serve_with_shutdown` or
+    /// `serve_with_incoming_shutdown`.
+    pub fn stop_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut serving = self.serving.subscribe();
+        async move {
+            let _ = serving.wait_for(|serving| !serving).await;
+        }
+    }
+
+    /// Shuts down in order: deregisters (revokes the lease, which deletes the key at once),
+    /// waits the grace period for clients to see it, fires the
+    /// [`stop_signal`](Registration::stop_signal), then waits for in-flight calls up to the
+    /// drain timeout.
+    ///
+    /// If etcd cannot be reached, the server still drains and stops, the key expires with
+    /// its lease, and the revoke error is returned.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.stop.send_replace(true);
+        for task in self.tasks.drain(..) {
+            if let Err(e) = task.await {
+                debug!(error = %e, "registration task ended abnormally");
+            }
+        }
+        let revoked = self.revoke().await;
+        tokio::time::sleep(self.grace).await;
+        self.serving.send_replace(false);
+        let drained = tokio::time::timeout(self.drain_timeout, self.counter.idle()).await;
+        match drained {
+            Ok(()) => debug!(key = %self.key, "drained"),
+            Err(_) => info!(
+                key = %self.key,
+                in_flight = self.counter.get(),
+                "drain timed out"
+            ),
+        }
+        revoked
+    }
+
+    async fn revoke(&mut self) -> Result<(), Error> {
+        // Not `lease_id()`: while the lease task retries, the status names no lease, yet
+        // the key is most likely still in etcd under the last one.
+        let lease_id = match self.lease.load(Ordering::Acquire) {
+            0 => return Ok(()),
+            lease_id => lease_id,
+        };
+        let mut lease = self.client.lease_client();
+        let after = self.request_timeout;
+        let result = match tokio::time::timeout(after, lease.revoke(lease_id)).await {
+            Err(_) => Err(Error::Timeout {
+                operation: "revoking the lease",
+                after,
+            }),
+            Ok(Err(source)) => Err(Error::Revoke {
+                lease_id,
+                source: Arc::new(source),
+            }),
+            Ok(Ok(_)) => Ok(()),
+        };
+        match &result {
+            Ok(()) => {
+                info!(key = %self.key, lease_id, "deregistered");
+                self.status.send_replace(RegistrationStatus::Deregistered);
+            }
+            // The lease is gone already: so is the key.
+            Err(e) if e.is_lease_not_found() => {
+                self.status.send_replace(RegistrationStatus::Deregistered);
+                return Ok(());
+            }
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // Only signals: the tasks stop, and the keys expire with the lease.
+        self.stop.send_replace(true);
+    }
+}
