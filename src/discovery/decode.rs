@@ -9,21 +9,97 @@ use tracing::{debug, warn};
 
 use super::diff::{Entries, RawChange};
 use super::{Discovered, EndpointHook};
-use crate::format::{DecodeError, Format};
+use crate::format::{DecodeError, Format, Instance};
+
+/// How an instance becomes an [`Endpoint`]: the scheme and TLS, then the user's hook.
+#[derive(Clone, Default)]
+pub(super) struct EndpointRecipe {
+    pub(super) hook: Option<EndpointHook>,
+    /// TLS for every endpoint, whatever the instance says.
+    #[cfg(feature = "tls")]
+    pub(super) tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+/// Why a value is not announced.
+#[derive(Debug, thiserror::Error)]
+enum Skip {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[cfg(feature = "tls")]
+    #[error("cannot use the tls configuration for this instance")]
+    Tls(#[source] tonic::transport::Error),
+}
+
+impl EndpointRecipe {
+    /// The endpoint for `instance`: `https://<addr>` with TLS if the recipe has a TLS
+    /// configuration or the instance asks for TLS, `http://<addr>` otherwise, with a 5 s
+    /// connect timeout; then the hook, if any.
+    fn endpoint(&self, instance: &Instance) -> Result<Endpoint, Skip> {
+        let tls = self.uses_tls(instance);
+        let scheme = if tls { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{}", instance.addr))
+            .map_err(|_| DecodeError::InvalidAddress {
+                addr: instance.addr.clone(),
+                reason: "not a valid uri authority",
+            })?
+            .connect_timeout(Duration::from_secs(5));
+        let endpoint = if tls {
+            self.with_tls(endpoint)?
+        } else {
+            endpoint
+        };
+        Ok(match &self.hook {
+            Some(hook) => hook(endpoint, instance),
+            None => endpoint,
+        })
+    }
+
+    #[cfg(feature = "tls")]
+    fn uses_tls(&self, instance: &Instance) -> bool {
+        self.tls.is_some() || instance.tls
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn uses_tls(&self, instance: &Instance) -> bool {
+        instance.tls
+    }
+
+    /// Sets the TLS configuration; an instance that asks for TLS when none is configured
+    /// trusts the roots of tonic's root-store features, if any is enabled.
+    #[cfg(feature = "tls")]
+    fn with_tls(&self, endpoint: Endpoint) -> Result<Endpoint, Skip> {
+        let config = self
+            .tls
+            .clone()
+            .unwrap_or_else(|| tonic::transport::ClientTlsConfig::new().with_enabled_roots());
+        endpoint.tls_config(config).map_err(Skip::Tls)
+    }
+
+    /// Without the `tls` feature tonic cannot speak TLS: the `https://` endpoint is kept,
+    /// so that the instance shows, but calls to it fail.
+    #[cfg(not(feature = "tls"))]
+    fn with_tls(&self, endpoint: Endpoint) -> Result<Endpoint, Skip> {
+        warn!(
+            uri = %endpoint.uri(),
+            "instance asks for tls, but tonic-etcd is built without its `tls` feature: calls to it will fail"
+        );
+        Ok(endpoint)
+    }
+}
 
 /// Decodes raw changes with one format, keeping the values that decoded.
 pub(super) struct Decoder {
     format: Arc<dyn Format>,
-    hook: Option<EndpointHook>,
+    recipe: EndpointRecipe,
     /// The keys announced as endpoints, with the values they were decoded from.
     good: Entries,
 }
 
 impl Decoder {
-    pub(super) fn new(format: Arc<dyn Format>, hook: Option<EndpointHook>) -> Self {
+    pub(super) fn new(format: Arc<dyn Format>, recipe: EndpointRecipe) -> Self {
         Decoder {
             format,
-            hook,
+            recipe,
             good: Entries::new(),
         }
     }
@@ -66,19 +142,9 @@ impl Decoder {
     }
 
     /// Decodes a registry value and builds the endpoint for it.
-    fn endpoint_for(&self, key: &str, value: &[u8]) -> Result<Discovered, DecodeError> {
+    fn endpoint_for(&self, key: &str, value: &[u8]) -> Result<Discovered, Skip> {
         let instance = self.format.decode(key, value)?;
-        let scheme = if instance.tls { "https" } else { "http" };
-        let endpoint = Endpoint::from_shared(format!("{scheme}://{}", instance.addr))
-            .map_err(|_| DecodeError::InvalidAddress {
-                addr: instance.addr.clone(),
-                reason: "not a valid uri authority",
-            })?
-            .connect_timeout(Duration::from_secs(5));
-        let endpoint = match &self.hook {
-            Some(hook) => hook(endpoint, &instance),
-            None => endpoint,
-        };
+        let endpoint = self.recipe.endpoint(&instance)?;
         Ok(Discovered { endpoint, instance })
     }
 }
@@ -97,7 +163,7 @@ mod tests {
 
     #[test]
     fn a_bad_value_keeps_the_previous_endpoint() {
-        let mut d = Decoder::new(Arc::new(EtcdNaming), None);
+        let mut d = Decoder::new(Arc::new(EtcdNaming), EndpointRecipe::default());
         assert!(matches!(
             d.apply(put("s/a", GOOD)),
             Some(Change::Insert(..))
@@ -114,7 +180,7 @@ mod tests {
 
     #[test]
     fn a_bad_key_is_never_announced_or_removed() {
-        let mut d = Decoder::new(Arc::new(EtcdNaming), None);
+        let mut d = Decoder::new(Arc::new(EtcdNaming), EndpointRecipe::default());
         assert!(d.apply(put("s/bad", "{}")).is_none());
         assert!(d.apply(RawChange::Delete("s/bad".into())).is_none());
     }
@@ -123,7 +189,37 @@ mod tests {
     fn the_hook_shapes_the_endpoint() {
         let hook: EndpointHook =
             Arc::new(|e: Endpoint, _: &crate::Instance| e.user_agent("t").expect("valid"));
-        let mut d = Decoder::new(Arc::new(EtcdNaming), Some(hook));
+        let recipe = EndpointRecipe {
+            hook: Some(hook),
+            ..EndpointRecipe::default()
+        };
+        let mut d = Decoder::new(Arc::new(EtcdNaming), recipe);
         assert!(d.apply(put("s/a", GOOD)).is_some());
+    }
+
+    fn uri_of(change: Option<Change<String, Discovered>>) -> String {
+        match change {
+            Some(Change::Insert(_, d)) => d.endpoint.uri().to_string(),
+            other => panic!("expected an insert, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_instance_that_asks_for_tls_gets_https() {
+        let mut d = Decoder::new(Arc::new(crate::Kratos::new()), EndpointRecipe::default());
+        let value = r#"{"id":"a","endpoints":["grpcs://127.0.0.1:9443"]}"#;
+        let uri = uri_of(d.apply(put("/microservices/s/a", value)));
+        assert_eq!(uri, "https://127.0.0.1:9443/");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_tls_configuration_makes_every_endpoint_https() {
+        let recipe = EndpointRecipe {
+            tls: Some(tonic::transport::ClientTlsConfig::new()),
+            ..EndpointRecipe::default()
+        };
+        let mut d = Decoder::new(Arc::new(EtcdNaming), recipe);
+        assert_eq!(uri_of(d.apply(put("s/a", GOOD))), "https://127.0.0.1:1/");
     }
 }

@@ -19,6 +19,8 @@ const BACKLOG: usize = 1024;
 #[derive(Debug)]
 pub(super) enum Message {
     Batch(Vec<RawChange>),
+    /// The engine's first listing is complete: the published entries are etcd's truth.
+    Listed,
     Failed(Error),
 }
 
@@ -26,6 +28,8 @@ pub(super) enum Message {
 #[derive(Default)]
 pub(super) struct Published {
     pub(super) entries: Entries,
+    /// Whether the first listing is complete.
+    pub(super) listed: bool,
     pub(super) failed: Option<Error>,
 }
 
@@ -34,6 +38,7 @@ pub(super) struct Hub {
     published: Arc<Mutex<Published>>,
     sender: broadcast::Sender<Arc<Message>>,
     status: watch::Receiver<DiscoveryStatus>,
+    task: tokio::task::JoinHandle<()>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -45,6 +50,8 @@ static HUBS: LazyLock<Registry> = LazyLock::new(Registry::default);
 pub(super) struct Subscription {
     pub(super) hub: Arc<Hub>,
     pub(super) snapshot: Entries,
+    /// Whether the snapshot is a complete listing.
+    pub(super) listed: bool,
     pub(super) changes: broadcast::Receiver<Arc<Message>>,
 }
 
@@ -79,12 +86,19 @@ impl Hub {
         let (stop, stopped) = oneshot::channel();
         let span = tracing::info_span!("tonic_etcd::watch", prefix = %prefix);
         let engine = Engine::new(config, prefix);
-        let task = run(engine, published.clone(), sender.clone(), stopped);
-        tokio::spawn(task.instrument(span));
+        let task = run(
+            engine,
+            published.clone(),
+            sender.clone(),
+            status.clone(),
+            stopped,
+        );
+        let task = tokio::spawn(task.instrument(span));
         Hub {
             published,
             sender,
             status,
+            task,
             _stop: stop,
         }
     }
@@ -93,11 +107,13 @@ impl Hub {
         // Under the lock, so no batch falls between the snapshot and the receiver.
         let published = self.lock();
         let snapshot = published.entries.clone();
+        let listed = published.listed;
         let changes = self.sender.subscribe();
         drop(published);
         Subscription {
             hub: self,
             snapshot,
+            listed,
             changes,
         }
     }
@@ -108,8 +124,10 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether the engine has stopped: on a permanent error, or because the runtime it ran
+    /// on was shut down. A new subscriber then starts a new one.
     fn failed(&self) -> bool {
-        self.lock().failed.is_some()
+        self.task.is_finished() || self.lock().failed.is_some()
     }
 
     pub(super) fn status(&self) -> watch::Receiver<DiscoveryStatus> {
@@ -121,6 +139,7 @@ async fn run(
     mut engine: Engine,
     published: Arc<Mutex<Published>>,
     sender: broadcast::Sender<Arc<Message>>,
+    status: watch::Receiver<DiscoveryStatus>,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let mut state = State::List;
@@ -153,6 +172,10 @@ async fn run(
                 let _ = sender.send(Arc::new(Message::Failed(error)));
                 return;
             }
+        }
+        if !published.listed && status.borrow().is_synced() {
+            published.listed = true;
+            let _ = sender.send(Arc::new(Message::Listed));
         }
     }
 }

@@ -22,6 +22,7 @@ use tower::discover::Change;
 
 use crate::format::{EtcdNaming, Format, Instance};
 use crate::{Backoff, Error};
+use decode::EndpointRecipe;
 use engine::EngineConfig;
 use subscriber::run;
 
@@ -87,7 +88,8 @@ pub(crate) struct Config {
     client: etcd_client::Client,
     service: String,
     format: Arc<dyn Format>,
-    endpoint_hook: Option<EndpointHook>,
+    /// How each instance becomes an endpoint: TLS, then the [`EtcdDiscover::endpoint`] hook.
+    endpoint_hook: EndpointRecipe,
     backoff: Backoff,
     request_timeout: Duration,
     progress_interval: Duration,
@@ -107,8 +109,8 @@ impl EtcdDiscover {
             client,
             service: service.clone(),
             format: Arc::new(EtcdNaming),
-            endpoint_hook: None,
-            backoff: Backoff::default().max(Duration::from_secs(5)),
+            endpoint_hook: EndpointRecipe::default(),
+            backoff: Backoff::default().max(Duration::from_secs(2)),
             request_timeout: Duration::from_secs(5),
             progress_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(15),
@@ -128,8 +130,9 @@ impl EtcdDiscover {
     }
 
     /// A hook that adjusts the [`Endpoint`] built for each instance: timeouts, TLS, HTTP/2
-    /// settings. It receives the endpoint for `http://<addr>` (or `https://` when the
-    /// instance asks for TLS), with a connect timeout of 5 s. Default: none.
+    /// settings. It receives the endpoint for `http://<addr>`, or `https://<addr>` with its
+    /// TLS configuration when [`tls`](EtcdDiscover::tls) is set or the instance asks for
+    /// TLS, with a connect timeout of 5 s. Default: none.
     ///
     /// ```no_run
     /// # fn f(client: tonic_etcd::etcd_client::Client) {
@@ -143,10 +146,41 @@ impl EtcdDiscover {
     where
         F: Fn(Endpoint, &Instance) -> Endpoint + Send + Sync + 'static,
     {
-        self.configure(|c| c.endpoint_hook = Some(Arc::new(hook)))
+        self.configure(|c| c.endpoint_hook.hook = Some(Arc::new(hook)))
     }
 
-    /// The backoff between retries while etcd fails. Default: 100 ms doubling to 5 s, with
+    /// Connects to every discovered instance with TLS, configured by `config`: its CA,
+    /// client identity for mutual TLS, and server name. Both balancers use it. Default: only
+    /// the instances that ask for TLS use it, with tonic's default roots.
+    ///
+    /// Every endpoint becomes `https://<addr>`, whether or not the instance asks for TLS,
+    /// because most formats (etcd naming, go-zero) have no way to say so. This is needed:
+    /// tonic 0.14 applies a TLS configuration only to `https://` URIs, and connects to an
+    /// `http://` one in plain text, silently. A server that does not speak TLS then fails
+    /// the handshake, and the balancer treats it like any other failing endpoint.
+    ///
+    /// Without a [`domain_name`](tonic::transport::ClientTlsConfig::domain_name), each
+    /// server's certificate must be valid for the host of its registered address, an IP
+    /// address for most registrations. The [`endpoint`](EtcdDiscover::endpoint) hook runs
+    /// after, and can still change the TLS configuration of one endpoint.
+    ///
+    /// ```no_run
+    /// # fn f(client: tonic_etcd::etcd_client::Client, ca_pem: &[u8]) {
+    /// use tonic::transport::{Certificate, ClientTlsConfig};
+    ///
+    /// let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    /// let channel = tonic_etcd::EtcdDiscover::new(client, "services/greeter")
+    ///     .tls(tls)
+    ///     .channel();
+    /// # drop(channel);
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(self, config: tonic::transport::ClientTlsConfig) -> Self {
+        self.configure(|c| c.endpoint_hook.tls = Some(config))
+    }
+
+    /// The backoff between retries while etcd fails. Default: 100 ms doubling to 2 s, with
     /// jitter.
     pub fn backoff(self, backoff: Backoff) -> Self {
         self.configure(|c| c.backoff = backoff)

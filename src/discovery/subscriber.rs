@@ -69,6 +69,10 @@ enum Step {
         subscription: Subscription,
         seen: Entries,
     },
+    /// Join a new engine after the last one went away, keeping what was seen.
+    Rejoin {
+        seen: Entries,
+    },
     Done,
 }
 
@@ -84,7 +88,8 @@ struct Subscriber {
 impl Subscriber {
     async fn step(&mut self, step: Step) -> (Output, Step) {
         match step {
-            Step::Join => self.join().await,
+            Step::Join => self.join(Entries::new()).await,
+            Step::Rejoin { seen } => self.join(seen).await,
             Step::Follow { subscription, seen } => self.follow(subscription, seen).await,
             Step::Done => (Ok(Vec::new()), Step::Done),
         }
@@ -92,7 +97,10 @@ impl Subscriber {
 
     /// Asks etcd which cluster it is (a count-only get of the prefix, which also checks
     /// the permission to read it), then joins the engine for that cluster and prefix.
-    async fn join(&mut self) -> (Output, Step) {
+    ///
+    /// `seen` is what an earlier engine had sent, when joining again: it is reconciled with
+    /// the new engine's listing by diff, at once if the listing is complete, else when it is.
+    async fn join(&mut self, seen: Entries) -> (Output, Step) {
         let mut kv = self.config.client.kv_client();
         let options = etcd_client::GetOptions::new()
             .with_prefix()
@@ -104,12 +112,8 @@ impl Subscriber {
                 let cluster_id = response.header().map_or(0, |h| h.cluster_id());
                 let subscription =
                     Hub::join(cluster_id, &self.prefix, || self.config.engine_config());
-                let seen = subscription.snapshot.clone();
-                let changes = seen
-                    .iter()
-                    .map(|(k, v)| RawChange::Put(k.clone(), v.clone()))
-                    .filter_map(|c| self.decoder.apply(c))
-                    .collect();
+                let (seen, raw) = catch_up(seen, &subscription.snapshot, subscription.listed);
+                let changes = self.apply(raw);
                 self.endpoints.store(self.decoder.len(), Ordering::Release);
                 let to = self.config.status.clone();
                 let status = forward_status(subscription.hub.status(), to, self.endpoints.clone());
@@ -125,10 +129,10 @@ impl Subscriber {
                 after,
             },
         };
-        self.retry_join(error).await
+        self.retry_join(error, seen).await
     }
 
-    async fn retry_join(&mut self, error: Error) -> (Output, Step) {
+    async fn retry_join(&mut self, error: Error, seen: Entries) -> (Output, Step) {
         if error.is_permanent() {
             let failed = DiscoveryStatus::Failed {
                 error: error.clone(),
@@ -145,7 +149,7 @@ impl Subscriber {
             endpoints: 0,
         });
         tokio::time::sleep(delay).await;
-        (Ok(Vec::new()), Step::Join)
+        (Ok(Vec::new()), Step::Rejoin { seen })
     }
 
     async fn follow(
@@ -157,30 +161,27 @@ impl Subscriber {
         let raw: Vec<RawChange> = match subscription.changes.recv().await {
             Ok(message) => match &*message {
                 Message::Batch(changes) => changes.clone(),
+                // The first listing of a new engine: anything seen before that it does not
+                // hold is gone.
+                Message::Listed => reconcile(&seen, &subscription),
                 Message::Failed(error) => return (Err(error.clone()), Step::Done),
             },
             Err(RecvError::Lagged(missed)) => {
                 // Fell behind the engine: catch up from its snapshot, by diff.
                 tracing::debug!(prefix = %self.prefix, missed, "subscriber lagged, resyncing");
-                let published = subscription.hub.lock();
-                diff::diff(&seen, &published.entries)
-                    .into_changes()
-                    .collect()
+                reconcile(&seen, &subscription)
             }
-            Err(RecvError::Closed) => return (Ok(Vec::new()), Step::Done),
+            Err(RecvError::Closed) => {
+                // The engine is gone without failing: its runtime was shut down. Join again,
+                // on this one, keeping what was seen.
+                tracing::debug!(prefix = %self.prefix, "shared watch ended, joining again");
+                return (Ok(Vec::new()), Step::Rejoin { seen });
+            }
         };
-        let mut changes = Vec::with_capacity(raw.len());
-        for change in raw {
-            match &change {
-                RawChange::Put(key, value) => {
-                    seen.insert(key.clone(), value.clone());
-                }
-                RawChange::Delete(key) => {
-                    seen.remove(key);
-                }
-            }
-            changes.extend(self.decoder.apply(change));
+        for change in &raw {
+            apply_raw(&mut seen, change);
         }
+        let changes = self.apply(raw);
         let endpoints = self.decoder.len();
         if self.endpoints.swap(endpoints, Ordering::AcqRel) != endpoints {
             self.config
@@ -188,6 +189,52 @@ impl Subscriber {
                 .send_modify(|status| set_endpoints(status, endpoints));
         }
         (Ok(changes), Step::Follow { subscription, seen })
+    }
+}
+
+impl Subscriber {
+    /// Decodes raw changes into endpoint changes.
+    fn apply(&mut self, raw: Vec<RawChange>) -> Vec<Change<String, Discovered>> {
+        raw.into_iter()
+            .filter_map(|c| self.decoder.apply(c))
+            .collect()
+    }
+}
+
+/// What to announce on joining an engine, and the entries seen after it: everything in its
+/// snapshot; and, if the snapshot is a complete listing, the removal of what was seen before
+/// and is gone.
+fn catch_up(mut seen: Entries, snapshot: &Entries, listed: bool) -> (Entries, Vec<RawChange>) {
+    let diff = diff::diff(&seen, snapshot);
+    let raw: Vec<RawChange> = if listed {
+        diff.into_changes().collect()
+    } else {
+        diff.into_changes()
+            .filter(|c| matches!(c, RawChange::Put(..)))
+            .collect()
+    };
+    for change in &raw {
+        apply_raw(&mut seen, change);
+    }
+    (seen, raw)
+}
+
+/// The changes that make `seen` match what the engine has published.
+fn reconcile(seen: &Entries, subscription: &Subscription) -> Vec<RawChange> {
+    let published = subscription.hub.lock();
+    diff::diff(seen, &published.entries)
+        .into_changes()
+        .collect()
+}
+
+fn apply_raw(seen: &mut Entries, change: &RawChange) {
+    match change {
+        RawChange::Put(key, value) => {
+            seen.insert(key.clone(), value.clone());
+        }
+        RawChange::Delete(key) => {
+            seen.remove(key);
+        }
     }
 }
 
@@ -216,5 +263,40 @@ async fn forward_status(
             changed = from.changed() => if changed.is_err() { return },
             _ = to.closed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(pairs: &[(&str, &str)]) -> Entries {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn joining_a_listed_engine_removes_what_is_gone() {
+        let seen = entries(&[("a", "1"), ("b", "2")]);
+        let snapshot = entries(&[("b", "2"), ("c", "3")]);
+        let (seen, raw) = catch_up(seen, &snapshot, true);
+        assert_eq!(seen, snapshot);
+        assert_eq!(
+            raw,
+            vec![
+                RawChange::Delete("a".into()),
+                RawChange::Put("c".into(), b"3".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn joining_an_engine_still_listing_removes_nothing_yet() {
+        let seen = entries(&[("a", "1"), ("b", "2")]);
+        let (seen, raw) = catch_up(seen, &Entries::new(), false);
+        assert!(raw.is_empty(), "{raw:?}");
+        assert_eq!(seen.len(), 2, "kept until the listing completes");
     }
 }
