@@ -336,7 +336,19 @@ impl LeaseTask {
                 .send_replace(RegistrationStatus::Failed { error });
             return State::Failed;
         }
-        let delay = self.retry.next_delay();
+        if error.is_lease_not_found() {
+            // etcd answered, so it is up; only the lease is gone. Grant again after a short
+            // jittered pause, not after the backoff that the outage built up.
+            self.retry.reset();
+        }
+        let mut delay = self.retry.next_delay();
+        // While the lease may be alive (etcd extends leases by their TTL when it recovers),
+        // retry at least every TTL/3, jittered, to reach etcd before the lease expires. That
+        // is the keepalive rate: no more load on etcd than when all is well.
+        let cap = self.ttl / 3;
+        if matches!(next, State::Put { .. }) && delay > cap {
+            delay = cap / 2 + (cap / 2).mul_f64(fastrand::f64());
+        }
         let attempt = self.retry.attempt();
         debug!(attempt, ?delay, error = %Chain(&error), "retrying");
         self.status
