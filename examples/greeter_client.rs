@@ -10,10 +10,22 @@
 //! `{"ok":N,"failed":M,"backends":{"<addr>":count,...},"p50_ms":x,"p99_ms":y}`.
 //! Exit code: 0 if every call succeeded, 1 if any failed, 2 on bad usage or when etcd is
 //! unreachable at start.
+//!
+//! Security (the TLS flags need `--features tls`): the etcd flags of `greeter_server`
+//! (`--etcd-ca`, `--etcd-cert`, `--etcd-key`, `--etcd-user`, `--etcd-password`), with the
+//! same exit 2 when etcd refuses them. `--tls-ca` calls every server over TLS, trusting that
+//! CA, because most formats cannot say that a server speaks TLS; `--tls-domain` names the
+//! name its certificate must be valid for:
+//!
+//! ```text
+//! cargo run --features tls --example greeter_client -- --etcd https://127.0.0.1:2379 \
+//!     --etcd-ca ca.pem --etcd-cert client.pem --etcd-key client-key.pem --tls-ca ca.pem
+//! ```
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,9 +50,8 @@ use tonic_etcd::{DiscoveryStatus, EtcdDiscover};
 #[derive(Parser, Debug)]
 #[command(version, about, group(ArgGroup::new("amount").args(["requests", "duration"])))]
 struct Args {
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "ETCD_ENDPOINTS", default_value = common::DEFAULT_ETCD)]
-    etcd: String,
+    #[command(flatten)]
+    etcd: common::EtcdArgs,
     /// The service to call, as `--format` means it: the etcd naming target (servers are the
     /// keys under `<service>/`), the go-zero key, or the Kratos or blog service name.
     #[arg(long, default_value = "greeter")]
@@ -64,6 +75,14 @@ struct Args {
     /// Seconds a single call may take.
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
+    /// Call every server over TLS, trusting this CA certificate (PEM file). Without it,
+    /// only servers registered as TLS (kratos `grpcs://`) are called over TLS.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// The name the servers' certificates must be valid for (default: each server's
+    /// registered host, usually an IP address).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -116,6 +135,13 @@ async fn main() -> ExitCode {
         }
     };
     let discover = EtcdDiscover::new(etcd, &args.service).format(args.format.format());
+    let discover = match backend_tls(discover, &args) {
+        Ok(discover) => discover,
+        Err(message) => {
+            eprintln!("greeter_client: {message}");
+            return ExitCode::from(common::EXIT_USAGE as u8);
+        }
+    };
     let (channel, discovery) = match args.balancer {
         BalancerArg::Etcd => {
             let channel = discover.channel();
@@ -142,6 +168,30 @@ async fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// TLS to every server, if --tls-ca is given.
+#[cfg(feature = "tls")]
+fn backend_tls(discover: EtcdDiscover, args: &Args) -> Result<EtcdDiscover, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let Some(ca) = &args.tls_ca else {
+        return Ok(discover);
+    };
+    let ca = common::read_pem(ca, "--tls-ca")?;
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some(domain) = &args.tls_domain {
+        tls = tls.domain_name(domain);
+    }
+    Ok(discover.tls(tls))
+}
+
+/// TLS to the servers needs the `tls` feature.
+#[cfg(not(feature = "tls"))]
+fn backend_tls(discover: EtcdDiscover, args: &Args) -> Result<EtcdDiscover, String> {
+    match args.tls_ca {
+        Some(_) => Err(common::without_tls("--tls-ca")),
+        None => Ok(discover),
     }
 }
 

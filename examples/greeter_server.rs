@@ -14,29 +14,42 @@
 //! Each reply names the server that answered: `Hello, <name>! (from <addr>)`.
 //! On SIGTERM or SIGINT it deregisters, waits `--grace` seconds, drains in-flight calls and
 //! exits 0.
+//!
+//! Security (the TLS flags need `--features tls`): `--etcd-ca`, `--etcd-cert` and
+//! `--etcd-key` for an etcd served over `https://`, `--etcd-user` and `--etcd-password` (or
+//! `$ETCD_USERNAME` and `$ETCD_PASSWORD`) for one with authentication enabled. Credentials
+//! or certificates that etcd refuses make it exit 2 at once, saying so. `--tls-cert` and
+//! `--tls-key` serve TLS:
+//!
+//! ```text
+//! cargo run --features tls --example greeter_server -- --etcd https://127.0.0.1:2379 \
+//!     --etcd-ca ca.pem --etcd-cert client.pem --etcd-key client-key.pem \
+//!     --tls-cert server.pem --tls-key server-key.pem --format kratos
+//! ```
 
 mod common;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use common::chain;
 use common::pb::greeter_server::{Greeter, GreeterServer};
 use common::pb::{HelloReply, HelloRequest};
 use tokio::signal::unix::{SignalKind, signal};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
-use tonic_etcd::Registrar;
+use tonic_etcd::{Instance, Registrar};
 
 /// A greeter server that registers itself in etcd and deregisters on SIGTERM.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "ETCD_ENDPOINTS", default_value = common::DEFAULT_ETCD)]
-    etcd: String,
+    #[command(flatten)]
+    etcd: common::EtcdArgs,
     /// The service to register as, as `--format` means it: the etcd naming target (keys
     /// `<service>/<addr>`), the go-zero key (`<service>/<lease id>`), or the Kratos
     /// (`/microservices/<service>/<addr>`) or blog (`services/<service>/<addr>`) name.
@@ -54,6 +67,14 @@ struct Args {
     /// Seconds to wait after deregistering before refusing new calls.
     #[arg(long, default_value_t = 1.0)]
     grace: f64,
+    /// Serve TLS with this certificate chain (PEM file), with --tls-key. The instance is
+    /// registered as TLS where the format can say so (kratos: `grpcs://`); clients of the
+    /// other formats must be told (greeter_client --tls-ca).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM file) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 struct MyGreeter {
@@ -97,6 +118,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let builder = server_builder(&args)?;
     let etcd = common::connect(&args.etcd).await?;
     let incoming = TcpIncoming::bind(args.addr)
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?
@@ -107,10 +129,13 @@ async fn run(args: Args) -> Result<(), String> {
         .ttl(Duration::from_secs(args.ttl))
         .grace(Duration::from_secs_f64(args.grace))
         .format(args.format.format())
-        .register(&args.service, addr)
+        .register(
+            &args.service,
+            Instance::from(addr).tls(args.tls_cert.is_some()),
+        )
         .await
         .map_err(|e| format!("cannot register: {}", chain(&e)))?;
-    let server = Server::builder()
+    let server = builder
         .layer(registration.layer())
         .add_service(GreeterServer::new(MyGreeter { addr }))
         .serve_with_incoming_shutdown(incoming, registration.stop_signal());
@@ -144,14 +169,26 @@ async fn run(args: Args) -> Result<(), String> {
     }
 }
 
-/// An error with its causes.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+/// A server builder, serving TLS if --tls-cert and --tls-key are given.
+#[cfg(feature = "tls")]
+fn server_builder(args: &Args) -> Result<Server, String> {
+    use tonic::transport::{Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(Server::builder());
+    };
+    let cert = common::read_pem(cert, "--tls-cert")?;
+    let key = common::read_pem(key, "--tls-key")?;
+    let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    Server::builder()
+        .tls_config(tls)
+        .map_err(|e| format!("--tls-cert/--tls-key: {}", chain(&e)))
+}
+
+/// A server builder; TLS needs the `tls` feature.
+#[cfg(not(feature = "tls"))]
+fn server_builder(args: &Args) -> Result<Server, String> {
+    match args.tls_cert {
+        Some(_) => Err(common::without_tls("--tls-cert")),
+        None => Ok(Server::builder()),
     }
-    text
 }

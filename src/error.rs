@@ -134,6 +134,51 @@ pub enum Error {
         #[source]
         source: EtcdError,
     },
+
+    /// Connecting to etcd, or its first request, failed.
+    #[error("failed to connect to etcd at {endpoints}")]
+    Connect {
+        /// The endpoints, comma-separated.
+        endpoints: String,
+        /// The etcd error.
+        #[source]
+        source: EtcdError,
+    },
+
+    /// etcd refused the user name or the password.
+    #[error("etcd authentication failed for user {user:?}")]
+    Authenticate {
+        /// The user name given.
+        user: String,
+        /// The etcd error.
+        #[source]
+        source: EtcdError,
+    },
+
+    /// etcd has authentication enabled, and no user was given.
+    #[error("etcd at {endpoints} requires authentication, and no user was given")]
+    AuthRequired {
+        /// The endpoints, comma-separated.
+        endpoints: String,
+    },
+
+    /// The TLS handshake with etcd failed for a reason that retrying cannot fix, such as a
+    /// missing or rejected client certificate, or a server certificate the CA did not sign.
+    #[error("tls handshake with etcd at {endpoint} failed: {reason}")]
+    TlsHandshake {
+        /// The endpoint.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// The TLS settings cannot be used: a certificate or key that does not parse, or TLS
+    /// asked for without the `tls` feature.
+    #[error("invalid tls configuration: {reason}")]
+    InvalidTlsConfig {
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -154,8 +199,15 @@ impl Error {
             | Error::Delete { source, .. }
             | Error::KeepAlive { source, .. }
             | Error::Revoke { source, .. } => etcd_error_is_permanent(source),
+            Error::Connect { source, .. } => {
+                etcd_error_is_permanent(source) || is_certificate_error(source)
+            }
+            Error::Authenticate { source, .. } => etcd_error_is_permanent(source),
             Error::Timeout { .. } | Error::LeaseLost { .. } => false,
-            Error::Stopped => true,
+            Error::Stopped
+            | Error::AuthRequired { .. }
+            | Error::TlsHandshake { .. }
+            | Error::InvalidTlsConfig { .. } => true,
         }
     }
 
@@ -194,6 +246,11 @@ fn etcd_error_is_permanent(error: &etcd_client::Error) -> bool {
         },
         _ => false,
     }
+}
+
+/// Whether the TLS client refused etcd's certificate (tonic reports it as `Unavailable`).
+pub(crate) fn is_certificate_error(error: &etcd_client::Error) -> bool {
+    status_of(error).is_some_and(|s| s.message().contains("invalid peer certificate"))
 }
 
 fn reason_is_permanent(reason: &str) -> bool {
@@ -276,6 +333,30 @@ mod tests {
             ),
         };
         assert!(!e.is_permanent());
+    }
+
+    #[test]
+    fn connecting_is_permanent_only_when_etcd_refuses_us() {
+        let connect = |source| Error::Connect {
+            endpoints: "https://127.0.0.1:2379".into(),
+            source,
+        };
+        assert!(!connect(status(tonic::Code::Unavailable, "tcp connect error")).is_permanent());
+        let untrusted = status(
+            tonic::Code::Unavailable,
+            "invalid peer certificate: UnknownIssuer",
+        );
+        assert!(connect(untrusted).is_permanent());
+        let refused = status(
+            tonic::Code::InvalidArgument,
+            "etcdserver: authentication failed, invalid user ID or password",
+        );
+        let e = Error::Authenticate {
+            user: "alice".into(),
+            source: refused,
+        };
+        assert!(e.is_permanent());
+        assert!(e.to_string().contains("authentication failed"));
     }
 
     #[test]

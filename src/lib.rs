@@ -72,6 +72,7 @@ mod balance;
 mod channel;
 mod discovery;
 mod error;
+mod etcd;
 pub mod format;
 mod inflight;
 mod registrar;
@@ -81,6 +82,7 @@ pub use balance::{BalancedChannel, Balancer, EndpointInfo, EndpointState};
 pub use channel::DiscoveryHandle;
 pub use discovery::{DiscoveryStatus, EtcdDiscover};
 pub use error::Error;
+pub use etcd::EtcdConfig;
 pub use format::{Blog, EtcdNaming, Format, GoZero, Instance, Kratos, PlainAddr};
 pub use registrar::{
     CountedBody, InFlight, InFlightLayer, MIN_TTL, Registrar, Registration, RegistrationStatus,

@@ -1,12 +1,14 @@
-//! What the two greeter examples share: the generated code, the etcd flags, and logging.
+//! What the two greeter examples share: the generated code, the etcd flags (endpoints, TLS,
+//! credentials), and logging.
 
 #![allow(dead_code)] // each example uses a part
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::ValueEnum;
-use tonic_etcd::etcd_client::{Client, ConnectOptions};
-use tonic_etcd::{Blog, EtcdNaming, Format, GoZero, Kratos};
+use tonic_etcd::etcd_client::Client;
+use tonic_etcd::{Blog, Error, EtcdConfig, EtcdNaming, Format, GoZero, Kratos};
 
 /// The code generated from `proto/helloworld.proto`.
 pub mod pb {
@@ -56,35 +58,105 @@ pub fn endpoints(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// Connects to etcd and checks that it answers within a few seconds.
-pub async fn connect(list: &str) -> Result<Client, String> {
-    let endpoints = endpoints(list);
+/// How to reach etcd: the flags both examples share.
+///
+/// The TLS flags exist in every build, and fail with a clear message when the examples are
+/// built without the `tls` feature (`cargo run --features tls --example ...`).
+#[derive(clap::Args, Debug)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated; `https://` ones need the `tls` feature.
+    #[arg(long, env = "ETCD_ENDPOINTS", default_value = DEFAULT_ETCD)]
+    pub etcd: String,
+    /// The CA certificate (PEM file) that signs etcd's certificate.
+    #[arg(long, value_name = "PEM")]
+    pub etcd_ca: Option<PathBuf>,
+    /// The client certificate (PEM file) for an etcd run with --client-cert-auth.
+    #[arg(long, value_name = "PEM", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The private key (PEM file) of --etcd-cert.
+    #[arg(long, value_name = "PEM", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// The etcd user, for an etcd with authentication enabled.
+    #[arg(long, env = "ETCD_USERNAME")]
+    pub etcd_user: Option<String>,
+    /// The password of --etcd-user.
+    #[arg(long, env = "ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+}
+
+/// Connects to etcd and checks, within a few seconds, that it answers and accepts the
+/// credentials and certificates given. The message says what to fix.
+pub async fn connect(args: &EtcdArgs) -> Result<Client, String> {
+    let endpoints = endpoints(&args.etcd);
     if endpoints.is_empty() {
         return Err("no etcd endpoint given".into());
     }
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-        .with_keep_alive_while_idle(true);
-    let connect = Client::connect(&endpoints, Some(options));
-    let mut client = tokio::time::timeout(Duration::from_secs(5), connect)
-        .await
-        .map_err(|_| format!("etcd at {list} did not answer in 5 s"))?
-        .map_err(|e| format!("cannot connect to etcd at {list}: {e}"))?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match tokio::time::timeout(Duration::from_secs(2), client.status()).await {
-            Ok(Ok(_)) => return Ok(client),
-            Ok(Err(e)) if tokio::time::Instant::now() >= deadline => {
-                return Err(format!("etcd at {list} is unreachable: {e}"));
-            }
-            Err(_) if tokio::time::Instant::now() >= deadline => {
-                return Err(format!("etcd at {list} did not answer in 5 s"));
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
+    let mut config = EtcdConfig::new(endpoints)
+        .connect_timeout(Duration::from_secs(2))
+        .request_timeout(Duration::from_secs(5))
+        .keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+        .keep_alive_while_idle(true)
+        .deadline(Duration::from_secs(5));
+    match (&args.etcd_user, &args.etcd_password) {
+        (Some(user), Some(password)) => config = config.user(user, password),
+        (Some(_), None) => return Err("--etcd-user needs --etcd-password or $ETCD_PASSWORD".into()),
+        (None, Some(_)) => return Err("--etcd-password needs --etcd-user or $ETCD_USERNAME".into()),
+        (None, None) => {}
     }
+    let config = etcd_tls(config, args)?;
+    config.connect().await.map_err(|error| {
+        let hint = match &error {
+            Error::AuthRequired { .. } => " (give --etcd-user and --etcd-password)",
+            Error::Timeout { .. } => " (is etcd running there?)",
+            _ => "",
+        };
+        format!("{}{hint}", chain(&error))
+    })
+}
+
+#[cfg(feature = "tls")]
+fn etcd_tls(mut config: EtcdConfig, args: &EtcdArgs) -> Result<EtcdConfig, String> {
+    if let Some(ca) = &args.etcd_ca {
+        config = config.ca_certificate(read_pem(ca, "--etcd-ca")?);
+    }
+    if let (Some(cert), Some(key)) = (&args.etcd_cert, &args.etcd_key) {
+        config = config.identity(read_pem(cert, "--etcd-cert")?, read_pem(key, "--etcd-key")?);
+    }
+    Ok(config)
+}
+
+#[cfg(not(feature = "tls"))]
+fn etcd_tls(config: EtcdConfig, args: &EtcdArgs) -> Result<EtcdConfig, String> {
+    let flags = [
+        ("--etcd-ca", args.etcd_ca.is_some()),
+        ("--etcd-cert", args.etcd_cert.is_some()),
+    ];
+    match flags.iter().find(|(_, given)| *given) {
+        Some((flag, _)) => Err(without_tls(flag)),
+        None => Ok(config),
+    }
+}
+
+/// The message for a TLS flag given to an example built without the `tls` feature.
+pub fn without_tls(flag: &str) -> String {
+    format!("{flag} needs the `tls` feature: cargo run --features tls --example ...")
+}
+
+/// Reads a PEM file named by `flag`.
+pub fn read_pem(path: &Path, flag: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+/// An error with its causes, `outer: inner: root`.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Sends logs to stderr, filtered by `RUST_LOG` (default: warnings), so stdout carries only

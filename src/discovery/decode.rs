@@ -189,6 +189,8 @@ mod tests {
     fn the_hook_shapes_the_endpoint() {
         let hook: EndpointHook =
             Arc::new(|e: Endpoint, _: &crate::Instance| e.user_agent("t").expect("valid"));
+        // Without the `tls` feature, `hook` is the only field.
+        #[allow(clippy::needless_update)]
         let recipe = EndpointRecipe {
             hook: Some(hook),
             ..EndpointRecipe::default()

@@ -131,7 +131,7 @@ impl EtcdDiscover {
 
     /// A hook that adjusts the [`Endpoint`] built for each instance: timeouts, TLS, HTTP/2
     /// settings. It receives the endpoint for `http://<addr>`, or `https://<addr>` with its
-    /// TLS configuration when [`tls`](EtcdDiscover::tls) is set or the instance asks for
+    /// TLS configuration when `tls` (with the `tls` feature) is set or the instance asks for
     /// TLS, with a connect timeout of 5 s. Default: none.
     ///
     /// ```no_run

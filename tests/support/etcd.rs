@@ -5,6 +5,7 @@
 //! [`HEALTH_DEADLINE`] fails the test with the tail of its log. `Drop` kills every member
 //! with SIGKILL, then removes the directory.
 
+mod auth;
 mod group;
 mod member;
 
@@ -13,7 +14,8 @@ use std::time::Duration;
 use etcd_client::{Client, CompactionOptions, ConnectOptions};
 
 use self::group::Group;
-use self::member::Member;
+use self::member::{Member, MemberTls};
+use super::tls::TestPki;
 use super::wait_for;
 
 /// How long a member may take to become healthy after it is spawned.
@@ -44,14 +46,33 @@ impl Etcd {
         }
     }
 
-    /// The client URL, `http://127.0.0.1:<port>`.
+    /// Starts etcd like [`Etcd::start`], but serving TLS on its client URL with `pki`'s server
+    /// certificate, and requiring a client certificate signed by `pki`'s CA. The harness's
+    /// own clients ([`Etcd::client`], the health probes) present `pki.client`.
+    #[cfg(feature = "tls")]
+    pub async fn start_tls(pki: &TestPki) -> Etcd {
+        let tls = MemberTls {
+            ca_file: pki.ca_file.clone(),
+            cert_file: pki.server.cert_file.clone(),
+            key_file: pki.server.key_file.clone(),
+            client_cert_auth: true,
+            ca_pem: pki.ca_pem.clone(),
+            client_cert_pem: pki.client.cert_pem.clone(),
+            client_key_pem: pki.client.key_pem.clone(),
+        };
+        Etcd {
+            group: Group::start_with(1, Some(tls)).await,
+        }
+    }
+
+    /// The client URL, `http://127.0.0.1:<port>` (`https://` after [`Etcd::start_tls`]).
     pub fn endpoint(&self) -> String {
         self.group.members[0].endpoint()
     }
 
     /// A new client connected to this etcd.
     pub async fn client(&self) -> Client {
-        connect(&[self.endpoint()]).await
+        connect(&[self.endpoint()], self.group.members[0].tls.as_ref()).await
     }
 
     /// Kills etcd with SIGKILL and reaps it. Does nothing if it is not running.
@@ -120,12 +141,12 @@ impl EtcdCluster {
 
     /// A new client connected to all three members.
     pub async fn client(&self) -> Client {
-        connect(&self.endpoints()).await
+        connect(&self.endpoints(), None).await
     }
 
     /// A new client connected to member `i` only.
     pub async fn member_client(&self, i: usize) -> Client {
-        connect(&[self.endpoint(i)]).await
+        connect(&[self.endpoint(i)], None).await
     }
 
     /// The index of the current leader, waiting up to [`HEALTH_DEADLINE`] for an election.
@@ -177,9 +198,11 @@ impl EtcdCluster {
     }
 }
 
-/// Connects a client to `endpoints`. Connecting does no I/O, so this fails only on a bad URL.
-async fn connect(endpoints: &[String]) -> Client {
+/// Connects a client to `endpoints`, presenting the test client certificate if they serve
+/// TLS. Connecting does no I/O, so this fails only on a bad URL.
+async fn connect(endpoints: &[String], tls: Option<&MemberTls>) -> Client {
     let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
+    let options = member::with_tls(options, tls);
     Client::connect(endpoints, Some(options))
         .await
         .unwrap_or_else(|e| panic!("connect an etcd client to {endpoints:?}: {e}"))

@@ -20,7 +20,7 @@ use super::pb::greeter_server::GreeterServer;
 use super::pb::{HelloReply, HelloRequest};
 use super::wait_for;
 
-pub use self::server_process::{READY_DEADLINE, ServerProcess};
+pub use self::server_process::{READY_DEADLINE, ServerProcess, example_binary};
 
 /// The reply a greeter at `addr` sends to `name`.
 pub fn greeting(name: &str, addr: SocketAddr) -> String {
@@ -111,8 +111,25 @@ impl TestServer {
         }
     }
 
+    /// Starts a server on `127.0.0.1:0` that serves TLS with `pki`'s server certificate
+    /// (valid for `127.0.0.1` and `localhost`) and replies at once.
+    #[cfg(feature = "tls")]
+    pub async fn start_tls(pki: &super::tls::TestPki) -> TestServer {
+        use tonic::transport::{Identity, ServerTlsConfig};
+        let identity = Identity::from_pem(&pki.server.cert_pem, &pki.server.key_pem);
+        let builder = Server::builder()
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .expect("the test server certificate is valid");
+        Self::serve(loopback_any(), Duration::ZERO, builder).await
+    }
+
     /// Binds `addr` and serves a [`Greeter`] on it in a task.
     async fn start_on(addr: SocketAddr, delay: Duration) -> TestServer {
+        Self::serve(addr, delay, Server::builder()).await
+    }
+
+    /// Binds `addr` and serves a [`Greeter`] on it in a task, with `builder`'s settings.
+    async fn serve(addr: SocketAddr, delay: Duration, mut builder: Server) -> TestServer {
         let incoming = wait_for(&format!("bind {addr}"), Duration::from_secs(5), || async {
             TcpIncoming::bind(addr)
                 .ok()
@@ -133,7 +150,7 @@ impl TestServer {
         let signal = async {
             let _ = rx.await;
         };
-        let serve = Server::builder()
+        let serve = builder
             .add_service(GreeterServer::new(greeter))
             .serve_with_incoming_shutdown(incoming, signal);
         TestServer {

@@ -9,6 +9,7 @@
 //! - [`greeter`]: an in-process greeter server ([`greeter::TestServer`]) and the
 //!   `greeter_server` example run as a child process ([`greeter::ServerProcess`]).
 //! - [`process`]: free ports, signals, log tails and blocking waits for child processes.
+//! - [`tls`]: a private PKI made at test time ([`tls::TestPki`]) for TLS etcd and servers.
 //! - [`pb`]: the generated `helloworld` Greeter protobuf code.
 //! - [`wait_until`] and [`wait_for`]: poll a condition until a deadline, never a bare sleep.
 //!
@@ -20,12 +21,14 @@
 pub mod etcd;
 pub mod greeter;
 pub mod process;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use etcd::{Etcd, EtcdCluster};
 pub use greeter::{ServerProcess, TestServer};
+pub use tls::TestPki;
 
 /// The generated `helloworld` protobuf code: `greeter_server::{Greeter, GreeterServer}`,
 /// `greeter_client::GreeterClient`, `HelloRequest` and `HelloReply`.

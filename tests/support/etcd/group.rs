@@ -6,7 +6,7 @@ use tempfile::TempDir;
 
 use super::super::process;
 use super::HEALTH_DEADLINE;
-use super::member::Member;
+use super::member::{Member, MemberTls};
 
 /// How many times `start` tries fresh ports when a member exits at once (port taken).
 const START_ATTEMPTS: usize = 3;
@@ -22,9 +22,14 @@ pub(super) struct Group {
 impl Group {
     /// Starts an `n`-member cluster, with fresh ports and directory on each attempt.
     pub(super) async fn start(n: usize) -> Group {
+        Group::start_with(n, None).await
+    }
+
+    /// Like [`Group::start`], with TLS on every member's client URL if `tls` is given.
+    pub(super) async fn start_with(n: usize, tls: Option<MemberTls>) -> Group {
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
-            let mut group = Group::plan(n);
+            let mut group = Group::plan(n, tls.clone());
             group.members.iter_mut().for_each(Member::spawn);
             match group.wait_healthy(false).await {
                 Ok(()) => return group,
@@ -35,7 +40,7 @@ impl Group {
     }
 
     /// Chooses ports, names and paths for `n` members. Spawns nothing.
-    fn plan(n: usize) -> Group {
+    fn plan(n: usize, tls: Option<MemberTls>) -> Group {
         let dir = tempfile::Builder::new()
             .prefix("tonic-etcd-test-")
             .tempdir()
@@ -60,6 +65,7 @@ impl Group {
                 log: dir.path().join(format!("{name}.log")),
                 initial_cluster: initial_cluster.clone(),
                 token: token.clone(),
+                tls: tls.clone(),
                 name,
                 child: None,
             })

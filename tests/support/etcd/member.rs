@@ -26,13 +26,30 @@ pub(super) struct Member {
     /// `n0=http://127.0.0.1:<peer port>,...`
     pub(super) initial_cluster: String,
     pub(super) token: String,
+    /// TLS on the client URL, if any; peers always talk plain HTTP on loopback.
+    pub(super) tls: Option<MemberTls>,
     pub(super) child: Option<Child>,
 }
 
+/// The files and PEM text a member serving TLS to its clients needs, and its probes too.
+#[derive(Debug, Clone)]
+pub(super) struct MemberTls {
+    pub(super) ca_file: PathBuf,
+    pub(super) cert_file: PathBuf,
+    pub(super) key_file: PathBuf,
+    /// Whether clients must present a certificate signed by the CA.
+    pub(super) client_cert_auth: bool,
+    /// The CA, and the client certificate and key the probes present.
+    pub(super) ca_pem: String,
+    pub(super) client_cert_pem: String,
+    pub(super) client_key_pem: String,
+}
+
 impl Member {
-    /// The client URL.
+    /// The client URL: `https://` when the member serves TLS.
     pub(super) fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The peer URL.
@@ -68,6 +85,7 @@ impl Member {
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.token])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .args(self.tls_args())
             .stdout(process::append_log(&self.log))
             .stderr(process::append_log(&self.log));
         // etcd reads any ETCD_* variable as a flag; keep the caller's environment out.
@@ -80,6 +98,25 @@ impl Member {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn etcd (is /usr/bin/etcd installed?): {e}"));
         self.child = Some(child);
+    }
+
+    /// The command-line flags for TLS on the client URL, if any.
+    fn tls_args(&self) -> Vec<std::ffi::OsString> {
+        let Some(tls) = &self.tls else {
+            return Vec::new();
+        };
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--cert-file".into(),
+            tls.cert_file.clone().into(),
+            "--key-file".into(),
+            tls.key_file.clone().into(),
+            "--trusted-ca-file".into(),
+            tls.ca_file.clone().into(),
+        ];
+        if tls.client_cert_auth {
+            args.push("--client-cert-auth".into());
+        }
+        args
     }
 
     /// Kills the process with SIGKILL and reaps it, if it runs.
@@ -163,6 +200,30 @@ impl Member {
         let options = ConnectOptions::new()
             .with_connect_timeout(PROBE_TIMEOUT)
             .with_timeout(PROBE_TIMEOUT);
+        let options = with_tls(options, self.tls.as_ref());
         Client::connect([self.endpoint()], Some(options)).await.ok()
     }
+}
+
+/// Adds the member's CA and client certificate to `options` when it serves TLS.
+#[cfg(feature = "tls")]
+pub(super) fn with_tls(options: ConnectOptions, tls: Option<&MemberTls>) -> ConnectOptions {
+    use etcd_client::{Certificate, Identity, TlsOptions};
+    match tls {
+        Some(tls) => options.with_tls(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                .identity(Identity::from_pem(
+                    &tls.client_cert_pem,
+                    &tls.client_key_pem,
+                )),
+        ),
+        None => options,
+    }
+}
+
+/// Without the `tls` feature no member serves TLS, so there is nothing to add.
+#[cfg(not(feature = "tls"))]
+pub(super) fn with_tls(options: ConnectOptions, _tls: Option<&MemberTls>) -> ConnectOptions {
+    options
 }

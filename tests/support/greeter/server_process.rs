@@ -44,11 +44,24 @@ impl ServerProcess {
         ttl_secs: u64,
         addr: SocketAddr,
     ) -> ServerProcess {
+        Self::spawn_with(etcd_endpoints, service, ttl_secs, addr, &[]).await
+    }
+
+    /// Like [`ServerProcess::spawn_at`], with `extra` arguments after the others, such as
+    /// `--etcd-ca <file>` or `--tls-cert <file>`.
+    pub async fn spawn_with(
+        etcd_endpoints: &str,
+        service: &str,
+        ttl_secs: u64,
+        addr: SocketAddr,
+        extra: &[&std::ffi::OsStr],
+    ) -> ServerProcess {
         let dir = TempDir::new().expect("create a temporary directory for greeter_server");
         let stderr = dir.path().join("greeter_server.stderr.log");
         let mut child = Command::new(greeter_server_binary())
             .args(["--etcd", etcd_endpoints, "--service", service])
             .args(["--addr", &addr.to_string(), "--ttl", &ttl_secs.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(process::append_log(&stderr))
@@ -179,16 +192,21 @@ fn first_addr(line: &str) -> Option<SocketAddr> {
 /// binary from being tested after `cargo test --test <name>`, which builds no examples.
 fn greeter_server_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        build_example("greeter_server");
-        let path = example_path("greeter_server");
-        assert!(
-            path.exists(),
-            "{} is missing after the build",
-            path.display()
-        );
-        path
-    })
+    BINARY.get_or_init(|| example_binary("greeter_server"))
+}
+
+/// The path of example `name`, built with the crate features of this test binary.
+///
+/// Each call runs the build, which is a no-op when the binary is fresh: keep the path.
+pub fn example_binary(name: &str) -> PathBuf {
+    build_example(name);
+    let path = example_path(name);
+    assert!(
+        path.exists(),
+        "{} is missing after the build",
+        path.display()
+    );
+    path
 }
 
 /// Where cargo puts example `name` next to this test binary.
@@ -208,12 +226,27 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs `cargo build --example <name>` in the crate, in the test binary's profile.
+/// The crate features this test binary was built with, for `cargo build --features`.
+fn features() -> String {
+    let features = [
+        ("tls", cfg!(feature = "tls")),
+        ("health", cfg!(feature = "health")),
+    ];
+    let on: Vec<&str> = features
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| *name)
+        .collect();
+    on.join(",")
+}
+
+/// Runs `cargo build --example <name>` in the crate, in the test binary's profile and with
+/// its features (so that `cargo test --all-features` does not rebuild the crate without).
 fn build_example(name: &str) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut command = Command::new(cargo);
     command
-        .args(["build", "--example", name])
+        .args(["build", "--example", name, "--features", &features()])
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if profile_dir().ends_with("release") {
         command.arg("--release");

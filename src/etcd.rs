@@ -1,0 +1,342 @@
+//! Connecting to etcd: endpoints, TLS, credentials and timeouts, checked before use.
+
+#[cfg(feature = "tls")]
+mod tls;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use tokio::time::Instant;
+
+use crate::backoff::Retry;
+use crate::{Backoff, Error};
+
+/// The key the probe reads (count only) to learn whether etcd wants credentials.
+const PROBE_KEY: &str = "tonic-etcd/probe";
+
+/// How to reach etcd: a consuming builder whose [`connect`](EtcdConfig::connect) returns a
+/// client that has already answered.
+///
+/// Connecting checks everything it can before the client is handed out, so that a mistake
+/// is a prompt, clear [`Error`] rather than retries later on:
+///
+/// - a wrong user name or password: [`Error::Authenticate`];
+/// - no user, where etcd has authentication enabled: [`Error::AuthRequired`];
+/// - with the `tls` feature, a missing or rejected client certificate, or a server
+///   certificate the CA did not sign: [`Error::TlsHandshake`];
+/// - a certificate or key that does not parse: [`Error::InvalidTlsConfig`];
+/// - an etcd that does not answer within the [`deadline`](EtcdConfig::deadline):
+///   [`Error::Connect`] with the last error, or [`Error::Timeout`].
+///
+/// All but the last are [permanent](Error::is_permanent).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tonic_etcd::Error> {
+/// use tonic_etcd::{EtcdConfig, EtcdDiscover};
+///
+/// let etcd = EtcdConfig::new(["http://127.0.0.1:2379"])
+///     .user("greeter-client", "secret")
+///     .connect()
+///     .await?;
+/// let (channel, _discovery) = EtcdDiscover::new(etcd, "services/greeter").balance_channel();
+/// # drop(channel);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// With the `tls` feature, `https://` endpoints use TLS, verified against the
+/// `ca_certificate`, and `identity` presents a client certificate (etcd's
+/// `--client-cert-auth`). An endpoint given without a scheme uses TLS when a TLS option is
+/// set. Without the feature, an `https://` endpoint is an [`Error::InvalidTlsConfig`].
+#[must_use]
+#[derive(Clone)]
+pub struct EtcdConfig {
+    endpoints: Vec<String>,
+    user: Option<(String, String)>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    keep_alive: Option<(Duration, Duration)>,
+    keep_alive_while_idle: bool,
+    deadline: Duration,
+    #[cfg(feature = "tls")]
+    tls: tls::TlsSettings,
+}
+
+impl EtcdConfig {
+    /// Connects to `endpoints`: URLs such as `http://10.0.0.1:2379`, or `https://` ones
+    /// with the `tls` feature.
+    pub fn new<I, S>(endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        EtcdConfig {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            user: None,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            keep_alive: Some((Duration::from_secs(10), Duration::from_secs(5))),
+            keep_alive_while_idle: false,
+            deadline: Duration::from_secs(5),
+            #[cfg(feature = "tls")]
+            tls: tls::TlsSettings::default(),
+        }
+    }
+
+    /// Authenticates as `name` with `password` (etcd's `auth enable`). Default: none.
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some((name.into(), password.into()));
+        self
+    }
+
+    /// How long opening one connection to a member may take. Default: 2 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long any one request to etcd may take. Watches and lease keep-alives are
+    /// streams, which this does not cut short. Default: 5 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// HTTP/2 pings every `interval`, and a connection that does not answer one within
+    /// `timeout` is dropped. Default: every 10 s, 5 s timeout. etcd refuses pings more
+    /// frequent than every 5 s.
+    pub fn keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keep_alive = Some((interval, timeout));
+        self
+    }
+
+    /// Whether to ping while no request or stream is open. etcd counts such pings against
+    /// the client unless it runs with `--grpc-keepalive-min-time` low enough. Default: no.
+    pub fn keep_alive_while_idle(mut self, enabled: bool) -> Self {
+        self.keep_alive_while_idle = enabled;
+        self
+    }
+
+    /// How long [`connect`](EtcdConfig::connect) keeps trying an etcd that does not answer
+    /// (one that is still starting, say) before it gives up. Default: 5 s.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The endpoints, as given.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Connects, authenticates if a user is set, and checks that etcd answers, retrying
+    /// for up to the [`deadline`](EtcdConfig::deadline) while it does not. Errors that
+    /// retrying cannot fix are returned at once.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let options = self.options()?;
+        let end = Instant::now() + self.deadline;
+        let mut retry = Retry::new(Backoff::default().max(Duration::from_secs(1)));
+        let mut diagnosed = false;
+        let mut last = None;
+        loop {
+            let attempt = tokio::time::timeout_at(end, self.attempt(options.clone())).await;
+            let error = match attempt {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(error)) if error.is_permanent() => return Err(error),
+                Ok(Err(error)) => error,
+                Err(_) => {
+                    return Err(last.unwrap_or(Error::Timeout {
+                        operation: "connecting to etcd",
+                        after: self.deadline,
+                    }));
+                }
+            };
+            if !diagnosed {
+                diagnosed = true;
+                if let Some(rejected) = self.diagnose().await {
+                    return Err(rejected);
+                }
+            }
+            let delay = retry.next_delay();
+            if Instant::now() + delay >= end {
+                return Err(error);
+            }
+            tracing::debug!(endpoints = %self.endpoints.join(","), ?delay, error = %crate::error::Chain(&error), "etcd not ready, retrying");
+            last = Some(error);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One try: connect (which authenticates), then ask etcd for its status and, without
+    /// a user, whether it wants one.
+    async fn attempt(&self, options: ConnectOptions) -> Result<Client, Error> {
+        let mut client = match Client::connect(&self.endpoints, Some(options.clone())).await {
+            Ok(client) => client,
+            Err(error) if auth_not_enabled(&error) => {
+                // What etcd's Go client does too: credentials for an etcd without auth.
+                tracing::warn!(endpoints = %self.endpoints.join(","), "etcd has authentication disabled: ignoring the user");
+                let options = self.base_options()?;
+                Client::connect(&self.endpoints, Some(options))
+                    .await
+                    .map_err(|e| self.connect_error(e))?
+            }
+            Err(error) => return Err(self.classify(error)),
+        };
+        client.status().await.map_err(|e| self.connect_error(e))?;
+        if self.user.is_none() {
+            let options = GetOptions::new().with_count_only();
+            match client.get(PROBE_KEY, Some(options)).await {
+                Ok(_) => {}
+                // Authenticated (by a client certificate), just not allowed to read here.
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.code() == tonic::Code::PermissionDenied => {}
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.message().contains("user name is empty") =>
+                {
+                    return Err(Error::AuthRequired {
+                        endpoints: self.endpoints.join(","),
+                    });
+                }
+                Err(error) => return Err(self.connect_error(error)),
+            }
+        }
+        Ok(client)
+    }
+
+    /// An error from `Client::connect`: with a user set, a refusal is about the credentials.
+    fn classify(&self, error: etcd_client::Error) -> Error {
+        match &self.user {
+            Some((user, _)) if refused_credentials(&error) => Error::Authenticate {
+                user: user.clone(),
+                source: Arc::new(error),
+            },
+            _ => self.connect_error(error),
+        }
+    }
+
+    fn connect_error(&self, error: etcd_client::Error) -> Error {
+        let endpoints = self.endpoints.join(",");
+        match &error {
+            etcd_client::Error::GRpcStatus(status)
+                if crate::error::is_certificate_error(&error) =>
+            {
+                Error::TlsHandshake {
+                    endpoint: endpoints,
+                    reason: format!("etcd's certificate is not trusted ({})", status.message()),
+                }
+            }
+            _ => Error::Connect {
+                endpoints,
+                source: Arc::new(error),
+            },
+        }
+    }
+
+    /// etcd-client's options, credentials included.
+    fn options(&self) -> Result<ConnectOptions, Error> {
+        let options = self.base_options()?;
+        Ok(match &self.user {
+            // Simple tokens expire after 5 minutes unused: get a new one then.
+            Some((name, password)) => options
+                .with_user(name.clone(), password.clone())
+                .with_auto_token_refresh(true),
+            None => options,
+        })
+    }
+
+    /// etcd-client's options without the credentials.
+    fn base_options(&self) -> Result<ConnectOptions, Error> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.connect_timeout)
+            .with_timeout(self.request_timeout)
+            .with_keep_alive_while_idle(self.keep_alive_while_idle);
+        if let Some((interval, timeout)) = self.keep_alive {
+            options = options.with_keep_alive(interval, timeout);
+        }
+        self.with_tls(options)
+    }
+
+    #[cfg(feature = "tls")]
+    fn with_tls(&self, options: ConnectOptions) -> Result<ConnectOptions, Error> {
+        self.tls.apply(options, &self.endpoints)
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn with_tls(&self, options: ConnectOptions) -> Result<ConnectOptions, Error> {
+        match self.endpoints.iter().find(|e| e.starts_with("https://")) {
+            Some(endpoint) => Err(Error::InvalidTlsConfig {
+                reason: format!("{endpoint} needs tonic-etcd's `tls` feature"),
+            }),
+            None => Ok(options),
+        }
+    }
+
+    /// Looks for a TLS handshake failure that tonic reports only as a closed connection.
+    #[cfg(feature = "tls")]
+    async fn diagnose(&self) -> Option<Error> {
+        self.tls
+            .diagnose(&self.endpoints, self.connect_timeout)
+            .await
+    }
+
+    #[cfg(not(feature = "tls"))]
+    async fn diagnose(&self) -> Option<Error> {
+        None
+    }
+}
+
+/// Whether etcd turned down the user name or password.
+fn refused_credentials(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(s)
+        if s.message().contains("authentication failed")
+            || s.message().contains("user name not found"))
+}
+
+/// Whether etcd said that it has no authentication to do.
+fn auth_not_enabled(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(s)
+        if s.message().contains("authentication is not enabled"))
+}
+
+impl fmt::Debug for EtcdConfig {
+    /// Shows no password and no key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("EtcdConfig");
+        d.field("endpoints", &self.endpoints)
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("keep_alive", &self.keep_alive)
+            .field("deadline", &self.deadline);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls);
+        d.finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_password() {
+        let config = EtcdConfig::new(["http://127.0.0.1:2379"]).user("alice", "s3cret");
+        let debug = format!("{config:?}");
+        assert!(
+            debug.contains("alice") && !debug.contains("s3cret"),
+            "{debug}"
+        );
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn https_needs_the_tls_feature() {
+        let error = EtcdConfig::new(["https://127.0.0.1:2379"])
+            .options()
+            .expect_err("no tls without the feature");
+        assert!(matches!(error, Error::InvalidTlsConfig { .. }), "{error}");
+        assert!(error.is_permanent());
+    }
+}
