@@ -5,8 +5,10 @@
 //! data path.
 //!
 //! - **Client side.** [`EtcdDiscover`] turns the keys under an etcd prefix into
-//!   [`tower::discover::Change`]s. [`EtcdDiscover::balance_channel`] feeds them to tonic's own
-//!   balanced [`Channel`](tonic::transport::Channel), which any generated client accepts.
+//!   [`tower::discover::Change`]s. [`EtcdDiscover::channel`] balances over them with the
+//!   crate's own health- and load-aware [`BalancedChannel`]; [`EtcdDiscover::balance_channel`]
+//!   feeds tonic's own balanced [`Channel`](tonic::transport::Channel) instead. Any generated
+//!   client accepts either.
 //! - **Server side.** [`Registrar`] puts the server's key under a lease and keeps it alive,
 //!   re-registering if the lease is lost. Its [`Registration`] gives a layer that counts
 //!   in-flight calls, and a [`shutdown`](Registration::shutdown) that deregisters first, then
@@ -19,7 +21,7 @@
 //! use tonic_etcd::{EtcdDiscover, etcd_client::Client};
 //!
 //! let etcd = Client::connect(["http://127.0.0.1:2379"], None).await?;
-//! let (channel, _discovery) = EtcdDiscover::new(etcd, "services/greeter").balance_channel();
+//! let channel = EtcdDiscover::new(etcd, "services/greeter").channel();
 //! // let mut client = GreeterClient::new(channel);
 //! # drop(channel);
 //! # Ok(())
@@ -53,11 +55,15 @@
 //!
 //! # Layout
 //!
-//! - `discovery`: the list-then-watch state machine, the pure snapshot diff, the status.
+//! - `discovery`: [`EtcdDiscover`]; the list-then-watch state machine, shared by every
+//!   discovery of a prefix in the process; the pure snapshot diff; the status.
+//! - `balance`: the crate's own [`BalancedChannel`]: power of two choices, ejection, retry of
+//!   unsent calls, optional active health checks.
 //! - `channel`: feeding tonic's balanced channel.
-//! - `registrar`: the lease task and the in-flight layer.
+//! - `registrar`: [`Registrar`], the lease task, the in-flight layer, health following.
+//! - `etcd`: [`EtcdConfig`], connecting to etcd with TLS and authentication.
 //! - `format`: wire formats and the instance model.
-//! - `backoff`, `error`.
+//! - `backoff`, `error`, `inflight`.
 
 #![warn(
     missing_docs,
