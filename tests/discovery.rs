@@ -638,41 +638,8 @@ async fn run_greeter_client(args: &[&str]) -> Output {
     }
 }
 
-/// The `greeter_client` example, built once per test binary in this binary's profile.
-///
-/// The build always runs, as the support module does for `greeter_server`: it is a no-op
-/// when the binary is fresh, and `cargo test --test discovery` builds no examples.
+/// The `greeter_client` example, built once per test binary with this binary's features.
 fn greeter_client_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().expect("path of the test binary");
-        let profile = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary lives in target/<profile>/deps");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut build = std::process::Command::new(cargo);
-        build
-            .args(["build", "--example", "greeter_client"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile.ends_with("release") {
-            build.arg("--release");
-        }
-        let output = build.output().expect("run cargo build --example");
-        assert!(
-            output.status.success(),
-            "cargo build --example greeter_client failed: {}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let path = profile
-            .join("examples")
-            .join(format!("greeter_client{}", std::env::consts::EXE_SUFFIX));
-        assert!(
-            path.exists(),
-            "{} is missing after the build",
-            path.display()
-        );
-        path
-    })
+    BINARY.get_or_init(|| support::greeter::example_binary("greeter_client"))
 }
