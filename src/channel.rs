@@ -112,12 +112,17 @@ async fn forward(
 ) {
     let mut pending = Pending::default();
     let mut discovering = true;
+    // A dropped handle is no request to stop: only `stop()` is.
+    let mut stoppable = true;
     loop {
         // Biased: stopping wins, then handing over what is pending, then reading more, so
         // the queue to tonic drains before the backlog grows.
         tokio::select! {
             biased;
-            _ = &mut stopped => break,
+            stop = &mut stopped, if stoppable => match stop {
+                Ok(()) => break,
+                Err(_) => stoppable = false,
+            },
             _ = sender.closed() => {
                 debug!("balanced channel dropped, discovery stops");
                 break;

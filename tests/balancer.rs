@@ -394,3 +394,83 @@ mod health {
         .await;
     }
 }
+
+/// CPU time this thread has used, in clock ticks (user + system). A `#[tokio::test]` runs
+/// its runtime, and so every task it spawns, on its own thread.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("read the thread's stat");
+    let after_name = stat.rsplit_once(')').expect("stat has a name").1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let field = |i: usize| fields[i].parse::<u64>().expect("a tick count");
+    field(11) + field(12)
+}
+
+#[tokio::test]
+async fn tonics_balance_channel_keeps_discovering_after_its_handle_is_dropped() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let server = TestServer::start().await;
+    register(&mut kv, "svc", &Instance::from(server.addr())).await;
+    // The handle dropped at once, as `let (channel, _) = ...` does.
+    let (channel, _) = EtcdDiscover::new(etcd.client().await, "svc").balance_channel();
+    let mut client = GreeterClient::new(channel);
+    let call = client.say_hello(HelloRequest { name: "x".into() });
+    let reply = tokio::time::timeout(DEADLINE, call)
+        .await
+        .expect("the call is answered, not left waiting for an endpoint")
+        .expect("the call succeeds");
+    assert!(
+        reply
+            .into_inner()
+            .message
+            .contains(&server.addr().to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_leaves_the_endpoint_in_rotation() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let slow = TestServer::start_with_delay(Duration::from_millis(300)).await;
+    register(&mut kv, "svc", &Instance::from(slow.addr())).await;
+    let channel = EtcdDiscover::new(etcd.client().await, "svc").channel();
+    wait_until("up", DEADLINE, || async { up_count(&channel).await == 1 }).await;
+    let mut client = GreeterClient::new(channel.clone());
+    let mut request = tonic::Request::new(HelloRequest { name: "x".into() });
+    request.set_timeout(Duration::from_millis(50));
+    let status = client
+        .say_hello(request)
+        .await
+        .expect_err("the deadline passes");
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+    assert_eq!(
+        up_count(&channel).await,
+        1,
+        "a slow answer is no transport failure"
+    );
+    client
+        .say_hello(HelloRequest { name: "y".into() })
+        .await
+        .expect("the endpoint still takes calls");
+}
+
+#[tokio::test]
+async fn a_discovery_that_failed_for_good_costs_no_cpu() {
+    let etcd = Etcd::start().await;
+    let channel = EtcdDiscover::new(etcd.client().await, "/").channel();
+    let mut status = channel.status();
+    tokio::time::timeout(
+        DEADLINE,
+        status.wait_for(|s| matches!(s, tonic_etcd::DiscoveryStatus::Failed { .. })),
+    )
+    .await
+    .expect("an empty prefix fails")
+    .expect("status");
+    // The measured window is the point of this test: a spinning task would use a whole core
+    // (about 100 ticks a second).
+    let before = cpu_ticks();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_ticks() - before;
+    assert!(used < 30, "{used} clock ticks in one idle second");
+    drop(channel);
+}

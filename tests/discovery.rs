@@ -643,3 +643,47 @@ fn greeter_client_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| support::greeter::example_binary("greeter_client"))
 }
+
+#[tokio::test]
+async fn a_shared_watch_outlives_the_runtime_that_started_it() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let value = |port: u16| format!(r#"{{"Addr":"127.0.0.1:{port}"}}"#);
+    kv.put(format!("{SERVICE}/a"), value(1), None)
+        .await
+        .expect("put");
+    let endpoint = etcd.endpoint();
+    let (joined, b_joined) = std::sync::mpsc::channel::<()>();
+    // Runtime A starts the shared watch, outlives B's joining, then shuts down while its
+    // discovery is still alive (leaked), as a runtime of its own in a bigger program might.
+    let a = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime A");
+        runtime.block_on(async {
+            let client = Client::connect([endpoint], None).await.expect("connect");
+            let mut discover = EtcdDiscover::new(client, SERVICE);
+            assert!(matches!(discover.next().await, Some(Ok(_))));
+            std::mem::forget(discover);
+        });
+        b_joined.recv().expect("B joins");
+        drop(runtime);
+    });
+    let mut b = EtcdDiscover::new(etcd.client().await, SERVICE);
+    assert!(matches!(b.next().await, Some(Ok(Change::Insert(..)))));
+    joined.send(()).expect("A waits");
+    tokio::task::spawn_blocking(move || a.join().expect("runtime A ends"))
+        .await
+        .expect("join");
+    kv.put(format!("{SERVICE}/b"), value(2), None)
+        .await
+        .expect("put");
+    let next = tokio::time::timeout(Duration::from_secs(10), b.next())
+        .await
+        .expect("B still follows the prefix after A's runtime is gone");
+    assert!(
+        matches!(&next, Some(Ok(Change::Insert(key, _))) if key == &format!("{SERVICE}/b")),
+        "{next:?}"
+    );
+}

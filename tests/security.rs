@@ -213,3 +213,34 @@ async fn a_role_that_cannot_write_the_prefix_fails_the_registration_for_good() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_write_only_role_registers_without_looping() {
+    let etcd = Etcd::start().await;
+    let prefix = format!("{SERVICE}/");
+    let write_only = vec![Permission::write(prefix.as_str()).with_prefix()];
+    etcd.add_role("greeter-writer", write_only).await;
+    etcd.add_user("writer", "writer-secret", &["greeter-writer"])
+        .await;
+    etcd.enable_auth("root-secret").await;
+    let root = etcd.client_as("root", "root-secret").await;
+    let server = TestServer::start().await;
+    let registration = Registrar::new(connect_as(&etcd, ("writer", "writer-secret")).await)
+        .register(SERVICE, server.addr())
+        .await
+        .expect("writing the key is all a registration needs");
+    let revision = |mut client: etcd_client::Client| async move {
+        let response = client.get("any", None).await.expect("get as root");
+        response.header().expect("a header").revision()
+    };
+    // The window is the measurement: the lease task may not rewrite its key in a loop
+    // because it cannot watch it (it did: about 350 puts a second).
+    let before = revision(root.clone()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = revision(root).await - before;
+    assert!(writes <= 2, "{writes} revisions in 2 s");
+    assert!(matches!(
+        *registration.status().borrow(),
+        RegistrationStatus::Registered { .. }
+    ));
+}

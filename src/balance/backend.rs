@@ -11,7 +11,7 @@
 //! at once; a probe (a fresh connection) readmits it, with jittered exponential backoff
 //! between probes.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -53,6 +53,8 @@ pub(crate) struct Backend {
     pub(crate) instance: Instance,
     state: AtomicU8,
     channel: RwLock<Option<Channel>>,
+    /// Counts connections, so a failure is charged to the one it happened on.
+    generation: AtomicU64,
     pub(crate) in_flight: Arc<InFlightCounter>,
     latency: Mutex<Ewma>,
     /// Whether the current connection has served its first call, which is not timed.
@@ -75,6 +77,7 @@ impl Backend {
             instance,
             state: AtomicU8::new(0),
             channel: RwLock::new(None),
+            generation: AtomicU64::new(0),
             in_flight: Arc::default(),
             latency: Mutex::new(Ewma::new(decay)),
             warm: AtomicBool::new(false),
@@ -92,14 +95,14 @@ impl Backend {
     }
 
     /// The connection, if up.
-    pub(crate) fn channel(&self) -> Option<Channel> {
+    /// The connection, if up, with its generation: see [`Backend::eject_connection`].
+    pub(crate) fn channel(&self) -> Option<(Channel, u64)> {
         if !self.is_up() {
             return None;
         }
-        self.channel
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        let channel = self.channel.read().unwrap_or_else(PoisonError::into_inner);
+        let generation = self.generation.load(Ordering::Acquire);
+        channel.clone().map(|c| (c, generation))
     }
 
     /// The load used to compare two candidates: calls in flight and recent latency.
@@ -131,6 +134,14 @@ impl Backend {
     }
 
     /// Takes the endpoint out of rotation after a transport failure; a probe readmits it.
+    /// Ejects after a call failed on connection `generation`, unless that connection has
+    /// been replaced already: a late failure of an old connection says nothing of the new.
+    pub(crate) fn eject_connection(&self, generation: u64) {
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.eject();
+        }
+    }
+
     pub(crate) fn eject(&self) {
         let previous = self.state.swap(2, Ordering::AcqRel);
         if EndpointState::from_u8(previous) == EndpointState::Up {
@@ -142,7 +153,10 @@ impl Backend {
 
     fn set_up(&self, channel: Channel) {
         self.warm.store(false, Ordering::Release);
-        *self.channel.write().unwrap_or_else(PoisonError::into_inner) = Some(channel);
+        let mut slot = self.channel.write().unwrap_or_else(PoisonError::into_inner);
+        *slot = Some(channel);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(slot);
         self.state.store(1, Ordering::Release);
         self.changed.notify_waiters();
     }

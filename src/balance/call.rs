@@ -35,7 +35,7 @@ pub(super) async fn call(
     let mut retries = 0;
     loop {
         let backend = state.pick(deadline).await?;
-        let Some(channel) = backend.channel() else {
+        let Some((channel, generation)) = backend.channel() else {
             continue;
         };
         let body = if retryable {
@@ -55,7 +55,10 @@ pub(super) async fn call(
             }
             Err(error) => {
                 drop(guard);
-                backend.eject();
+                // A call that ran out of its own time says nothing about the endpoint.
+                if !is_timeout(&error) {
+                    backend.eject_connection(generation);
+                }
                 let unsent = retryable && lock(&slot).is_some();
                 if unsent && retries < MAX_RETRIES {
                     retries += 1;
@@ -66,6 +69,19 @@ pub(super) async fn call(
             }
         }
     }
+}
+
+/// Whether the call failed because its deadline (`grpc-timeout`, or the endpoint's timeout)
+/// passed.
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Body>> {

@@ -32,6 +32,7 @@ pub(super) async fn drive(
     let mut status = discover.status();
     let mut endpoints: HashMap<String, (Arc<Backend>, Connector)> = HashMap::new();
     let mut discovering = true;
+    let mut status_open = true;
     loop {
         tokio::select! {
             // Biased: stopping wins over more changes.
@@ -52,8 +53,10 @@ pub(super) async fn drive(
                 }
                 apply(&state, &mut endpoints, batch);
             }
-            changed = status.changed() => {
-                if changed.is_err() || !matches!(*status.borrow(), DiscoveryStatus::Syncing) {
+            changed = status.changed(), if status_open => {
+                // A closed status channel answers at once, for ever: stop asking.
+                status_open = changed.is_ok();
+                if !status_open || !matches!(*status.borrow(), DiscoveryStatus::Syncing) {
                     mark_synced(&state);
                 }
             }

@@ -31,12 +31,14 @@ pub(super) struct Published {
     /// Whether the first listing is complete.
     pub(super) listed: bool,
     pub(super) failed: Option<Error>,
+    /// Hands out receivers while the engine runs. The engine task clears it when it ends,
+    /// so that every receiver then sees the channel closed.
+    sender: Option<broadcast::Sender<Arc<Message>>>,
 }
 
 /// A running engine and its subscribers' channel. Dropping the last `Arc` stops the engine.
 pub(super) struct Hub {
     published: Arc<Mutex<Published>>,
-    sender: broadcast::Sender<Arc<Message>>,
     status: watch::Receiver<DiscoveryStatus>,
     task: tokio::task::JoinHandle<()>,
     _stop: oneshot::Sender<()>,
@@ -81,22 +83,18 @@ impl Hub {
 
     fn start(config: EngineConfig, prefix: String) -> Hub {
         let status = config.status.subscribe();
-        let published = Arc::new(Mutex::new(Published::default()));
         let (sender, _) = broadcast::channel(BACKLOG);
+        let published = Arc::new(Mutex::new(Published {
+            sender: Some(sender.clone()),
+            ..Published::default()
+        }));
         let (stop, stopped) = oneshot::channel();
         let span = tracing::info_span!("tonic_etcd::watch", prefix = %prefix);
         let engine = Engine::new(config, prefix);
-        let task = run(
-            engine,
-            published.clone(),
-            sender.clone(),
-            status.clone(),
-            stopped,
-        );
+        let task = run(engine, published.clone(), sender, status.clone(), stopped);
         let task = tokio::spawn(task.instrument(span));
         Hub {
             published,
-            sender,
             status,
             task,
             _stop: stop,
@@ -104,18 +102,25 @@ impl Hub {
     }
 
     fn subscribe(self: Arc<Self>) -> Subscription {
-        // Under the lock, so no batch falls between the snapshot and the receiver.
-        let published = self.lock();
-        let snapshot = published.entries.clone();
-        let listed = published.listed;
-        let changes = self.sender.subscribe();
-        drop(published);
+        let (snapshot, listed, changes) = self.resubscribe();
         Subscription {
             hub: self,
             snapshot,
             listed,
             changes,
         }
+    }
+
+    /// The entries now, whether they are a complete listing, and a receiver of the changes
+    /// after them: taken under one lock, so no batch falls in between or is seen twice. Once
+    /// the engine has ended, the receiver is closed.
+    pub(super) fn resubscribe(&self) -> (Entries, bool, broadcast::Receiver<Arc<Message>>) {
+        let published = self.lock();
+        let changes = match &published.sender {
+            Some(sender) => sender.subscribe(),
+            None => broadcast::channel(1).1,
+        };
+        (published.entries.clone(), published.listed, changes)
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Published> {
@@ -142,6 +147,14 @@ async fn run(
     status: watch::Receiver<DiscoveryStatus>,
     mut stopped: oneshot::Receiver<()>,
 ) {
+    /// Closes the subscribers' channel however the task ends, even when its runtime drops it.
+    struct Closing(Arc<Mutex<Published>>);
+    impl Drop for Closing {
+        fn drop(&mut self) {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).sender = None;
+        }
+    }
+    let _closing = Closing(published.clone());
     let mut state = State::List;
     loop {
         let (output, next) = tokio::select! {

@@ -163,13 +163,13 @@ impl Subscriber {
                 Message::Batch(changes) => changes.clone(),
                 // The first listing of a new engine: anything seen before that it does not
                 // hold is gone.
-                Message::Listed => reconcile(&seen, &subscription),
+                Message::Listed => reconcile(&seen, &mut subscription),
                 Message::Failed(error) => return (Err(error.clone()), Step::Done),
             },
             Err(RecvError::Lagged(missed)) => {
                 // Fell behind the engine: catch up from its snapshot, by diff.
                 tracing::debug!(prefix = %self.prefix, missed, "subscriber lagged, resyncing");
-                reconcile(&seen, &subscription)
+                reconcile(&seen, &mut subscription)
             }
             Err(RecvError::Closed) => {
                 // The engine is gone without failing: its runtime was shut down. Join again,
@@ -219,12 +219,12 @@ fn catch_up(mut seen: Entries, snapshot: &Entries, listed: bool) -> (Entries, Ve
     (seen, raw)
 }
 
-/// The changes that make `seen` match what the engine has published.
-fn reconcile(seen: &Entries, subscription: &Subscription) -> Vec<RawChange> {
-    let published = subscription.hub.lock();
-    diff::diff(seen, &published.entries)
-        .into_changes()
-        .collect()
+/// The changes that make `seen` match what the engine has published, with a fresh receiver
+/// of what comes after, so no queued batch older than the snapshot is replayed on top of it.
+fn reconcile(seen: &Entries, subscription: &mut Subscription) -> Vec<RawChange> {
+    let (snapshot, _, changes) = subscription.hub.resubscribe();
+    subscription.changes = changes;
+    diff::diff(seen, &snapshot).into_changes().collect()
 }
 
 fn apply_raw(seen: &mut Entries, change: &RawChange) {

@@ -59,9 +59,16 @@ async fn follow(service: HealthService, name: String, commands: mpsc::Sender<Com
         while let Some(Ok(response)) = statuses.next().await {
             let serving = response.status == ServingStatus::Serving as i32;
             debug!(serving, "health changed");
-            if commands.send(Command::Withdraw(!serving)).await.is_err() {
+            let (reply, done) = tokio::sync::oneshot::channel();
+            let command = Command::Withdraw {
+                withdraw: !serving,
+                reply,
+            };
+            if commands.send(command).await.is_err() {
                 return;
             }
+            // Failures are the lease task's to retry; this only keeps the order.
+            let _ = done.await;
         }
     }
 }

@@ -1,11 +1,11 @@
 //! The owned task that keeps a process's lease alive, and its keys in etcd.
 //!
 //! ```text
-//!  Grant ──ok──► Put{lease} ──ok──► KeepAlive{lease, from} ──stream broke──► backoff ─┐
-//!    ▲  │            │  ▲  ▲                  │     │   ▲                            │
-//!    └──┘ backoff    │  │  └── key deleted ───┘     │   └──────── same lease ────────┘
-//!    ▲               │  └─ backoff                  │
-//!    └───────────────┴── lease not found / ttl 0 ───┘
+//!  Grant ──ok──► Put{lease} ──ok──► KeepAlive{lease, from}
+//!   ▲  │          ▲                       │
+//!   └──┘ backoff  ├─ at once ◄────────────┤ a key was deleted, a command was served
+//!   ▲             └─ backoff, same lease ◄┤ the keepalive stream broke
+//!   └─────────── backoff ◄────────────────┘ etcd says the lease is gone (also from Put)
 //! ```
 //!
 //! One lease holds every key the process registers. After an etcd restart or a leader change
@@ -37,8 +37,12 @@ pub(super) enum Command {
         instance: Instance,
         reply: oneshot::Sender<Result<String, Error>>,
     },
-    /// Take the keys out of etcd (`true`), or put them back (`false`), keeping the lease.
-    Withdraw(bool),
+    /// Take the keys out of etcd (`true`), or put them back (`false`), keeping the lease;
+    /// replies once done.
+    Withdraw {
+        withdraw: bool,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
 }
 
 pub(super) enum State {
@@ -158,18 +162,19 @@ impl LeaseTask {
             // Formats that name the key after the lease get the new key.
             entry.key = self.format.key(&entry.service, &entry.instance, lease_id);
         }
-        let mut revision = 0;
         if self.withdrawn {
-            return Ok(revision);
+            // Make sure they are out: a withdraw may have been cut short.
+            self.delete_all().await?;
+            return Ok(0);
         }
-        for i in 0..self.entries.len() {
-            revision = self.put(i, lease_id).await?;
+        let mut revision = 0;
+        for entry in &self.entries {
+            revision = self.put(entry, lease_id).await?;
         }
         Ok(revision)
     }
 
-    async fn put(&self, index: usize, lease_id: i64) -> Result<i64, Error> {
-        let entry = &self.entries[index];
+    async fn put(&self, entry: &Entry, lease_id: i64) -> Result<i64, Error> {
         let value = self.format.value(&entry.service, &entry.instance);
         let mut kv = self.client.kv_client();
         let options = PutOptions::new().with_lease(lease_id);
@@ -258,45 +263,63 @@ impl LeaseTask {
                     let response = message.map_err(wrap)?.ok_or_else(|| {
                         wrap(etcd_client::Error::WatchError("key watch ended".into()))
                     })?;
-                    let deleted = response
-                        .events()
-                        .iter()
-                        .any(|e| e.event_type() == EventType::Delete);
-                    if deleted || response.canceled() {
+                    if response.canceled() {
+                        if response.compact_revision() > 0 {
+                            return Ok(Interrupt::Rewrite);
+                        }
+                        // Registering needs write access only: without read access to its
+                        // own keys, the task stops watching them rather than loop.
+                        warn!(lease_id, reason = response.cancel_reason(), "cannot watch the registered keys");
+                        keys = None;
+                        continue;
+                    }
+                    if response.events().iter().any(|e| e.event_type() == EventType::Delete) {
                         warn!(lease_id, "a registered key was deleted, putting it back");
                         return Ok(Interrupt::Rewrite);
                     }
                 }
-                Some(command) = commands.recv() => match command {
-                    Command::Add { service, instance, reply } => {
-                        let entry = self.entry(service, instance, lease_id);
-                        let key = entry.key.clone();
-                        self.entries.push(entry);
-                        let result = if self.withdrawn {
-                            Ok(0)
-                        } else {
-                            self.put(self.entries.len() - 1, lease_id).await
-                        };
-                        let failed = result.as_ref().err().cloned();
-                        let _ = reply.send(result.map(|_| key));
-                        match failed {
-                            Some(error) => return Err(error),
-                            // Start over, so the new key is watched too.
-                            None => return Ok(Interrupt::Rewrite),
-                        }
+                Some(command) = commands.recv() => return self.serve(command, lease_id).await,
+            }
+        }
+    }
+
+    /// Carries out a command; then the keys are written and watched again.
+    async fn serve(&mut self, command: Command, lease_id: i64) -> Result<Interrupt, Error> {
+        match command {
+            Command::Add {
+                service,
+                instance,
+                reply,
+            } => {
+                let entry = self.entry(service, instance, lease_id);
+                let result = match self.withdrawn {
+                    true => Ok(0),
+                    false => self.put(&entry, lease_id).await,
+                };
+                let key = entry.key.clone();
+                if result.is_ok() {
+                    self.entries.push(entry);
+                }
+                let _ = reply.send(result.clone().map(|_| key));
+                result.map(|_| Interrupt::Rewrite)
+            }
+            Command::Withdraw { withdraw, reply } => {
+                let changed = withdraw != self.withdrawn;
+                // The wanted state: if acting on it fails, the Put state reconciles to it.
+                self.withdrawn = withdraw;
+                let result = match (changed, withdraw) {
+                    (false, _) => Ok(()),
+                    (true, true) => {
+                        info!(lease_id, "withdrawing the keys");
+                        self.delete_all().await
                     }
-                    Command::Withdraw(withdraw) if withdraw != self.withdrawn => {
-                        self.withdrawn = withdraw;
-                        if withdraw {
-                            info!(lease_id, "withdrawing the keys");
-                            self.delete_all().await?;
-                        } else {
-                            info!(lease_id, "restoring the keys");
-                            return Ok(Interrupt::Rewrite);
-                        }
+                    (true, false) => {
+                        info!(lease_id, "restoring the keys");
+                        self.put_all(lease_id).await.map(|_| ())
                     }
-                    Command::Withdraw(_) => {}
-                },
+                };
+                let _ = reply.send(result.clone());
+                result.map(|_| Interrupt::Rewrite)
             }
         }
     }

@@ -64,6 +64,10 @@ impl Registration {
 
     /// Registers one more instance under the same lease, so a process holds one lease
     /// whatever it registers. Returns its key once it is in etcd.
+    ///
+    /// Waits for the lease task, which serves it between keepalives; if etcd does not
+    /// answer within the request timeout it fails with [`Error::Timeout`], and the instance
+    /// may still be registered once etcd is back.
     pub async fn add(
         &self,
         service: impl Into<String>,
@@ -75,18 +79,36 @@ impl Registration {
             instance: instance.into(),
             reply,
         };
-        let stopped = || Error::Stopped;
-        self.commands.send(command).await.map_err(|_| stopped())?;
-        response.await.map_err(|_| stopped())?
+        self.command(command, response, "adding an instance").await
     }
 
     /// Takes the keys out of etcd while keeping the lease (`true`), or puts them back
-    /// (`false`): for a server that is up but should get no calls for a while.
+    /// (`false`): for a server that is up but should get no calls for a while. Returns once
+    /// done; fails like [`add`](Registration::add).
     pub async fn withdraw(&self, withdraw: bool) -> Result<(), Error> {
-        self.commands
-            .send(Command::Withdraw(withdraw))
+        let (reply, response) = oneshot::channel();
+        let command = Command::Withdraw { withdraw, reply };
+        self.command(command, response, "withdrawing the keys")
             .await
-            .map_err(|_| Error::Stopped)
+    }
+
+    async fn command<T>(
+        &self,
+        command: Command,
+        response: oneshot::Receiver<Result<T, Error>>,
+        operation: &'static str,
+    ) -> Result<T, Error> {
+        let after = self.request_timeout;
+        let exchange = async {
+            self.commands
+                .send(command)
+                .await
+                .map_err(|_| Error::Stopped)?;
+            response.await.map_err(|_| Error::Stopped)?
+        };
+        tokio::time::timeout(after, exchange)
+            .await
+            .map_err(|_| Error::Timeout { operation, after })?
     }
 
     /// A receiver of the registration status.
