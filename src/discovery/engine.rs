@@ -208,8 +208,10 @@ impl Engine {
                 self.fail(Error::Timeout { operation: "watch went silent", after }, resume).await
             }
             _ = s.progress.tick() => {
-                // A failed send shows up as an error on the response stream.
-                let _ = s.stream.request_progress().await;
+                // A failed send shows up as an error on the response stream; a send that
+                // cannot go out at all is left to the idle timer.
+                let send = s.stream.request_progress();
+                let _ = tokio::time::timeout(self.config.progress_interval, send).await;
                 (Ok(Vec::new()), State::Streaming(s))
             }
         }

@@ -58,6 +58,13 @@ pub(crate) struct Discovered {
 /// a permanent error ([`Error::is_permanent`]: permission denied, bad credentials, an empty
 /// prefix) is yielded, as the last item.
 ///
+/// Every `EtcdDiscover` of the same prefix on the same etcd cluster (told apart by etcd's
+/// cluster id) in a process shares one list-then-watch, and each decodes it with its own
+/// [`format`](EtcdDiscover::format) and [`endpoint`](EtcdDiscover::endpoint) hook. The shared
+/// watch uses the etcd client (so its credentials) and the request settings (backoff,
+/// timeouts, progress interval) of the discovery that started it, for as long as any
+/// discovery of that prefix lives.
+///
 /// Building one does no I/O; that starts on the first poll.
 ///
 /// ```no_run
