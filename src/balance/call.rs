@@ -24,7 +24,7 @@ pub(super) async fn call(
     state: Arc<State>,
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, tower::BoxError> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     // An empty body is never polled, so it cannot tell whether the call left: no retry.
     let retryable = !body.is_end_stream();
     let slot: Slot = Arc::new(Mutex::new(Some(body)));
@@ -43,7 +43,7 @@ pub(super) async fn call(
         } else {
             take(&slot).unwrap_or_default()
         };
-        let request = http::Request::from_parts(parts.clone(), body);
+        let request = resend(&mut parts, body);
         let guard = backend.in_flight.enter();
         let started = Instant::now();
         match channel.oneshot(request).await {
@@ -82,6 +82,21 @@ fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
         source = e.source();
     }
     false
+}
+
+/// The request for one attempt: a copy of the head in `parts`, and `body`.
+///
+/// The extensions move to the first attempt rather than being copied for each: a copy
+/// costs an allocation per extension on every call, and nothing below this channel
+/// (tonic's connection stack, hyper) reads them, so a retry goes without.
+fn resend(parts: &mut http::request::Parts, body: Body) -> http::Request<Body> {
+    let mut request = http::Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    *request.extensions_mut() = std::mem::take(&mut parts.extensions);
+    request
 }
 
 fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Body>> {

@@ -7,6 +7,10 @@ const DRAWS: usize = 8;
 /// are noise, and calls in flight decide, then the draw.
 const LATENCY_BAND: f64 = 2.0;
 
+/// How many times the calls in flight of the other candidate a candidate faster by more
+/// than [`LATENCY_BAND`] may carry, and still win on latency alone.
+const IN_FLIGHT_BAND: f64 = 16.0;
+
 /// What a candidate costs: its calls in flight and its recent latency.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Load {
@@ -21,6 +25,18 @@ impl Load {
 
     /// Whether `other` should win over `self`.
     fn loses_to(self, other: Load) -> bool {
+        // Latency alone first: a server that answers calls concurrently is no slower for
+        // having calls in flight, so in-flight x latency overrates a busy fast server against
+        // an idle slow one. Calls in flight still bound it: a server whose calls never end
+        // keeps a low latency estimate, but not a low count.
+        let (mine, theirs) = (self.latency.max(1e-6), other.latency.max(1e-6));
+        let (busy, their_busy) = (self.in_flight as f64 + 1.0, other.in_flight as f64 + 1.0);
+        if theirs * LATENCY_BAND < mine && their_busy <= IN_FLIGHT_BAND * busy {
+            return true;
+        }
+        if mine * LATENCY_BAND < theirs && busy <= IN_FLIGHT_BAND * their_busy {
+            return false;
+        }
         let (mine, theirs) = (self.cost(), other.cost());
         if theirs * LATENCY_BAND < mine {
             return true;

@@ -55,8 +55,37 @@ pub(super) fn run(config: Config) -> ChangeStream {
             Ok(changes) => changes.into_iter().map(Ok).collect(),
             Err(error) => vec![Err(error)],
         };
-        futures_util::stream::iter(items)
+        futures_util::stream::iter(Drain::new(items))
     }))
+}
+
+/// Yields a vector's items in order, and frees its buffer with the last one.
+///
+/// A `vec::IntoIter` keeps its buffer until it is dropped, and `flat_map` drops it only when
+/// polled past the last item: each item holds an `Endpoint` inline (about 1.2 KiB in all),
+/// so after the listing of 10,000 instances, 11 MiB would stay allocated until the next poll.
+struct Drain<T> {
+    /// The items, last first.
+    reversed: Vec<T>,
+}
+
+impl<T> Drain<T> {
+    fn new(mut items: Vec<T>) -> Self {
+        items.reverse();
+        Drain { reversed: items }
+    }
+}
+
+impl<T> Iterator for Drain<T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        let item = self.reversed.pop();
+        if self.reversed.is_empty() {
+            self.reversed = Vec::new();
+        }
+        item
+    }
 }
 
 type Output = Result<Vec<Change<String, Discovered>>, Error>;
