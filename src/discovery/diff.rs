@@ -50,16 +50,18 @@ pub(crate) fn diff(announced: &Entries, listing: &Entries) -> Diff {
     Diff { removed, upserted }
 }
 
+/// Entries from text pairs, for tests.
+#[cfg(test)]
+pub(crate) fn entries(pairs: &[(&str, &str)]) -> Entries {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entries(pairs: &[(&str, &str)]) -> Entries {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect()
-    }
 
     #[test]
     fn empty_sets_have_no_diff() {

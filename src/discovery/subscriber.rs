@@ -298,13 +298,7 @@ async fn forward_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entries(pairs: &[(&str, &str)]) -> Entries {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect()
-    }
+    use crate::discovery::diff::entries;
 
     #[test]
     fn joining_a_listed_engine_removes_what_is_gone() {
