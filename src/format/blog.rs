@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{DecodeError, Format, Instance, validate_addr};
+use super::{DecodeError, Format, Instance, decode_json, validate_addr};
 
 /// The blog post's format: values `{"ID":1,"IP":"127.0.0.1:8080"}`.
 ///
@@ -79,8 +79,7 @@ impl Format for Blog {
     }
 
     fn decode(&self, _key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
-        let text = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8)?;
-        let decoded: Decoded = serde_json::from_str(text).map_err(DecodeError::Json)?;
+        let decoded: Decoded = decode_json(value)?;
         let addr = decoded.ip.ok_or(DecodeError::MissingAddress)?;
         validate_addr(&addr)?;
         Ok(Instance::new(addr))

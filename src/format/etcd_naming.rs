@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{DecodeError, Format, Instance, Metadata, slash_prefix, validate_addr};
+use super::{DecodeError, Format, Instance, Metadata, decode_json, slash_prefix, validate_addr};
 
 /// The wire format of etcd's Go naming package, the `etcd:///` resolver of grpc-go.
 ///
@@ -58,8 +58,7 @@ impl Format for EtcdNaming {
     }
 
     fn decode(&self, _key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
-        let text = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8)?;
-        let decoded: Decoded = serde_json::from_str(text).map_err(DecodeError::Json)?;
+        let decoded: Decoded = decode_json(value)?;
         let addr = decoded.addr.ok_or(DecodeError::MissingAddress)?;
         validate_addr(&addr)?;
         Ok(Instance {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{DecodeError, Format, Instance, Metadata, validate_addr};
+use super::{DecodeError, Format, Instance, Metadata, decode_json, validate_addr};
 
 /// The namespace Kratos registers under by default.
 const DEFAULT_NAMESPACE: &str = "/microservices";
@@ -123,8 +123,7 @@ impl Format for Kratos {
     }
 
     fn decode(&self, _key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
-        let text = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8)?;
-        let decoded: Decoded = serde_json::from_str(text).map_err(DecodeError::Json)?;
+        let decoded: Decoded = decode_json(value)?;
         let endpoints = decoded.endpoints.unwrap_or_default();
         let (addr, tls) = grpc_endpoint(&endpoints)?;
         let mut metadata = decoded

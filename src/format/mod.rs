@@ -158,6 +158,12 @@ fn slash_prefix(service: &str) -> String {
     format!("{}/", service.trim_end_matches('/'))
 }
 
+/// Parses a JSON value, telling text that is not UTF-8 from text that is not the JSON wanted.
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, DecodeError> {
+    let text = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8)?;
+    serde_json::from_str(text).map_err(DecodeError::Json)
+}
+
 /// Checks that `addr` is `host:port`, with a non-empty host and a port in 1..=65535.
 pub(crate) fn validate_addr(addr: &str) -> Result<(), DecodeError> {
     let invalid = |reason| DecodeError::InvalidAddress {
