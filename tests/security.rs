@@ -244,3 +244,31 @@ async fn a_write_only_role_registers_without_looping() {
         RegistrationStatus::Registered { .. }
     ));
 }
+
+#[tokio::test]
+async fn a_role_that_cannot_read_the_prefix_ends_discovery_with_a_permanent_error() {
+    use futures_util::StreamExt;
+    let etcd = Etcd::start().await;
+    let elsewhere = vec![Permission::read("other/").with_prefix()];
+    etcd.add_role("other-reader", elsewhere).await;
+    etcd.add_user("outsider", "outsider-secret", &["other-reader"])
+        .await;
+    etcd.enable_auth("root-secret").await;
+    let client = connect_as(&etcd, ("outsider", "outsider-secret")).await;
+    let mut discover = EtcdDiscover::new(client, SERVICE);
+    let status = discover.status();
+    let first = tokio::time::timeout(PROMPT, discover.next())
+        .await
+        .expect("a refusal is reported promptly, not retried");
+    let error = match first {
+        Some(Err(error)) => error,
+        other => panic!("expected a permanent error, got {other:?}"),
+    };
+    assert!(error.is_permanent(), "{error}");
+    assert!(
+        matches!(*status.borrow(), tonic_etcd::DiscoveryStatus::Failed { .. }),
+        "{:?}",
+        *status.borrow()
+    );
+    assert!(discover.next().await.is_none(), "the stream ends after it");
+}
