@@ -189,9 +189,14 @@ async fn connect_loop(
     check: Option<HealthCheck>,
 ) {
     let mut retry = Retry::new(backoff);
+    // An endpoint that never answered is most likely a stale registration: probe it more
+    // and more rarely, so thousands of them do not keep a core busy.
+    let mut stale = Retry::new(backoff.max(NEVER_CONNECTED_MAX));
+    let mut ever_connected = false;
     loop {
         match endpoint.connect().await {
             Ok(channel) if healthy(&channel, check.as_ref()).await => {
+                ever_connected = true;
                 if retry.attempt() > 0 {
                     info!(key = %backend.key, addr = %backend.instance.addr, "endpoint readmitted");
                 }
@@ -207,6 +212,7 @@ async fn connect_loop(
                 }
             }
             Ok(_) => {
+                ever_connected = true;
                 debug!(key = %backend.key, "endpoint is not serving");
                 backend.set_ejected();
             }
@@ -215,7 +221,11 @@ async fn connect_loop(
                 backend.set_ejected();
             }
         }
-        tokio::time::sleep(retry.next_delay()).await;
+        let delay = match ever_connected {
+            true => retry.next_delay(),
+            false => stale.next_delay(),
+        };
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -225,6 +235,9 @@ async fn healthy(channel: &Channel, check: Option<&HealthCheck>) -> bool {
         None => true,
     }
 }
+
+/// The longest wait between probes of an endpoint that has never been reached.
+const NEVER_CONNECTED_MAX: Duration = Duration::from_secs(60);
 
 /// How far one sample can raise the latency estimate.
 const PEAK_STEP: f64 = 4.0;
