@@ -184,12 +184,7 @@ async fn reregisters_on_a_new_lease_after_a_cut_longer_than_the_ttl() {
         assert!(ttl_left(&client, new).await > 0, "the new lease is alive");
         assert_eq!(ttl_left(&client, *old).await, -1, "the old lease is gone");
     }
-    let new = present_lease(&client, registration.key()).await;
-    let mut status = registration.status();
-    wait_status(&mut status, "Registered on the new lease", DEADLINE, |s| {
-        registered_on(s) == Some(new)
-    })
-    .await;
+    wait_registered_on_the_lease_in_etcd(&client, &registration).await;
 }
 
 /// Once etcd answers that the lease is gone, etcd is evidently up: the registrar must grant
@@ -353,12 +348,7 @@ async fn reregisters_when_its_lease_is_revoked() {
         );
         assert!(ttl_left(&client, new).await > 0, "the new lease is alive");
     }
-    let new = present_lease(&client, registration.key()).await;
-    let mut status = registration.status();
-    wait_status(&mut status, "Registered on the new lease", DEADLINE, |s| {
-        registered_on(s) == Some(new)
-    })
-    .await;
+    wait_registered_on_the_lease_in_etcd(&client, &registration).await;
 }
 
 #[tokio::test]
@@ -1095,6 +1085,16 @@ async fn wait_status(
 
 fn is_retrying(status: &RegistrationStatus) -> bool {
     matches!(status, RegistrationStatus::Retrying { .. })
+}
+
+/// Waits until the status reports the lease that holds the registration's key in etcd.
+async fn wait_registered_on_the_lease_in_etcd(client: &Client, registration: &Registration) {
+    let lease = present_lease(client, registration.key()).await;
+    let mut status = registration.status();
+    wait_status(&mut status, "Registered on the new lease", DEADLINE, |s| {
+        registered_on(s) == Some(lease)
+    })
+    .await;
 }
 
 fn registered_on(status: &RegistrationStatus) -> Option<i64> {
