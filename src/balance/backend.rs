@@ -12,7 +12,7 @@
 //! between probes.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -52,7 +52,7 @@ pub(crate) struct Backend {
     pub(crate) key: String,
     pub(crate) instance: Instance,
     state: AtomicU8,
-    channel: RwLock<Option<Channel>>,
+    connection: Mutex<Connection>,
     /// Counts connections, so a failure is charged to the one it happened on.
     generation: AtomicU64,
     pub(crate) in_flight: Arc<InFlightCounter>,
@@ -76,7 +76,7 @@ impl Backend {
             key,
             instance,
             state: AtomicU8::new(0),
-            channel: RwLock::new(None),
+            connection: Mutex::default(),
             generation: AtomicU64::new(0),
             in_flight: Arc::default(),
             latency: Mutex::new(Ewma::new(decay)),
@@ -94,15 +94,34 @@ impl Backend {
         self.state() == EndpointState::Up
     }
 
-    /// The connection, if up.
-    /// The connection, if up, with its generation: see [`Backend::eject_connection`].
-    pub(crate) fn channel(&self) -> Option<(Channel, u64)> {
+    /// A handle on the connection, if up, with its generation: see
+    /// [`Backend::eject_connection`]. Give it back with [`Backend::check_in`] once the call
+    /// is sent.
+    pub(crate) fn check_out(&self) -> Option<(Channel, u64)> {
         if !self.is_up() {
             return None;
         }
-        let channel = self.channel.read().unwrap_or_else(PoisonError::into_inner);
-        let generation = self.generation.load(Ordering::Acquire);
-        channel.clone().map(|c| (c, generation))
+        let mut connection = self.lock_connection();
+        let generation = connection.generation;
+        if let Some(channel) = connection.idle.pop() {
+            return Some((channel, generation));
+        }
+        connection.channel.clone().map(|c| (c, generation))
+    }
+
+    /// Keeps a handle from [`Backend::check_out`] for the next call, while its connection is
+    /// current: a fresh clone of a `Channel` allocates on its first use.
+    pub(crate) fn check_in(&self, channel: Channel, generation: u64) {
+        let mut connection = self.lock_connection();
+        if connection.generation == generation && connection.idle.len() < MAX_IDLE_HANDLES {
+            connection.idle.push(channel);
+        }
+    }
+
+    fn lock_connection(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The load used to compare two candidates: calls in flight and recent latency.
@@ -153,10 +172,14 @@ impl Backend {
 
     fn set_up(&self, channel: Channel) {
         self.warm.store(false, Ordering::Release);
-        let mut slot = self.channel.write().unwrap_or_else(PoisonError::into_inner);
-        *slot = Some(channel);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        drop(slot);
+        let mut connection = self.lock_connection();
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        *connection = Connection {
+            channel: Some(channel),
+            generation,
+            idle: Vec::new(),
+        };
+        drop(connection);
         self.state.store(1, Ordering::Release);
         self.changed.notify_waiters();
     }
@@ -168,6 +191,17 @@ impl Backend {
         }
     }
 }
+
+/// The current connection, and idle clones of its channel.
+#[derive(Default)]
+struct Connection {
+    channel: Option<Channel>,
+    generation: u64,
+    idle: Vec<Channel>,
+}
+
+/// The most idle channel handles kept per endpoint: about the calls sent at once.
+const MAX_IDLE_HANDLES: usize = 1024;
 
 /// Connects, and reconnects after every ejection, for as long as the backend is discovered.
 /// With a health check, an endpoint must also report `SERVING` to come up, and is ejected

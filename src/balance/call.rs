@@ -9,7 +9,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 use tracing::debug;
 
 use super::State;
@@ -35,7 +35,7 @@ pub(super) async fn call(
     let mut retries = 0;
     loop {
         let backend = state.pick(deadline).await?;
-        let Some((channel, generation)) = backend.channel() else {
+        let Some((mut channel, generation)) = backend.check_out() else {
             continue;
         };
         let body = if retryable {
@@ -43,10 +43,19 @@ pub(super) async fn call(
         } else {
             take(&slot).unwrap_or_default()
         };
-        let request = resend(&mut parts, body);
+        let request = resend(&mut parts, body, retryable && retries < MAX_RETRIES);
         let guard = backend.in_flight.enter();
         let started = Instant::now();
-        match channel.oneshot(request).await {
+        let result = match channel.ready().await {
+            Ok(_) => {
+                let future = channel.call(request);
+                // The handle is free once the call is queued; the next call reuses it.
+                backend.check_in(channel, generation);
+                future.await
+            }
+            Err(error) => Err(error),
+        };
+        match result {
             Ok(response) => {
                 let now = Instant::now();
                 let reference = state.observe(now - started, now);
@@ -84,19 +93,25 @@ fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The request for one attempt: a copy of the head in `parts`, and `body`.
+/// The request for one attempt: the head in `parts`, and `body`. When the call may be sent
+/// again, `parts` keeps a copy of the head, without the extensions (nothing below this
+/// channel reads them).
 ///
-/// The extensions move to the first attempt rather than being copied for each: a copy
-/// costs an allocation per extension on every call, and nothing below this channel
-/// (tonic's connection stack, hyper) reads them, so a retry goes without.
-fn resend(parts: &mut http::request::Parts, body: Body) -> http::Request<Body> {
-    let mut request = http::Request::new(body);
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
-    *request.extensions_mut() = std::mem::take(&mut parts.extensions);
-    request
+/// The original goes out and the copy stays: the transport frees what it is given on its
+/// own thread, and memory freed on another thread than the one that allocated it is far
+/// costlier than memory freed where it was allocated.
+fn resend(parts: &mut http::request::Parts, body: Body, keep: bool) -> http::Request<Body> {
+    let copy = if keep {
+        let (mut copy, ()) = http::Request::new(()).into_parts();
+        copy.method = parts.method.clone();
+        copy.uri = parts.uri.clone();
+        copy.version = parts.version;
+        copy.headers = parts.headers.clone();
+        copy
+    } else {
+        http::Request::new(()).into_parts().0
+    };
+    http::Request::from_parts(std::mem::replace(parts, copy), body)
 }
 
 fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Body>> {
