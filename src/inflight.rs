@@ -22,8 +22,7 @@ impl InFlightCounter {
     }
 
     pub(crate) fn enter(self: &Arc<Self>) -> Guard {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        Guard(self.clone())
+        Guard::enter(self.clone())
     }
 
     /// Waits until no call is in flight.
@@ -40,14 +39,40 @@ impl InFlightCounter {
     }
 }
 
+/// What holds an [`InFlightCounter`]: the counter itself, or a value that has one, so that
+/// a guard can keep an `Arc` the caller already holds rather than clone another.
+pub(crate) trait Counted: Send + Sync + 'static {
+    fn counter(&self) -> &InFlightCounter;
+}
+
+impl Counted for InFlightCounter {
+    fn counter(&self) -> &InFlightCounter {
+        self
+    }
+}
+
 /// Counts one call until it is dropped: with the response body, once it has been sent.
-#[derive(Debug)]
-pub(crate) struct Guard(Arc<InFlightCounter>);
+pub(crate) struct Guard(Arc<dyn Counted>);
+
+impl Guard {
+    /// Counts a call on `owner`'s counter.
+    pub(crate) fn enter(owner: Arc<dyn Counted>) -> Self {
+        owner.counter().count.fetch_add(1, Ordering::AcqRel);
+        Guard(owner)
+    }
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Guard").field(self.0.counter()).finish()
+    }
+}
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
+        let counter = self.0.counter();
+        if counter.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            counter.idle.notify_waiters();
         }
     }
 }

@@ -24,7 +24,7 @@ use super::health::{self, HealthCheck};
 use super::pick::Load;
 use crate::backoff::{Backoff, Retry};
 use crate::format::Instance;
-use crate::inflight::InFlightCounter;
+use crate::inflight::{Counted, InFlightCounter};
 
 /// Where an endpoint stands; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub(crate) struct Backend {
     connection: Mutex<Connection>,
     /// Counts connections, so a failure is charged to the one it happened on.
     generation: AtomicU64,
-    pub(crate) in_flight: Arc<InFlightCounter>,
+    pub(crate) in_flight: InFlightCounter,
     latency: Mutex<Ewma>,
     /// Whether the current connection has served its first call, which is not timed.
     warm: AtomicBool,
@@ -78,7 +78,7 @@ impl Backend {
             state: AtomicU8::new(0),
             connection: Mutex::default(),
             generation: AtomicU64::new(0),
-            in_flight: Arc::default(),
+            in_flight: InFlightCounter::default(),
             latency: Mutex::new(Ewma::new(decay)),
             warm: AtomicBool::new(false),
             ejected: Notify::new(),
@@ -143,7 +143,8 @@ impl Backend {
     /// `reference` is the channel-wide latency: no sample counts for more than
     /// [`PEAK_STEP`] times it, so a backend's first samples are bounded too.
     pub(crate) fn observe(&self, latency: Duration, now: Instant, reference: f64) {
-        if !self.warm.swap(true, Ordering::AcqRel) {
+        // A load first: the swap writes the shared line on every call otherwise.
+        if !self.warm.load(Ordering::Acquire) && !self.warm.swap(true, Ordering::AcqRel) {
             return;
         }
         self.latency
@@ -189,6 +190,12 @@ impl Backend {
         if self.state.swap(2, Ordering::AcqRel) != 2 {
             self.changed.notify_waiters();
         }
+    }
+}
+
+impl Counted for Backend {
+    fn counter(&self) -> &InFlightCounter {
+        &self.in_flight
     }
 }
 
@@ -299,7 +306,7 @@ impl Ewma {
         }
     }
 
-    fn get(&self, now: Instant) -> f64 {
+    pub(crate) fn get(&self, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
         self.value * (-elapsed / self.decay).exp()
     }

@@ -13,15 +13,19 @@ use tower::{Service, ServiceExt};
 use tracing::debug;
 
 use super::State;
-use crate::inflight::CountedBody;
+use super::backend::Backend;
+use crate::inflight::{CountedBody, Guard};
 
 /// Retries of one call on other endpoints, after connection failures before it was sent.
 const MAX_RETRIES: usize = 4;
 
 type Slot = Arc<Mutex<Option<Body>>>;
 
+/// Sends `request` on `picked`, or on an endpoint picked when none was, or when it failed
+/// before sending.
 pub(super) async fn call(
     state: Arc<State>,
+    mut picked: Option<Arc<Backend>>,
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, tower::BoxError> {
     let (mut parts, body) = request.into_parts();
@@ -34,7 +38,10 @@ pub(super) async fn call(
         .map(|wait| Instant::now() + wait);
     let mut retries = 0;
     loop {
-        let backend = state.pick(deadline).await?;
+        let backend = match picked.take() {
+            Some(backend) => backend,
+            None => state.pick(deadline).await?,
+        };
         let Some((mut channel, generation)) = backend.check_out() else {
             continue;
         };
@@ -44,7 +51,7 @@ pub(super) async fn call(
             take(&slot).unwrap_or_default()
         };
         let request = resend(&mut parts, body, retryable && retries < MAX_RETRIES);
-        let guard = backend.in_flight.enter();
+        let guard = Guard::enter(backend.clone());
         let started = Instant::now();
         let result = match channel.ready().await {
             Ok(_) => {

@@ -91,7 +91,12 @@ fn apply(
     }
     for change in batch {
         match change {
-            Change::Insert(key, Discovered { endpoint, instance }) => {
+            Change::Insert(
+                key,
+                Discovered {
+                    endpoint, instance, ..
+                },
+            ) => {
                 debug!(key, addr = %instance.addr, "endpoint added");
                 let backend = Arc::new(Backend::new(
                     key.clone(),
@@ -117,5 +122,6 @@ fn apply(
         .snapshot
         .write()
         .unwrap_or_else(PoisonError::into_inner) = snapshot;
+    state.version.fetch_add(1, Ordering::Release);
     state.changed.notify_waiters();
 }

@@ -10,7 +10,7 @@ pub use backend::EndpointState;
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -131,6 +131,8 @@ impl Balancer {
             service,
             latency: std::sync::Mutex::new(backend::Ewma::new(self.latency_decay)),
             snapshot: RwLock::new(Arc::default()),
+            version: AtomicU64::new(0),
+            reference: AtomicU64::new(0),
             changed: Arc::new(Notify::new()),
             synced: AtomicBool::new(false),
             config: self,
@@ -140,6 +142,8 @@ impl Balancer {
         let driver = driver::drive(state.clone(), discover, stopped);
         tokio::spawn(driver.instrument(span));
         BalancedChannel {
+            snapshot: Arc::default(),
+            version: 0,
             state,
             status,
             _owner: Arc::new(Owner { _stop: stop }),
@@ -159,9 +163,14 @@ impl EtcdDiscover {
 /// What the driver and the channels share.
 pub(crate) struct State {
     service: String,
-    /// The latency of every call through the channel.
+    /// The latency of calls through the channel, sampled.
     latency: std::sync::Mutex<backend::Ewma>,
+    /// The last estimate of `latency`, as `f64` bits, read without the lock.
+    reference: AtomicU64,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// Counts the snapshots written, so a channel can tell when its cached one is stale. The
+    /// driver writes a snapshot first and counts it after.
+    version: AtomicU64,
     changed: Arc<Notify>,
     synced: AtomicBool,
     config: Balancer,
@@ -203,7 +212,11 @@ impl State {
     }
 
     fn try_pick(&self) -> Option<Arc<Backend>> {
-        let snapshot = self.snapshot();
+        Self::try_pick_in(&self.snapshot())
+    }
+
+    /// An endpoint of `snapshot` that is up, by power of two choices.
+    fn try_pick_in(snapshot: &Snapshot) -> Option<Arc<Backend>> {
         let now = Instant::now();
         let up = |i: usize| snapshot.backends[i].is_up();
         let load = |i: usize| snapshot.backends[i].load(now);
@@ -230,9 +243,13 @@ impl State {
     async fn pick(&self, deadline: Option<Instant>) -> Result<Arc<Backend>, Status> {
         let started = Instant::now();
         loop {
+            if let Some(backend) = self.try_pick() {
+                return Ok(backend);
+            }
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Again, now that a change cannot slip by unnoticed.
             if let Some(backend) = self.try_pick() {
                 return Ok(backend);
             }
@@ -249,10 +266,20 @@ impl State {
         }
     }
 
-    /// Adds a call's latency to the channel-wide estimate; returns the estimate before it.
+    /// Adds a sample of the calls' latencies to the channel-wide estimate; returns the
+    /// estimate before it.
+    ///
+    /// The estimate only bounds what one sample can do to an endpoint's own, so a sample
+    /// of the calls does: all of them would make every call write the same memory.
     fn observe(&self, latency: Duration, now: Instant) -> f64 {
-        let mut ewma = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
-        ewma.observe(latency, now, 0.0)
+        let reference = f64::from_bits(self.reference.load(Ordering::Relaxed));
+        if reference == 0.0 || fastrand::u8(..) < REFERENCE_SAMPLE {
+            let mut ewma = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
+            ewma.observe(latency, now, 0.0);
+            let estimate = ewma.get(now);
+            self.reference.store(estimate.to_bits(), Ordering::Relaxed);
+        }
+        reference
     }
 
     fn unavailable(&self) -> Status {
@@ -262,6 +289,9 @@ impl State {
         ))
     }
 }
+
+/// Of 256 calls, how many feed the channel-wide latency estimate.
+const REFERENCE_SAMPLE: u8 = 32;
 
 /// Signals the driver to stop once the last channel is dropped.
 struct Owner {
@@ -288,6 +318,9 @@ struct Owner {
 ///   removed endpoint's connection.
 #[derive(Clone)]
 pub struct BalancedChannel {
+    /// The endpoints as of `version`: refreshed when stale, so a call reads no lock.
+    snapshot: Arc<Snapshot>,
+    version: u64,
     state: Arc<State>,
     status: watch::Receiver<DiscoveryStatus>,
     _owner: Arc<Owner>,
@@ -349,6 +382,12 @@ impl Service<http::Request<Body>> for BalancedChannel {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        Box::pin(call::call(self.state.clone(), request))
+        let version = self.state.version.load(Ordering::Acquire);
+        if version != self.version {
+            self.snapshot = self.state.snapshot();
+            self.version = version;
+        }
+        let picked = State::try_pick_in(&self.snapshot);
+        Box::pin(call::call(self.state.clone(), picked, request))
     }
 }
