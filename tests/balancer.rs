@@ -108,6 +108,17 @@ async fn a_dead_endpoint_costs_no_failed_call() {
 
 #[tokio::test]
 async fn a_killed_server_is_ejected_and_readmitted_when_it_returns() {
+    killed_server_is_ejected_and_readmitted(false).await;
+}
+
+/// The same through tonic's `Channel`, which the balancer uses for endpoints with TLS or an
+/// endpoint hook: a call that never left is retried from the copy the balancer kept.
+#[tokio::test]
+async fn a_killed_server_is_ejected_and_readmitted_with_an_endpoint_hook() {
+    killed_server_is_ejected_and_readmitted(true).await;
+}
+
+async fn killed_server_is_ejected_and_readmitted(hooked: bool) {
     let etcd = Etcd::start().await;
     let mut kv = etcd.client().await;
     let (a, b) = (TestServer::start().await, TestServer::start().await);
@@ -115,13 +126,17 @@ async fn a_killed_server_is_ejected_and_readmitted_when_it_returns() {
     for addr in [a.addr(), b_addr] {
         register(&mut kv, "svc", &Instance::from(addr)).await;
     }
+    let discover = EtcdDiscover::new(etcd.client().await, "svc");
     let channel = Balancer::new()
         .probe_backoff(
             tonic_etcd::Backoff::default()
                 .initial(Duration::from_millis(20))
                 .max(Duration::from_millis(200)),
         )
-        .channel(EtcdDiscover::new(etcd.client().await, "svc"));
+        .channel(match hooked {
+            true => discover.endpoint(|endpoint, _| endpoint.timeout(DEADLINE)),
+            false => discover,
+        });
     wait_until("both endpoints up", DEADLINE, || async {
         up_count(&channel).await == 2
     })

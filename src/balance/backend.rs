@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info};
 
+use super::conn::{Conn, Target};
 use super::health::{self, HealthCheck};
 use super::pick::Load;
 use crate::backoff::{Backoff, Retry};
@@ -97,24 +97,24 @@ impl Backend {
     /// A handle on the connection, if up, with its generation: see
     /// [`Backend::eject_connection`]. Give it back with [`Backend::check_in`] once the call
     /// is sent.
-    pub(crate) fn check_out(&self) -> Option<(Channel, u64)> {
+    pub(crate) fn check_out(&self) -> Option<(Conn, u64)> {
         if !self.is_up() {
             return None;
         }
         let mut connection = self.lock_connection();
         let generation = connection.generation;
-        if let Some(channel) = connection.idle.pop() {
-            return Some((channel, generation));
+        if let Some(conn) = connection.idle.pop() {
+            return Some((conn, generation));
         }
-        connection.channel.clone().map(|c| (c, generation))
+        connection.conn.clone().map(|c| (c, generation))
     }
 
     /// Keeps a handle from [`Backend::check_out`] for the next call, while its connection is
-    /// current: a fresh clone of a `Channel` allocates on its first use.
-    pub(crate) fn check_in(&self, channel: Channel, generation: u64) {
+    /// current: a fresh clone of tonic's `Channel` allocates on its first use.
+    pub(crate) fn check_in(&self, conn: Conn, generation: u64) {
         let mut connection = self.lock_connection();
         if connection.generation == generation && connection.idle.len() < MAX_IDLE_HANDLES {
-            connection.idle.push(channel);
+            connection.idle.push(conn);
         }
     }
 
@@ -171,12 +171,12 @@ impl Backend {
         }
     }
 
-    fn set_up(&self, channel: Channel) {
+    fn set_up(&self, conn: Conn) {
         self.warm.store(false, Ordering::Release);
         let mut connection = self.lock_connection();
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         *connection = Connection {
-            channel: Some(channel),
+            conn: Some(conn),
             generation,
             idle: Vec::new(),
         };
@@ -199,12 +199,12 @@ impl Counted for Backend {
     }
 }
 
-/// The current connection, and idle clones of its channel.
+/// The current connection, and idle clones of its handle.
 #[derive(Default)]
 struct Connection {
-    channel: Option<Channel>,
+    conn: Option<Conn>,
     generation: u64,
-    idle: Vec<Channel>,
+    idle: Vec<Conn>,
 }
 
 /// The most idle channel handles kept per endpoint: about the calls sent at once.
@@ -215,17 +215,17 @@ const MAX_IDLE_HANDLES: usize = 1024;
 /// when a later check fails. The returned handle's owner aborts it on removal.
 pub(crate) fn spawn_connector(
     backend: Arc<Backend>,
-    endpoint: Endpoint,
+    target: Target,
     backoff: Backoff,
     check: Option<HealthCheck>,
 ) -> tokio::task::JoinHandle<()> {
     let span = tracing::debug_span!("tonic_etcd::connect", key = %backend.key);
-    tokio::spawn(connect_loop(backend, endpoint, backoff, check).instrument(span))
+    tokio::spawn(connect_loop(backend, target, backoff, check).instrument(span))
 }
 
 async fn connect_loop(
     backend: Arc<Backend>,
-    endpoint: Endpoint,
+    target: Target,
     backoff: Backoff,
     check: Option<HealthCheck>,
 ) {
@@ -235,17 +235,30 @@ async fn connect_loop(
     let mut stale = Retry::new(backoff.max(NEVER_CONNECTED_MAX));
     let mut ever_connected = false;
     loop {
-        match endpoint.connect().await {
-            Ok(channel) if healthy(&channel, check.as_ref()).await => {
+        match target.connect().await {
+            Ok((conn, closed)) if healthy(&conn, check.as_ref()).await => {
                 ever_connected = true;
                 if retry.attempt() > 0 {
                     info!(key = %backend.key, addr = %backend.instance.addr, "endpoint readmitted");
                 }
-                backend.set_up(channel.clone());
+                backend.set_up(conn.clone());
                 let connected = Instant::now();
+                let closed = async {
+                    match closed {
+                        Some(closed) => {
+                            let _ = closed.await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = backend.ejected.notified() => {}
-                    _ = health::until_unhealthy(&channel, check.as_ref()) => backend.eject(),
+                    _ = health::until_unhealthy(&conn, check.as_ref()) => backend.eject(),
+                    // Our own connection tells when it closes, before any call fails on it.
+                    () = closed => {
+                        debug!(key = %backend.key, "connection closed");
+                        backend.eject();
+                    }
                 }
                 // A connection that stayed up for a while resets the probe backoff.
                 if connected.elapsed() >= Duration::from_secs(10) {
@@ -258,7 +271,7 @@ async fn connect_loop(
                 backend.set_ejected();
             }
             Err(error) => {
-                debug!(key = %backend.key, error = %crate::error::Chain(&error), "connect failed");
+                debug!(key = %backend.key, error = %crate::error::Chain(&*error), "connect failed");
                 backend.set_ejected();
             }
         }
@@ -270,9 +283,9 @@ async fn connect_loop(
     }
 }
 
-async fn healthy(channel: &Channel, check: Option<&HealthCheck>) -> bool {
+async fn healthy(conn: &Conn, check: Option<&HealthCheck>) -> bool {
     match check {
-        Some(check) => health::passes(channel, check).await,
+        Some(check) => health::passes(conn, check).await,
         None => true,
     }
 }

@@ -9,11 +9,14 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
+use tonic::transport::Channel;
 use tower::{Service, ServiceExt};
 use tracing::debug;
 
 use super::State;
 use super::backend::Backend;
+use super::conn::Conn;
+use super::direct::{Direct, grpc_timeout};
 use crate::inflight::{CountedBody, Guard};
 
 /// Retries of one call on other endpoints, after connection failures before it was sent.
@@ -28,39 +31,30 @@ pub(super) async fn call(
     mut picked: Option<Arc<Backend>>,
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, tower::BoxError> {
-    let (mut parts, body) = request.into_parts();
-    // An empty body is never polled, so it cannot tell whether the call left: no retry.
-    let retryable = !body.is_end_stream();
-    let slot: Slot = Arc::new(Mutex::new(Some(body)));
     let deadline = state
         .config
         .wait_for_ready
         .map(|wait| Instant::now() + wait);
+    // tonic's channel applies the call's own deadline by itself; our connection does not.
+    let timeout = grpc_timeout(request.headers()).map(|t| Instant::now() + t);
+    let mut request = request;
     let mut retries = 0;
     loop {
         let backend = match picked.take() {
             Some(backend) => backend,
             None => state.pick(deadline).await?,
         };
-        let Some((mut channel, generation)) = backend.check_out() else {
+        let Some((conn, generation)) = backend.check_out() else {
             continue;
         };
-        let body = if retryable {
-            Body::new(OnceBody::new(slot.clone()))
-        } else {
-            take(&slot).unwrap_or_default()
-        };
-        let request = resend(&mut parts, body, retryable && retries < MAX_RETRIES);
+        let last = retries >= MAX_RETRIES;
         let guard = Guard::enter(backend.clone());
         let started = Instant::now();
-        let result = match channel.ready().await {
-            Ok(_) => {
-                let future = channel.call(request);
-                // The handle is free once the call is queued; the next call reuses it.
-                backend.check_in(channel, generation);
-                future.await
+        let (result, unsent) = match conn {
+            Conn::Direct(direct) => {
+                send_direct(&backend, direct, generation, request, timeout).await
             }
-            Err(error) => Err(error),
+            Conn::Tonic(channel) => send_tonic(&backend, channel, generation, request, last).await,
         };
         match result {
             Ok(response) => {
@@ -72,19 +66,90 @@ pub(super) async fn call(
             Err(error) => {
                 drop(guard);
                 // A call that ran out of its own time says nothing about the endpoint.
-                if !is_timeout(&error) {
+                if !is_timeout(&*error) {
                     backend.eject_connection(generation);
                 }
-                let unsent = retryable && lock(&slot).is_some();
-                if unsent && retries < MAX_RETRIES {
-                    retries += 1;
-                    debug!(key = %backend.key, error = %crate::error::Chain(&error), "call never left, retrying on another endpoint");
-                    continue;
+                match unsent {
+                    Some(unsent) if !last => {
+                        retries += 1;
+                        debug!(key = %backend.key, error = %crate::error::Chain(&*error), "call never left, retrying on another endpoint");
+                        request = unsent;
+                    }
+                    _ => return Err(error),
                 }
-                return Err(error.into());
             }
         }
     }
+}
+
+/// What an attempt gives: the response or the error, and the request if it never left.
+type Attempt<B> = (
+    Result<http::Response<B>, tower::BoxError>,
+    Option<http::Request<Body>>,
+);
+
+/// An attempt on the balancer's own connection, which hands back a request it did not take.
+async fn send_direct(
+    backend: &Backend,
+    mut direct: Direct,
+    generation: u64,
+    request: http::Request<Body>,
+    timeout: Option<Instant>,
+) -> Attempt<Body> {
+    let response = direct.send(request);
+    // The handle is free once the call is queued; the next call reuses it.
+    backend.check_in(Conn::Direct(direct), generation);
+    let result = match timeout {
+        Some(at) => match tokio::time::timeout_at(at, response).await {
+            Ok(result) => result,
+            Err(_) => return (Err(tonic::TimeoutExpired(()).into()), None),
+        },
+        None => response.await,
+    };
+    match result {
+        Ok(response) => (Ok(response.map(Body::new)), None),
+        Err(mut error) => {
+            let unsent = error.take_message();
+            (Err(error.into_error().into()), unsent)
+        }
+    }
+}
+
+/// An attempt on tonic's channel, which drops a request it could not send. So that such a
+/// request can be sent again, the body waits in a slot until the transport first reads it,
+/// and a copy of the head stays here.
+async fn send_tonic(
+    backend: &Backend,
+    mut channel: Channel,
+    generation: u64,
+    request: http::Request<Body>,
+    last: bool,
+) -> Attempt<Body> {
+    let (mut parts, body) = request.into_parts();
+    // An empty body is never polled, so it cannot tell whether the call left: no retry.
+    let retryable = !last && !body.is_end_stream();
+    let slot: Slot = Arc::new(Mutex::new(None));
+    let body = match retryable {
+        true => {
+            *lock(&slot) = Some(body);
+            Body::new(OnceBody::new(slot.clone()))
+        }
+        false => body,
+    };
+    let request = resend(&mut parts, body, retryable);
+    let result = match channel.ready().await {
+        Ok(_) => {
+            let future = channel.call(request);
+            backend.check_in(Conn::Tonic(channel), generation);
+            future.await
+        }
+        Err(error) => Err(error),
+    };
+    let unsent = match &result {
+        Err(_) => take(&slot).map(|body| http::Request::from_parts(parts, body)),
+        Ok(_) => None,
+    };
+    (result.map_err(Into::into), unsent)
 }
 
 /// Whether the call failed because its deadline (`grpc-timeout`, or the endpoint's timeout)

@@ -11,6 +11,7 @@ use tower::discover::Change;
 use tracing::{debug, error};
 
 use super::backend::{Backend, spawn_connector};
+use super::conn::Target;
 use super::{Snapshot, State};
 use crate::discovery::Discovered;
 use crate::{DiscoveryStatus, EtcdDiscover};
@@ -94,9 +95,12 @@ fn apply(
             Change::Insert(
                 key,
                 Discovered {
-                    endpoint, instance, ..
+                    endpoint,
+                    instance,
+                    plain,
                 },
             ) => {
+                let target = Target::new(endpoint, &instance.addr, plain);
                 debug!(key, addr = %instance.addr, "endpoint added");
                 let backend = Arc::new(Backend::new(
                     key.clone(),
@@ -106,7 +110,7 @@ fn apply(
                 ));
                 let check = state.config.health_check.clone();
                 let task =
-                    spawn_connector(backend.clone(), endpoint, state.config.probe_backoff, check);
+                    spawn_connector(backend.clone(), target, state.config.probe_backoff, check);
                 endpoints.insert(key, (backend, Connector(task)));
             }
             Change::Remove(key) => {

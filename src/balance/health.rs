@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use super::conn::Conn;
 
 /// How to check an endpoint's health, when asked to.
 #[derive(Debug, Clone)]
@@ -15,12 +15,12 @@ pub(crate) struct HealthCheck {
 
 /// Checks the endpoint once: `true` if it reports `SERVING` within the timeout.
 #[cfg(feature = "health")]
-pub(crate) async fn passes(channel: &Channel, check: &HealthCheck) -> bool {
+pub(crate) async fn passes(conn: &Conn, check: &HealthCheck) -> bool {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
 
-    let mut client = HealthClient::new(channel.clone());
+    let mut client = HealthClient::new(conn.clone());
     let request = HealthCheckRequest {
         service: check.service.clone(),
     };
@@ -38,19 +38,19 @@ pub(crate) async fn passes(channel: &Channel, check: &HealthCheck) -> bool {
 }
 
 #[cfg(not(feature = "health"))]
-pub(crate) async fn passes(_channel: &Channel, _check: &HealthCheck) -> bool {
+pub(crate) async fn passes(_conn: &Conn, _check: &HealthCheck) -> bool {
     true
 }
 
 /// Checks the endpoint every interval; returns once a check fails. Never returns without a
 /// check to make.
-pub(crate) async fn until_unhealthy(channel: &Channel, check: Option<&HealthCheck>) {
+pub(crate) async fn until_unhealthy(conn: &Conn, check: Option<&HealthCheck>) {
     let Some(check) = check else {
         return std::future::pending().await;
     };
     loop {
         tokio::time::sleep(check.interval).await;
-        if !passes(channel, check).await {
+        if !passes(conn, check).await {
             return;
         }
     }

@@ -2,6 +2,8 @@
 
 mod backend;
 mod call;
+mod conn;
+mod direct;
 mod driver;
 mod health;
 mod pick;
@@ -316,6 +318,14 @@ struct Owner {
 ///   [`Balancer::wait_for_ready`] allows a bounded wait. It never hangs.
 /// - **Changes apply while idle**: the channel's own task follows discovery and drops a
 ///   removed endpoint's connection.
+/// - **Its own connections.** To a plain `http://` endpoint (no TLS, no
+///   [`endpoint`](EtcdDiscover::endpoint) hook) it opens its own HTTP/2 connection, with
+///   tonic's default settings, TCP_NODELAY, the call's `grpc-timeout` as its deadline, and
+///   the user agent `tonic-etcd/<version>` unless the call sets one: a call crosses no buffer
+///   task, a closed connection ejects its endpoint at once, and a request the connection did
+///   not take comes back whole to go elsewhere. With TLS or a hook it uses tonic's `Channel`,
+///   which honours every setting of the endpoint.
+///
 #[derive(Clone)]
 pub struct BalancedChannel {
     /// The endpoints as of `version`: refreshed when stale, so a call reads no lock.

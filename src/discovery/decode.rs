@@ -54,6 +54,11 @@ impl EndpointRecipe {
         })
     }
 
+    /// Whether the endpoint for `instance` is the default one: `http://<addr>`, no hook.
+    fn is_plain(&self, instance: &Instance) -> bool {
+        self.hook.is_none() && !self.uses_tls(instance)
+    }
+
     #[cfg(feature = "tls")]
     fn uses_tls(&self, instance: &Instance) -> bool {
         self.tls.is_some() || instance.tls
@@ -145,7 +150,12 @@ impl Decoder {
     fn endpoint_for(&self, key: &str, value: &[u8]) -> Result<Discovered, Skip> {
         let instance = self.format.decode(key, value)?;
         let endpoint = self.recipe.endpoint(&instance)?;
-        Ok(Discovered { endpoint, instance })
+        let plain = self.recipe.is_plain(&instance);
+        Ok(Discovered {
+            endpoint,
+            instance,
+            plain,
+        })
     }
 }
 

@@ -36,6 +36,9 @@ type ChangeStream = Pin<Box<dyn Stream<Item = Result<Change<String, Discovered>,
 pub(crate) struct Discovered {
     pub(crate) endpoint: Endpoint,
     pub(crate) instance: Instance,
+    /// Whether `endpoint` has the default settings: `http://<addr>`, a 5 s connect timeout,
+    /// no TLS and no hook. The balancer then connects by itself, with those settings.
+    pub(crate) plain: bool,
 }
 
 /// A [`tower::discover::Discover`] of the servers registered under an etcd prefix.

@@ -1,0 +1,96 @@
+//! How the balancer reaches one endpoint: by a connection of its own, or by tonic's channel.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tokio::sync::oneshot;
+use tonic::body::Body;
+use tonic::transport::{Channel, Endpoint};
+use tower_service::Service;
+
+use super::direct::Direct;
+
+/// What to connect to.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// A plain `http://` endpoint with tonic's defaults: the balancer's own connection, at
+    /// this address.
+    Direct(String),
+    /// Anything else (TLS, the user's hook): tonic's channel, which honours every setting.
+    Tonic(Box<Endpoint>),
+}
+
+impl Target {
+    /// The target for a discovered `endpoint` at `addr`: see `Discovered::plain`.
+    pub(crate) fn new(endpoint: Endpoint, addr: &str, plain: bool) -> Self {
+        match plain {
+            true => Target::Direct(addr.to_owned()),
+            false => Target::Tonic(Box::new(endpoint)),
+        }
+    }
+
+    /// Connects. With the balancer's own connection, also returns a receiver that fails
+    /// when the connection closes.
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<(Conn, Option<oneshot::Receiver<()>>), tower::BoxError> {
+        match self {
+            Target::Direct(addr) => {
+                let (direct, driver) = Direct::connect(addr).await?;
+                let (open, closed) = oneshot::channel::<()>();
+                tokio::spawn(async move {
+                    driver.await;
+                    drop(open);
+                });
+                Ok((Conn::Direct(direct), Some(closed)))
+            }
+            Target::Tonic(endpoint) => Ok((Conn::Tonic(endpoint.connect().await?), None)),
+        }
+    }
+}
+
+/// A connection to one endpoint; cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) enum Conn {
+    Direct(Direct),
+    Tonic(Channel),
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A plain service over either connection, for the health checks; calls go through
+/// `call::call`, which retries what never left.
+impl Service<Request<Body>> for Conn {
+    type Response = Response<Body>;
+    type Error = tower::BoxError;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            Conn::Direct(direct) => match direct.is_closed() {
+                true => Poll::Ready(Err("connection closed".into())),
+                false => Poll::Ready(Ok(())),
+            },
+            Conn::Tonic(channel) => channel.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        match self {
+            Conn::Direct(direct) => {
+                let response = direct.send(request);
+                Box::pin(async move {
+                    match response.await {
+                        Ok(response) => Ok(response.map(Body::new)),
+                        Err(error) => Err(error.into_error().into()),
+                    }
+                })
+            }
+            Conn::Tonic(channel) => {
+                let response = channel.call(request);
+                Box::pin(async move { response.await.map_err(Into::into) })
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The balancer's own HTTP/2 connection to a plain `http://` endpoint.
+//!
+//! tonic's `Channel` puts a buffer task in front of its connection, so each call crosses two
+//! tasks, and it drops a request it could not send. Here a call goes from the caller's task
+//! straight to the connection's, and a request the connection never took comes back whole
+//! (hyper's `try_send_request`), to be sent elsewhere without a copy.
+//!
+//! It is used for the endpoints with tonic's default settings only (see
+//! `Discovered::plain`): with TLS or the user's endpoint hook, the balancer connects with
+//! tonic's `Channel`, which honours every setting.
+
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderValue, USER_AGENT};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
+use hyper::client::conn::http2::{Builder, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tonic::body::Body;
+
+/// How long a connection may take, as for the endpoints discovery builds.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sent unless the call has its own.
+const AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("tonic-etcd/", env!("CARGO_PKG_VERSION")));
+
+/// A handle on one connection; cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Direct {
+    sender: SendRequest<Body>,
+    authority: Authority,
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    #[error("{addr:?} is not a valid authority")]
+    Address { addr: String },
+    #[error("connecting to {addr} timed out after {CONNECT_TIMEOUT:?}")]
+    Timeout { addr: String },
+    #[error("cannot connect to {addr}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP/2 handshake with {addr} failed")]
+    Handshake {
+        addr: String,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl Direct {
+    /// Connects to `addr` (`host:port`) with TCP_NODELAY, as tonic does, and completes the
+    /// HTTP/2 handshake. Returns the handle, and the connection's own future: it must be
+    /// spawned, and ends when the connection closes.
+    pub(crate) async fn connect(
+        addr: &str,
+    ) -> Result<(Direct, impl Future<Output = ()> + Send + 'static), ConnectError> {
+        let authority: Authority = addr.parse().map_err(|_| ConnectError::Address {
+            addr: addr.to_owned(),
+        })?;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                addr: addr.to_owned(),
+            })?
+            .map_err(|source| ConnectError::Io {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        // Small replies would otherwise wait for delayed acknowledgements.
+        stream
+            .set_nodelay(true)
+            .map_err(|source| ConnectError::Io {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let (sender, connection) = Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let driver = async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %crate::error::Chain(&error), "connection ended");
+            }
+        };
+        Ok((Direct { sender, authority }, driver))
+    }
+
+    /// Whether the connection has closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    /// Sends `request` to this endpoint. A request the connection did not take comes back
+    /// in the error.
+    pub(crate) fn send(
+        &mut self,
+        mut request: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<Body>>>> + use<> {
+        self.address(&mut request);
+        self.sender.try_send_request(request)
+    }
+
+    /// Sets the request's scheme and authority to this endpoint's, and the user agent, as
+    /// tonic's channel does.
+    fn address(&self, request: &mut Request<Body>) {
+        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        // Scheme, authority and path are all set: this cannot fail.
+        *request.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+        request.headers_mut().entry(USER_AGENT).or_insert(AGENT);
+    }
+}
+
+/// The call's own deadline, from its `grpc-timeout` header, as tonic's channel reads it.
+pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    // At most eight digits, by the gRPC spec.
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(value: &'static str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", HeaderValue::from_static(value));
+        grpc_timeout(&headers)
+    }
+
+    #[test]
+    fn reads_every_unit_of_grpc_timeout() {
+        assert_eq!(timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(timeout("4S"), Some(Duration::from_secs(4)));
+        assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+    }
+
+    #[test]
+    fn ignores_a_malformed_grpc_timeout() {
+        for bad in ["", "m", "5", "5x", "123456789m", "-5m", "5 m", "1.5S"] {
+            assert_eq!(timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+}
