@@ -485,3 +485,93 @@ async fn a_discovery_that_failed_for_good_costs_no_cpu() {
     assert!(used < 30, "{used} clock ticks in one idle second");
     drop(channel);
 }
+
+/// How many endpoints are in each state.
+fn states(channel: &BalancedChannel) -> HashMap<EndpointState, usize> {
+    let mut states = HashMap::new();
+    for endpoint in channel.endpoints() {
+        *states.entry(endpoint.state).or_insert(0) += 1;
+    }
+    states
+}
+
+#[tokio::test]
+async fn a_subset_connects_that_many_endpoints_and_replaces_a_failed_one() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let mut servers = HashMap::new();
+    for _ in 0..5 {
+        let server = TestServer::start().await;
+        register(&mut kv, "svc", &Instance::from(server.addr())).await;
+        servers.insert(server.addr(), server);
+    }
+    let channel = Balancer::new()
+        .subset(2)
+        .channel(EtcdDiscover::new(etcd.client().await, "svc"));
+    wait_until("two up, three idle", DEADLINE, || async {
+        let states = states(&channel);
+        states.get(&EndpointState::Up) == Some(&2) && states.get(&EndpointState::Idle) == Some(&3)
+    })
+    .await;
+    let (backends, failed) = calls(&channel, 100).await;
+    assert_eq!(failed, 0);
+    assert_eq!(
+        backends.len(),
+        2,
+        "calls only go to the subset: {backends:?}"
+    );
+    let connected: usize = servers.keys().map(|addr| established_to(addr.port())).sum();
+    assert_eq!(connected, 2, "only the subset is connected");
+
+    // One member goes away, its key staying: another endpoint takes its place.
+    let gone = *backends.keys().next().expect("a backend");
+    servers.remove(&gone).expect("a server").shutdown().await;
+    let (backends, failed) = calls(&channel, 100).await;
+    assert_eq!(failed, 0, "the member that went away cost failed calls");
+    assert!(!backends.contains_key(&gone));
+    wait_until("two up again", DEADLINE, || async {
+        up_count(&channel).await == 2
+    })
+    .await;
+    let (backends, _) = calls(&channel, 100).await;
+    assert_eq!(backends.len(), 2, "{backends:?}");
+    let left = channel
+        .endpoints()
+        .into_iter()
+        .find(|e| e.addr == gone.to_string())
+        .expect("still registered");
+    assert_eq!(
+        left.state,
+        EndpointState::Idle,
+        "it rests outside the subset"
+    );
+}
+
+#[tokio::test]
+async fn a_subset_moves_past_dead_endpoints_a_few_at_a_time() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    for _ in 0..8 {
+        register(&mut kv, "svc", &Instance::from(dead_addr())).await;
+    }
+    let live = TestServer::start().await;
+    register(&mut kv, "svc", &Instance::from(live.addr())).await;
+    let channel = Balancer::new()
+        .subset(2)
+        .channel(EtcdDiscover::new(etcd.client().await, "svc"));
+    let mut most_tried = 0;
+    wait_until("the live endpoint found", DEADLINE, || {
+        let states = states(&channel);
+        let tried = channel.endpoints().len() - states.get(&EndpointState::Idle).unwrap_or(&0);
+        most_tried = most_tried.max(tried);
+        async move { states.get(&EndpointState::Up) == Some(&1) }
+    })
+    .await;
+    assert!(
+        most_tried <= 2,
+        "{most_tried} endpoints tried at once, subset 2"
+    );
+    let (backends, failed) = calls(&channel, 50).await;
+    assert_eq!(failed, 0);
+    assert_eq!(backends.get(&live.addr()), Some(&50));
+}

@@ -1,15 +1,18 @@
 //! One discovered server: its connection, its load, and whether it is in rotation.
 //!
 //! ```text
-//!  Connecting ──connected──► Up ──transport error──► Ejected ──backoff──► Connecting
-//!      │   ▲                                                                  
-//!      └───┘ failed: backoff, probe again
+//!  Idle ──activated──► Connecting ──connected──► Up ──transport error──► Ejected
+//!   ▲                     ▲   │                                             │
+//!   │                     │   └── failed ──► Ejected                        │
+//!   │                     └──────────────── backoff, probe ◄────────────────┤
+//!   └───────────────────── deactivated (a subset makes room) ◄──────────────┘
 //! ```
 //!
-//! A connection is opened as soon as the server is discovered, so the first call does not
-//! pay for it, and an endpoint is only picked while it is up. A transport failure ejects it
-//! at once; a probe (a fresh connection) readmits it, with jittered exponential backoff
-//! between probes.
+//! The driver activates an endpoint when it joins the connected subset (every endpoint,
+//! while there are no more than the subset's size): a connection is opened at once, so
+//! the first call does not pay for it, and an endpoint is only picked while it is up. A
+//! transport failure ejects it at once; a probe (a fresh connection) readmits it, with
+//! jittered exponential backoff between probes.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,22 +30,31 @@ use crate::format::Instance;
 use crate::inflight::{Counted, InFlightCounter};
 
 /// Where an endpoint stands; see the module docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum EndpointState {
-    /// The first connection has not been tried yet, or is under way.
+    /// The first connection is under way.
     Connecting,
     /// Connected and in rotation.
     Up,
     /// Out of rotation after a failure, until a probe connects.
     Ejected,
+    /// Known but not connected: outside the connected subset (see
+    /// [`Balancer::subset`](super::Balancer::subset)).
+    Idle,
 }
+
+const CONNECTING: u8 = 0;
+const UP: u8 = 1;
+const EJECTED: u8 = 2;
+const IDLE: u8 = 3;
 
 impl EndpointState {
     fn from_u8(value: u8) -> Self {
         match value {
-            1 => EndpointState::Up,
-            2 => EndpointState::Ejected,
+            UP => EndpointState::Up,
+            EJECTED => EndpointState::Ejected,
+            IDLE => EndpointState::Idle,
             _ => EndpointState::Connecting,
         }
     }
@@ -62,27 +74,44 @@ pub(crate) struct Backend {
     /// Wakes the connector after an ejection.
     ejected: Notify,
     /// Told when the backend comes up or goes down.
-    changed: Arc<Notify>,
+    signals: Arc<Signals>,
+}
+
+/// What a backend tells when it comes up or goes down.
+#[derive(Debug, Default)]
+pub(crate) struct Signals {
+    /// Wakes the calls waiting for an endpoint.
+    pub(crate) changed: Notify,
+    /// Wakes the driver, which may change the subset; keeps a permit, so none is lost
+    /// while the driver is busy.
+    pub(crate) driver: Notify,
+}
+
+impl Signals {
+    pub(crate) fn notify(&self) {
+        self.changed.notify_waiters();
+        self.driver.notify_one();
+    }
 }
 
 impl Backend {
     pub(crate) fn new(
         key: String,
         instance: Instance,
-        changed: Arc<Notify>,
+        signals: Arc<Signals>,
         decay: Duration,
     ) -> Self {
         Backend {
             key,
             instance,
-            state: AtomicU8::new(0),
+            state: AtomicU8::new(IDLE),
             connection: Mutex::default(),
             generation: AtomicU64::new(0),
             in_flight: InFlightCounter::default(),
             latency: Mutex::new(Ewma::new(decay)),
             warm: AtomicBool::new(false),
             ejected: Notify::new(),
-            changed,
+            signals,
         }
     }
 
@@ -163,33 +192,65 @@ impl Backend {
     }
 
     pub(crate) fn eject(&self) {
-        let previous = self.state.swap(2, Ordering::AcqRel);
-        if EndpointState::from_u8(previous) == EndpointState::Up {
+        if self.swap_unless_idle(EJECTED) == Some(UP) {
             info!(key = %self.key, addr = %self.instance.addr, "endpoint ejected");
             self.ejected.notify_one();
-            self.changed.notify_waiters();
+            self.signals.notify();
         }
+    }
+
+    /// Sets the state to `to` unless the endpoint is idle (its connector is being stopped);
+    /// returns the state before, if it changed.
+    fn swap_unless_idle(&self, to: u8) -> Option<u8> {
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != IDLE && s != to).then_some(to)
+            })
+            .ok()
     }
 
     fn set_up(&self, conn: Conn) {
         self.warm.store(false, Ordering::Release);
         let mut connection = self.lock_connection();
+        // Under the lock: `deactivate` cannot slip in between.
+        if self.state.load(Ordering::Acquire) == IDLE {
+            return;
+        }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         *connection = Connection {
             conn: Some(conn),
             generation,
             idle: Vec::new(),
         };
+        self.state.store(UP, Ordering::Release);
         drop(connection);
-        self.state.store(1, Ordering::Release);
-        self.changed.notify_waiters();
+        self.signals.notify();
     }
 
-    /// Marks a failed first attempt, so callers stop waiting for it.
+    /// Marks a failed attempt, so callers stop waiting for it.
     fn set_ejected(&self) {
-        if self.state.swap(2, Ordering::AcqRel) != 2 {
-            self.changed.notify_waiters();
+        if self.swap_unless_idle(EJECTED).is_some() {
+            self.signals.notify();
         }
+    }
+
+    /// Starts connecting: called by the driver as it spawns the connector.
+    pub(crate) fn activate(&self) {
+        self.state.store(CONNECTING, Ordering::Release);
+    }
+
+    /// Leaves the subset: the driver has stopped the connector. The connection closes once
+    /// the calls on it end.
+    pub(crate) fn deactivate(&self) {
+        let mut connection = self.lock_connection();
+        self.state.store(IDLE, Ordering::Release);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        *connection = Connection {
+            generation,
+            ..Connection::default()
+        };
+        drop(connection);
+        self.signals.notify();
     }
 }
 
@@ -235,7 +296,7 @@ async fn connect_loop(
     let mut stale = Retry::new(backoff.max(NEVER_CONNECTED_MAX));
     let mut ever_connected = false;
     loop {
-        match target.connect().await {
+        match target.connect(&backend.instance.addr).await {
             Ok((conn, closed)) if healthy(&conn, check.as_ref()).await => {
                 ever_connected = true;
                 if retry.attempt() > 0 {
@@ -387,11 +448,13 @@ mod tests {
             EndpointState::Connecting,
             EndpointState::Up,
             EndpointState::Ejected,
+            EndpointState::Idle,
         ] {
             let n = match s {
-                EndpointState::Connecting => 0,
-                EndpointState::Up => 1,
-                EndpointState::Ejected => 2,
+                EndpointState::Connecting => CONNECTING,
+                EndpointState::Up => UP,
+                EndpointState::Ejected => EJECTED,
+                EndpointState::Idle => IDLE,
             };
             assert_eq!(EndpointState::from_u8(n), s);
         }

@@ -12,20 +12,20 @@ use tower_service::Service;
 use super::direct::Direct;
 
 /// What to connect to.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Target {
-    /// A plain `http://` endpoint with tonic's defaults: the balancer's own connection, at
-    /// this address.
-    Direct(String),
+    /// A plain `http://` endpoint with tonic's defaults: the balancer's own connection, to
+    /// the instance's address.
+    Direct,
     /// Anything else (TLS, the user's hook): tonic's channel, which honours every setting.
     Tonic(Box<Endpoint>),
 }
 
 impl Target {
-    /// The target for a discovered `endpoint` at `addr`: see `Discovered::plain`.
-    pub(crate) fn new(endpoint: Endpoint, addr: &str, plain: bool) -> Self {
+    /// The target for a discovered `endpoint`: see `Discovered::plain`.
+    pub(crate) fn new(endpoint: Endpoint, plain: bool) -> Self {
         match plain {
-            true => Target::Direct(addr.to_owned()),
+            true => Target::Direct,
             false => Target::Tonic(Box::new(endpoint)),
         }
     }
@@ -34,9 +34,10 @@ impl Target {
     /// when the connection closes.
     pub(crate) async fn connect(
         &self,
+        addr: &str,
     ) -> Result<(Conn, Option<oneshot::Receiver<()>>), tower::BoxError> {
         match self {
-            Target::Direct(addr) => {
+            Target::Direct => {
                 let (direct, driver) = Direct::connect(addr).await?;
                 let (open, closed) = oneshot::channel::<()>();
                 tokio::spawn(async move {

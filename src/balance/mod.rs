@@ -17,7 +17,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
@@ -52,6 +52,7 @@ pub struct Balancer {
     probe_backoff: Backoff,
     latency_decay: Duration,
     health_check: Option<health::HealthCheck>,
+    subset: usize,
 }
 
 impl Default for Balancer {
@@ -65,6 +66,7 @@ impl Default for Balancer {
                 .max(Duration::from_secs(5)),
             latency_decay: Duration::from_secs(1),
             health_check: None,
+            subset: DEFAULT_SUBSET,
         }
     }
 }
@@ -121,10 +123,26 @@ impl Balancer {
         self
     }
 
+    /// How many endpoints the channel keeps connected. Default: 32.
+    ///
+    /// While discovery finds no more endpoints than this, the channel connects to every one,
+    /// and probes a failed one, with backoff, until it answers. With more, it connects to a
+    /// random subset of this size, drawn by weight and from its own zone first, and balances
+    /// over that: a member that fails leaves the subset at once for another endpoint, and
+    /// rests (2 s, doubling with each failure in a row to 60 s) before it may be drawn
+    /// again. An endpoint outside the subset costs no connection, task or timer, so a
+    /// client can follow a prefix of thousands of servers, and their many clients spread
+    /// over them. At least 1.
+    pub fn subset(mut self, size: usize) -> Self {
+        self.subset = size.max(1);
+        self
+    }
+
     /// Starts balancing over what `discover` finds, and returns the channel.
     ///
     /// A background task, owned by the channel, applies discovery changes as they come,
-    /// whether calls flow or not, and connects to new endpoints at once. It stops when the
+    /// whether calls flow or not, and connects to new endpoints at once, up to the
+    /// [`subset`](Balancer::subset). It stops when the
     /// last clone of the channel is dropped. Must be called inside a tokio runtime.
     pub fn channel(self, discover: EtcdDiscover) -> BalancedChannel {
         let service = discover.service().to_owned();
@@ -135,7 +153,7 @@ impl Balancer {
             snapshot: RwLock::new(Arc::default()),
             version: AtomicU64::new(0),
             reference: AtomicU64::new(0),
-            changed: Arc::new(Notify::new()),
+            signals: Arc::default(),
             synced: AtomicBool::new(false),
             config: self,
         });
@@ -173,21 +191,29 @@ pub(crate) struct State {
     /// Counts the snapshots written, so a channel can tell when its cached one is stale. The
     /// driver writes a snapshot first and counts it after.
     version: AtomicU64,
-    changed: Arc<Notify>,
+    signals: Arc<backend::Signals>,
     synced: AtomicBool,
     config: Balancer,
 }
 
 /// The endpoints at one moment, with the sets to sample from.
-#[derive(Default)]
 struct Snapshot {
+    /// The connected subset, to pick from.
     backends: Vec<Arc<Backend>>,
+    /// Every endpoint discovery knows, sorted by key.
+    known: Arc<[Arc<Backend>]>,
     all: Weighted,
     local: Weighted,
 }
 
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot::new(Vec::new(), Arc::new([]), None)
+    }
+}
+
 impl Snapshot {
-    fn new(backends: Vec<Arc<Backend>>, zone: Option<&str>) -> Self {
+    fn new(backends: Vec<Arc<Backend>>, known: Arc<[Arc<Backend>]>, zone: Option<&str>) -> Self {
         let weight = |b: &Backend| b.instance.metadata.weight.unwrap_or(1);
         let all = Weighted::new(backends.iter().enumerate().map(|(i, b)| (i, weight(b))));
         let local = Weighted::new(
@@ -199,6 +225,7 @@ impl Snapshot {
         );
         Snapshot {
             backends,
+            known,
             all,
             local,
         }
@@ -248,7 +275,7 @@ impl State {
             if let Some(backend) = self.try_pick() {
                 return Ok(backend);
             }
-            let notified = self.changed.notified();
+            let notified = self.signals.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             // Again, now that a change cannot slip by unnoticed.
@@ -292,6 +319,9 @@ impl State {
     }
 }
 
+/// The default size of the connected subset.
+const DEFAULT_SUBSET: usize = 32;
+
 /// Of 256 calls, how many feed the channel-wide latency estimate.
 const REFERENCE_SAMPLE: u8 = 32;
 
@@ -318,6 +348,9 @@ struct Owner {
 ///   [`Balancer::wait_for_ready`] allows a bounded wait. It never hangs.
 /// - **Changes apply while idle**: the channel's own task follows discovery and drops a
 ///   removed endpoint's connection.
+/// - **A bounded subset.** Up to [`Balancer::subset`] endpoints (32) are connected; with
+///   more, a random subset is, and a failed member makes room for another endpoint. The
+///   others are known but cost no connection ([`EndpointState::Idle`]).
 /// - **Its own connections.** To a plain `http://` endpoint (no TLS, no
 ///   [`endpoint`](EtcdDiscover::endpoint) hook) it opens its own HTTP/2 connection, with
 ///   tonic's default settings, TCP_NODELAY, the call's `grpc-timeout` as its deadline, and
@@ -360,7 +393,7 @@ impl BalancedChannel {
     pub fn endpoints(&self) -> Vec<EndpointInfo> {
         self.state
             .snapshot()
-            .backends
+            .known
             .iter()
             .map(|b| EndpointInfo {
                 key: b.key.clone(),
@@ -376,7 +409,7 @@ impl fmt::Debug for BalancedChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BalancedChannel")
             .field("service", &self.state.service)
-            .field("endpoints", &self.state.snapshot().backends.len())
+            .field("endpoints", &self.state.snapshot().known.len())
             .finish_non_exhaustive()
     }
 }
