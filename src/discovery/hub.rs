@@ -8,8 +8,9 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tracing::Instrument;
 
 use super::DiscoveryStatus;
-use super::diff::{Entries, RawChange};
+use super::diff::RawChange;
 use super::engine::{Engine, EngineConfig, State};
+use super::entries::Entries;
 use crate::Error;
 
 /// Batches a slow subscriber may fall behind by before it resyncs from the snapshot.
@@ -170,8 +171,8 @@ async fn run(
             Ok(changes) => {
                 for change in &changes {
                     match change {
-                        RawChange::Put(key, value) => {
-                            published.entries.insert(key.clone(), value.clone());
+                        RawChange::Put(entry) => {
+                            published.entries.insert(entry.clone());
                         }
                         RawChange::Delete(key) => {
                             published.entries.remove(key);

@@ -8,7 +8,8 @@ use tokio::sync::watch;
 use tower::discover::Change;
 
 use super::decode::Decoder;
-use super::diff::{self, Entries, RawChange};
+use super::diff::{self, RawChange};
+use super::entries::Entries;
 use super::hub::{Hub, Message, Subscription};
 use super::{ChangeStream, Config, Discovered, DiscoveryStatus};
 use crate::Error;
@@ -258,8 +259,8 @@ fn reconcile(seen: &Entries, subscription: &mut Subscription) -> Vec<RawChange> 
 
 fn apply_raw(seen: &mut Entries, change: &RawChange) {
     match change {
-        RawChange::Put(key, value) => {
-            seen.insert(key.clone(), value.clone());
+        RawChange::Put(entry) => {
+            seen.insert(entry.clone());
         }
         RawChange::Delete(key) => {
             seen.remove(key);
@@ -298,7 +299,7 @@ async fn forward_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::diff::entries;
+    use crate::discovery::entries::{entries, entry};
 
     #[test]
     fn joining_a_listed_engine_removes_what_is_gone() {
@@ -310,7 +311,7 @@ mod tests {
             raw,
             vec![
                 RawChange::Delete("a".into()),
-                RawChange::Put("c".into(), b"3".to_vec())
+                RawChange::Put(entry("c", "3"))
             ]
         );
     }
