@@ -140,9 +140,9 @@ impl Subscriber {
         let error = match get.await {
             Ok(Ok(response)) => {
                 let cluster_id = response.header().map_or(0, |h| h.cluster_id());
-                let subscription =
+                let (subscription, snapshot) =
                     Hub::join(cluster_id, &self.prefix, || self.config.engine_config());
-                let (seen, raw) = catch_up(seen, &subscription.snapshot, subscription.listed);
+                let (seen, raw) = catch_up(seen, &snapshot.entries, snapshot.listed);
                 let changes = self.apply(raw);
                 self.endpoints.store(self.decoder.len(), Ordering::Release);
                 let to = self.config.status.clone();
@@ -252,9 +252,9 @@ fn catch_up(mut seen: Entries, snapshot: &Entries, listed: bool) -> (Entries, Ve
 /// The changes that make `seen` match what the engine has published, with a fresh receiver
 /// of what comes after, so no queued batch older than the snapshot is replayed on top of it.
 fn reconcile(seen: &Entries, subscription: &mut Subscription) -> Vec<RawChange> {
-    let (snapshot, _, changes) = subscription.hub.resubscribe();
+    let (snapshot, changes) = subscription.hub.resubscribe();
     subscription.changes = changes;
-    diff::diff(seen, &snapshot).into_changes().collect()
+    diff::diff(seen, &snapshot.entries).into_changes().collect()
 }
 
 fn apply_raw(seen: &mut Entries, change: &RawChange) {
