@@ -7,7 +7,8 @@ use tonic::transport::Endpoint;
 use tower::discover::Change;
 use tracing::{debug, warn};
 
-use super::diff::{Entries, RawChange};
+use super::diff::RawChange;
+use super::entries::Entries;
 use super::{Discovered, EndpointHook};
 use crate::format::{DecodeError, Format, Instance};
 
@@ -96,7 +97,8 @@ impl EndpointRecipe {
 pub(super) struct Decoder {
     format: Arc<dyn Format>,
     recipe: EndpointRecipe,
-    /// The keys announced as endpoints, with the values they were decoded from.
+    /// The keys announced as endpoints, with the values they were decoded from: entries
+    /// shared with the engine, not copies.
     good: Entries,
 }
 
@@ -122,14 +124,16 @@ impl Decoder {
     /// - a delete of an announced key is a remove.
     pub(super) fn apply(&mut self, change: RawChange) -> Option<Change<String, Discovered>> {
         match change {
-            RawChange::Put(key, value) => {
-                if self.good.get(&key) == Some(&value) {
+            RawChange::Put(entry) => {
+                let key = entry.key();
+                if self.good.get(key) == Some(&entry) {
                     return None;
                 }
-                match self.endpoint_for(&key, &value) {
+                match self.endpoint_for(key, entry.value()) {
                     Ok(discovered) => {
                         debug!(key, addr = %discovered.instance.addr, "endpoint inserted");
-                        self.good.insert(key.clone(), value);
+                        let key = key.to_owned();
+                        self.good.insert(entry);
                         Some(Change::Insert(key, discovered))
                     }
                     Err(error) => {
@@ -165,7 +169,7 @@ mod tests {
     use crate::EtcdNaming;
 
     fn put(key: &str, value: &str) -> RawChange {
-        RawChange::Put(key.into(), value.as_bytes().to_vec())
+        RawChange::Put(crate::discovery::entries::entry(key, value))
     }
 
     const GOOD: &str = r#"{"Addr":"127.0.0.1:1"}"#;

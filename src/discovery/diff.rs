@@ -1,15 +1,12 @@
-//! The pure diff between the announced endpoint set and a fresh listing.
+//! The pure diff between the announced entries and a fresh listing.
 
-use std::collections::BTreeMap;
-
-/// Raw registry entries: etcd key to value.
-pub(crate) type Entries = BTreeMap<String, Vec<u8>>;
+use super::entries::{Entries, Entry};
 
 /// A change to the raw registry entries, before decoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RawChange {
-    /// The key now holds the value.
-    Put(String, Vec<u8>),
+    /// The entry's key now holds its value.
+    Put(Entry),
     /// The key is gone.
     Delete(String),
 }
@@ -18,7 +15,7 @@ impl Diff {
     /// The diff as changes: removals first.
     pub(crate) fn into_changes(self) -> impl Iterator<Item = RawChange> {
         let removed = self.removed.into_iter().map(RawChange::Delete);
-        let upserted = self.upserted.into_iter().map(|(k, v)| RawChange::Put(k, v));
+        let upserted = self.upserted.into_iter().map(RawChange::Put);
         removed.chain(upserted)
     }
 }
@@ -28,40 +25,32 @@ impl Diff {
 pub(crate) struct Diff {
     /// Keys that were announced and are gone.
     pub(crate) removed: Vec<String>,
-    /// Keys that are new, or whose value changed, with their new value.
-    pub(crate) upserted: Vec<(String, Vec<u8>)>,
+    /// Entries that are new, or whose value changed.
+    pub(crate) upserted: Vec<Entry>,
 }
 
 /// Compares what has been announced with what etcd holds now.
 ///
 /// Unchanged keys appear in neither list, so a re-list after a reconnect announces only
-/// what really changed while the watch was down.
+/// what really changed while the watch was down. Both lists are in key order.
 pub(crate) fn diff(announced: &Entries, listing: &Entries) -> Diff {
     let removed = announced
-        .keys()
-        .filter(|key| !listing.contains_key(*key))
-        .cloned()
+        .iter()
+        .filter(|entry| !listing.contains_key(entry.key()))
+        .map(|entry| entry.key().to_owned())
         .collect();
     let upserted = listing
         .iter()
-        .filter(|(key, value)| announced.get(*key) != Some(*value))
-        .map(|(key, value)| (key.clone(), value.clone()))
+        .filter(|entry| announced.get(entry.key()) != Some(*entry))
+        .cloned()
         .collect();
     Diff { removed, upserted }
-}
-
-/// Entries from text pairs, for tests.
-#[cfg(test)]
-pub(crate) fn entries(pairs: &[(&str, &str)]) -> Entries {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::entries::{entries, entry};
 
     #[test]
     fn empty_sets_have_no_diff() {
@@ -82,13 +71,7 @@ mod tests {
         let listing = entries(&[("same", "2"), ("changed", "4"), ("new", "5")]);
         let d = diff(&announced, &listing);
         assert_eq!(d.removed, vec!["gone".to_string()]);
-        assert_eq!(
-            d.upserted,
-            vec![
-                ("changed".to_string(), b"4".to_vec()),
-                ("new".to_string(), b"5".to_vec()),
-            ]
-        );
+        assert_eq!(d.upserted, vec![entry("changed", "4"), entry("new", "5")]);
     }
 
     #[test]
@@ -109,7 +92,7 @@ mod tests {
                 .enumerate()
                 .filter_map(|(i, k)| {
                     let v = values[(pick / 3usize.pow(i as u32)) % 3]?;
-                    Some((k.to_string(), v.as_bytes().to_vec()))
+                    Some(entry(k, v))
                 })
                 .collect()
         };
@@ -120,8 +103,8 @@ mod tests {
                 for key in &d.removed {
                     assert!(announced.remove(key).is_some());
                 }
-                for (key, value) in d.upserted {
-                    assert_ne!(announced.insert(key, value.clone()).as_ref(), Some(&value));
+                for entry in d.upserted {
+                    assert_ne!(announced.insert(entry.clone()).as_ref(), Some(&entry));
                 }
                 assert_eq!(announced, listing);
             }

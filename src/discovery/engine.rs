@@ -19,7 +19,8 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use super::DiscoveryStatus;
-use super::diff::{Entries, RawChange, diff};
+use super::diff::{RawChange, diff};
+use super::entries::{Entries, Entry};
 use crate::Error;
 use crate::backoff::{Backoff, Retry};
 
@@ -120,15 +121,15 @@ impl Engine {
         let listing: Entries = response
             .kvs()
             .iter()
-            .filter_map(|kv| Some((self.key_of(kv.key())?, kv.value().to_vec())))
+            .filter_map(|kv| Some(Entry::new(self.key_of(kv.key())?, kv.value())))
             .collect();
         let diff = diff(&self.announced, &listing);
         let mut changes = Vec::with_capacity(diff.removed.len() + diff.upserted.len());
         for key in diff.removed {
             changes.extend(self.delete(key));
         }
-        for (key, value) in diff.upserted {
-            changes.extend(self.put(key, value));
+        for entry in diff.upserted {
+            changes.extend(self.put(entry));
         }
         debug!(prefix = %self.prefix, revision, changes = changes.len(), "listed");
         self.publish_synced(revision);
@@ -261,7 +262,7 @@ impl Engine {
                 continue;
             };
             changes.extend(match event.event_type() {
-                EventType::Put => self.put(key, kv.value().to_vec()),
+                EventType::Put => self.put(Entry::new(key, kv.value())),
                 EventType::Delete => self.delete(key),
             });
         }
@@ -276,12 +277,12 @@ impl Engine {
     }
 
     /// Applies a put: announces it if the value is new. Decoding is the subscriber's job.
-    fn put(&mut self, key: String, value: Vec<u8>) -> Option<RawChange> {
-        if self.announced.get(&key) == Some(&value) {
+    fn put(&mut self, entry: Entry) -> Option<RawChange> {
+        if self.announced.get(entry.key()) == Some(&entry) {
             return None;
         }
-        self.announced.insert(key.clone(), value.clone());
-        Some(RawChange::Put(key, value))
+        self.announced.insert(entry.clone());
+        Some(RawChange::Put(entry))
     }
 
     fn delete(&mut self, key: String) -> Option<RawChange> {

@@ -8,8 +8,9 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tracing::Instrument;
 
 use super::DiscoveryStatus;
-use super::diff::{Entries, RawChange};
+use super::diff::RawChange;
 use super::engine::{Engine, EngineConfig, State};
+use super::entries::Entries;
 use crate::Error;
 
 /// Batches a slow subscriber may fall behind by before it resyncs from the snapshot.
@@ -48,13 +49,18 @@ type Registry = Mutex<HashMap<(u64, String), Weak<Hub>>>;
 
 static HUBS: LazyLock<Registry> = LazyLock::new(Registry::default);
 
-/// A subscriber's start: the entries so far, and the changes after them.
+/// A subscriber's link to the engine: the changes it publishes.
 pub(super) struct Subscription {
     pub(super) hub: Arc<Hub>,
-    pub(super) snapshot: Entries,
-    /// Whether the snapshot is a complete listing.
-    pub(super) listed: bool,
     pub(super) changes: broadcast::Receiver<Arc<Message>>,
+}
+
+/// The entries published when a subscriber (re)subscribes, which its receiver of changes
+/// follows. The subscriber catches up from it, then drops it.
+pub(super) struct Snapshot {
+    pub(super) entries: Entries,
+    /// Whether the entries are a complete listing.
+    pub(super) listed: bool,
 }
 
 impl Hub {
@@ -64,7 +70,7 @@ impl Hub {
         cluster_id: u64,
         prefix: &str,
         config: impl FnOnce() -> EngineConfig,
-    ) -> Subscription {
+    ) -> (Subscription, Snapshot) {
         let mut hubs = HUBS.lock().unwrap_or_else(PoisonError::into_inner);
         hubs.retain(|_, hub| hub.strong_count() > 0);
         let key = (cluster_id, prefix.to_owned());
@@ -101,26 +107,25 @@ impl Hub {
         }
     }
 
-    fn subscribe(self: Arc<Self>) -> Subscription {
-        let (snapshot, listed, changes) = self.resubscribe();
-        Subscription {
-            hub: self,
-            snapshot,
-            listed,
-            changes,
-        }
+    fn subscribe(self: Arc<Self>) -> (Subscription, Snapshot) {
+        let (snapshot, changes) = self.resubscribe();
+        (Subscription { hub: self, changes }, snapshot)
     }
 
-    /// The entries now, whether they are a complete listing, and a receiver of the changes
-    /// after them: taken under one lock, so no batch falls in between or is seen twice. Once
-    /// the engine has ended, the receiver is closed.
-    pub(super) fn resubscribe(&self) -> (Entries, bool, broadcast::Receiver<Arc<Message>>) {
+    /// The entries now and a receiver of the changes after them: taken under one lock, so
+    /// no batch falls in between or is seen twice. Once the engine has ended, the receiver
+    /// is closed.
+    pub(super) fn resubscribe(&self) -> (Snapshot, broadcast::Receiver<Arc<Message>>) {
         let published = self.lock();
         let changes = match &published.sender {
             Some(sender) => sender.subscribe(),
             None => broadcast::channel(1).1,
         };
-        (published.entries.clone(), published.listed, changes)
+        let snapshot = Snapshot {
+            entries: published.entries.clone(),
+            listed: published.listed,
+        };
+        (snapshot, changes)
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Published> {
@@ -170,8 +175,8 @@ async fn run(
             Ok(changes) => {
                 for change in &changes {
                     match change {
-                        RawChange::Put(key, value) => {
-                            published.entries.insert(key.clone(), value.clone());
+                        RawChange::Put(entry) => {
+                            published.entries.insert(entry.clone());
                         }
                         RawChange::Delete(key) => {
                             published.entries.remove(key);

@@ -3,6 +3,7 @@
 mod decode;
 mod diff;
 mod engine;
+mod entries;
 mod hub;
 mod status;
 mod subscriber;

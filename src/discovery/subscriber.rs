@@ -8,7 +8,8 @@ use tokio::sync::watch;
 use tower::discover::Change;
 
 use super::decode::Decoder;
-use super::diff::{self, Entries, RawChange};
+use super::diff::{self, RawChange};
+use super::entries::Entries;
 use super::hub::{Hub, Message, Subscription};
 use super::{ChangeStream, Config, Discovered, DiscoveryStatus};
 use crate::Error;
@@ -139,9 +140,9 @@ impl Subscriber {
         let error = match get.await {
             Ok(Ok(response)) => {
                 let cluster_id = response.header().map_or(0, |h| h.cluster_id());
-                let subscription =
+                let (subscription, snapshot) =
                     Hub::join(cluster_id, &self.prefix, || self.config.engine_config());
-                let (seen, raw) = catch_up(seen, &subscription.snapshot, subscription.listed);
+                let (seen, raw) = catch_up(seen, &snapshot.entries, snapshot.listed);
                 let changes = self.apply(raw);
                 self.endpoints.store(self.decoder.len(), Ordering::Release);
                 let to = self.config.status.clone();
@@ -251,15 +252,15 @@ fn catch_up(mut seen: Entries, snapshot: &Entries, listed: bool) -> (Entries, Ve
 /// The changes that make `seen` match what the engine has published, with a fresh receiver
 /// of what comes after, so no queued batch older than the snapshot is replayed on top of it.
 fn reconcile(seen: &Entries, subscription: &mut Subscription) -> Vec<RawChange> {
-    let (snapshot, _, changes) = subscription.hub.resubscribe();
+    let (snapshot, changes) = subscription.hub.resubscribe();
     subscription.changes = changes;
-    diff::diff(seen, &snapshot).into_changes().collect()
+    diff::diff(seen, &snapshot.entries).into_changes().collect()
 }
 
 fn apply_raw(seen: &mut Entries, change: &RawChange) {
     match change {
-        RawChange::Put(key, value) => {
-            seen.insert(key.clone(), value.clone());
+        RawChange::Put(entry) => {
+            seen.insert(entry.clone());
         }
         RawChange::Delete(key) => {
             seen.remove(key);
@@ -298,7 +299,7 @@ async fn forward_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::diff::entries;
+    use crate::discovery::entries::{entries, entry};
 
     #[test]
     fn joining_a_listed_engine_removes_what_is_gone() {
@@ -310,7 +311,7 @@ mod tests {
             raw,
             vec![
                 RawChange::Delete("a".into()),
-                RawChange::Put("c".into(), b"3".to_vec())
+                RawChange::Put(entry("c", "3"))
             ]
         );
     }
