@@ -35,10 +35,15 @@ pub(crate) async fn unary(etcd: &Etcd, config: &Config) -> Vec<Row> {
         .expect("connect to the greeter");
     let (tonic, _feeder) = EtcdDiscover::new(etcd.client().await, SERVICE).balance_channel();
     let ours = EtcdDiscover::new(etcd.client().await, SERVICE).channel();
+    // The same balancer through tonic's `Channel`, as for endpoints with TLS or a hook.
+    let hooked = EtcdDiscover::new(etcd.client().await, SERVICE)
+        .endpoint(|endpoint, _| endpoint)
+        .channel();
     let peers = [
         ("direct", Client::plain(direct)),
         ("tonic", Client::plain(tonic)),
         ("ours", Client::ours(ours)),
+        ("hooked", Client::ours(hooked)),
     ];
     let loads = interleave(
         &peers,
@@ -100,17 +105,20 @@ pub(crate) async fn unary(etcd: &Etcd, config: &Config) -> Vec<Row> {
     let (vs_direct, direct_spread) = summary(ratios(2, 0));
     let (vs_tonic, tonic_spread) = summary(ratios(2, 1));
     let (tonic_direct, _) = summary(ratios(1, 0));
+    let (hooked_direct, hooked_spread) = summary(ratios(3, 0));
     println!(
         "  median of the rounds' ratios: ours/direct {vs_direct:.3} ({direct_spread}), \
-         ours/tonic {vs_tonic:.3} ({tonic_spread}), tonic/direct {tonic_direct:.3}"
+         ours/tonic {vs_tonic:.3} ({tonic_spread}), tonic/direct {tonic_direct:.3}, \
+         hooked/direct {hooked_direct:.3} ({hooked_spread})"
     );
     println!(
         "  CPU per call: direct {direct_cpu:.1} µs, tonic {tonic_cpu:.1} µs, ours {ours_cpu:.1} µs \
-         (direct/ours {:.3}); allocations per call: direct {:.1}, tonic {:.1}, ours {:.1}",
+         (direct/ours {:.3}); allocations per call: direct {:.1}, tonic {:.1}, ours {:.1}, hooked {:.1}",
         direct_cpu / ours_cpu,
         allocations(0),
         allocations(1),
-        allocations(2)
+        allocations(2),
+        allocations(3)
     );
     let measure = "1. unary throughput, 64 in flight, 1 backend";
     vec![
@@ -131,6 +139,17 @@ pub(crate) async fn unary(etcd: &Etcd, config: &Config) -> Vec<Row> {
                  tonic/ours = {:.3}",
                 tonic_cpu / ours_cpu
             )),
+        Row::new(
+            measure,
+            "direct `Channel`, ours through tonic's `Channel` (TLS or hook)",
+        )
+        .value(format!("{direct:.0} calls/s"))
+        .ours(format!("{:.0} calls/s", total(3)))
+        .ratio(format!(
+            "hooked/direct = {hooked_direct:.3} (median; {hooked_spread}); CPU per call \
+                 direct/hooked = {:.3}",
+            direct_cpu / cpu(3)
+        )),
     ]
 }
 
