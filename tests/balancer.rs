@@ -234,6 +234,29 @@ async fn an_empty_service_fails_fast_and_waits_when_asked() {
     assert_answered_by(reply, server.addr());
 }
 
+/// Waiting for an endpoint never outlasts the call's own deadline.
+#[tokio::test]
+async fn a_call_waits_for_an_endpoint_no_longer_than_its_own_deadline() {
+    let etcd = Etcd::start().await;
+    let channel = Balancer::new()
+        .wait_for_ready(Duration::from_secs(10))
+        .channel(EtcdDiscover::new(etcd.client().await, "nothing"));
+    let mut client = GreeterClient::new(channel);
+    let mut request = tonic::Request::new(HelloRequest { name: "x".into() });
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = tokio::time::timeout(DEADLINE, client.say_hello(request))
+        .await
+        .expect("the call returns")
+        .expect_err("no endpoint came");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "took {took:?}: {status:?}"
+    );
+    assert!(status.message().contains("Timeout expired"), "{status:?}");
+}
+
 #[tokio::test]
 async fn weights_shift_the_share_of_calls() {
     let etcd = Etcd::start().await;
@@ -294,6 +317,132 @@ async fn an_idle_client_drops_a_removed_endpoints_connection() {
         || async { established_to(port) == 0 && channel.endpoints().is_empty() },
     )
     .await;
+}
+
+/// A client that made calls holds the endpoints it last saw; a removed one's connection
+/// still closes, and a call made later goes to the endpoints that are left.
+#[tokio::test]
+async fn a_removed_endpoints_connection_closes_though_a_client_saw_it() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let (stays, goes) = (TestServer::start().await, TestServer::start().await);
+    for addr in [stays.addr(), goes.addr()] {
+        register(&mut kv, "svc", &Instance::from(addr)).await;
+    }
+    let channel = EtcdDiscover::new(etcd.client().await, "svc").channel();
+    let mut client = GreeterClient::new(channel.clone());
+    wait_until("both up", DEADLINE, || async {
+        up_count(&channel).await == 2
+    })
+    .await;
+    for _ in 0..20 {
+        let request = HelloRequest { name: "b".into() };
+        client.say_hello(request).await.expect("a call");
+    }
+    deregister(&mut kv, "svc", goes.addr()).await;
+    wait_until(
+        "the removed endpoint's connection closed",
+        DEADLINE,
+        || async { established_to(goes.addr().port()) == 0 },
+    )
+    .await;
+    let calls_before = goes.calls();
+    for _ in 0..20 {
+        let request = HelloRequest { name: "b".into() };
+        client.say_hello(request).await.expect("a call");
+    }
+    assert_eq!(goes.calls(), calls_before, "a removed endpoint got calls");
+}
+
+#[tokio::test]
+async fn servers_added_later_join_the_subsets_of_a_fleet_of_clients() {
+    const CLIENTS: usize = 20;
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let first = [TestServer::start().await, TestServer::start().await];
+    for server in &first {
+        register(&mut kv, "svc", &Instance::from(server.addr())).await;
+    }
+    let channels: Vec<BalancedChannel> = (0..CLIENTS)
+        .map(|_| {
+            Balancer::new()
+                .subset(2)
+                .channel(EtcdDiscover::new(kv.clone(), "svc"))
+        })
+        .collect();
+    wait_until("every client has both", DEADLINE, || async {
+        for channel in &channels {
+            if up_count(channel).await != 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let mut later = Vec::new();
+    for _ in 0..8 {
+        let server = TestServer::start().await;
+        register(&mut kv, "svc", &Instance::from(server.addr())).await;
+        later.push(server);
+    }
+    let later_addrs: Vec<String> = later.iter().map(|s| s.addr().to_string()).collect();
+    let mut members_on_later = 0;
+    wait_until("every client knows ten, two of them up", DEADLINE, || {
+        let mut ready = true;
+        members_on_later = 0;
+        for channel in &channels {
+            let endpoints = channel.endpoints();
+            let up: Vec<_> = endpoints
+                .iter()
+                .filter(|e| e.state == EndpointState::Up)
+                .collect();
+            ready &= endpoints.len() == 10 && up.len() == 2;
+            members_on_later += up.iter().filter(|e| later_addrs.contains(&e.addr)).count();
+        }
+        async move { ready }
+    })
+    .await;
+    // A uniform subset of 2 of 10 holds 1.6 of the 8 new servers on average: 32 over 20
+    // clients. Without reservoir sampling the subsets would stay on the first two: 0.
+    assert!(
+        members_on_later >= 16,
+        "the servers added later are in {members_on_later} subsets of {CLIENTS} clients"
+    );
+}
+
+#[tokio::test]
+async fn the_local_zone_wins_its_place_in_the_subset_back() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let near = TestServer::start().await;
+    let near_addr = near.addr();
+    let far = [TestServer::start().await, TestServer::start().await];
+    register(&mut kv, "svc", &Instance::from(near_addr).zone("eu-1")).await;
+    for server in &far {
+        register(&mut kv, "svc", &Instance::from(server.addr()).zone("us-1")).await;
+    }
+    let channel = Balancer::new()
+        .zone("eu-1")
+        .subset(1)
+        .channel(EtcdDiscover::new(etcd.client().await, "svc"));
+    wait_until("the local endpoint up", DEADLINE, || async {
+        calls(&channel, 5).await.0.get(&near_addr) == Some(&5)
+    })
+    .await;
+    // The local server goes away, its key staying: a remote one takes its place.
+    near.shutdown().await;
+    wait_until("a remote endpoint serves", DEADLINE, || async {
+        let (backends, _) = calls(&channel, 5).await;
+        backends.keys().any(|addr| *addr != near_addr)
+    })
+    .await;
+    // Back: after its rest, it takes its place back from the remote member.
+    let near = TestServer::start_at(near_addr).await;
+    wait_until("the local endpoint serves again", DEADLINE, || async {
+        calls(&channel, 5).await.0.get(&near_addr) == Some(&5)
+    })
+    .await;
+    assert!(near.calls() > 0);
 }
 
 #[tokio::test]

@@ -186,7 +186,10 @@ impl Backend {
     /// Ejects after a call failed on connection `generation`, unless that connection has
     /// been replaced already: a late failure of an old connection says nothing of the new.
     pub(crate) fn eject_connection(&self, generation: u64) {
-        if self.generation.load(Ordering::Acquire) == generation {
+        // Under the lock, so that a new connection cannot come up between the check and
+        // the ejection.
+        let connection = self.lock_connection();
+        if connection.generation == generation {
             self.eject();
         }
     }
@@ -312,8 +315,18 @@ async fn connect_loop(
                         None => std::future::pending().await,
                     }
                 };
+                // A permit left by an earlier ejection (this task's own, below) must not end
+                // a healthy connection: only an ejection of this one does.
+                let ejected = async {
+                    loop {
+                        backend.ejected.notified().await;
+                        if !backend.is_up() {
+                            break;
+                        }
+                    }
+                };
                 tokio::select! {
-                    _ = backend.ejected.notified() => {}
+                    () = ejected => {}
                     _ = health::until_unhealthy(&conn, check.as_ref()) => backend.eject(),
                     // Our own connection tells when it closes, before any call fails on it.
                     () = closed => {

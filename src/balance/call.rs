@@ -35,14 +35,15 @@ pub(super) async fn call(
         .config
         .wait_for_ready
         .map(|wait| Instant::now() + wait);
-    // tonic's channel applies the call's own deadline by itself; our connection does not.
+    // The call's own deadline: for the wait for an endpoint, and on our own connection
+    // (tonic's channel applies it by itself).
     let timeout = grpc_timeout(request.headers()).map(|t| Instant::now() + t);
     let mut request = request;
     let mut retries = 0;
     loop {
         let backend = match picked.take() {
             Some(backend) => backend,
-            None => state.pick(deadline).await?,
+            None => state.pick(deadline, timeout).await?,
         };
         let Some((conn, generation)) = backend.check_out() else {
             continue;
@@ -65,8 +66,7 @@ pub(super) async fn call(
             }
             Err(error) => {
                 drop(guard);
-                // A call that ran out of its own time says nothing about the endpoint.
-                if !is_timeout(&*error) {
+                if !endpoint_is_fine(&*error) {
                     backend.eject_connection(generation);
                 }
                 match unsent {
@@ -152,13 +152,17 @@ async fn send_tonic(
     (result.map_err(Into::into), unsent)
 }
 
-/// Whether the call failed because its deadline (`grpc-timeout`, or the endpoint's timeout)
-/// passed.
-fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether a failed call says nothing about its endpoint: its own deadline (`grpc-timeout`,
+/// or the endpoint's timeout) passed, or the server reset that one stream and the
+/// connection goes on.
+fn endpoint_is_fine(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(e) = source {
         if e.is::<tonic::TimeoutExpired>() {
             return true;
+        }
+        if let Some(e) = e.downcast_ref::<h2::Error>() {
+            return e.is_reset() && !e.is_go_away();
         }
         source = e.source();
     }

@@ -75,7 +75,7 @@ pub(super) async fn drive(
                 }
             }
             _ = tick.tick() => {
-                pool.cool_down();
+                pool.cool_down(&state);
                 if pool.rebalance(&state) {
                     pool.publish(&state);
                 }
@@ -120,35 +120,53 @@ struct Entry {
     connector: Option<Connector>,
     /// Failures in a row in the subset; each lengthens its rest before the next try.
     failures: u32,
+    /// Resting after a failure: not a candidate until its rest is over.
+    resting: bool,
+    /// Since when it has been up in the subset, as last seen.
+    up_since: Option<Instant>,
 }
+
+/// How long a member must stay up before its failures are forgiven.
+const FORGIVE_AFTER: Duration = Duration::from_secs(10);
 
 /// Every discovered endpoint, and the subset of them that is connected.
 ///
 /// While there are no more endpoints than [`Balancer::subset`](super::Balancer::subset),
 /// every one is connected, and a failed one is probed with backoff until it answers. With
-/// more, a random subset of that size is, drawn by weight and from the client's zone
-/// first: a member that fails leaves it at once, for a candidate, and rests before it may
-/// be drawn again. Probes are then bounded by the subset's size, whatever the number of
-/// endpoints, and an endpoint outside it costs no connection, task or timer.
+/// more, a random subset of that size is, with the client's zone first:
+///
+/// - a member that fails leaves at once for a candidate, and rests (2 s, doubling with each
+///   failure in a row, to 60 s) before it may be drawn again;
+/// - a new endpoint joins at once, in place of a random member of its zone class, with the
+///   odds that keep the subset a uniform sample (reservoir sampling), so that servers
+///   added later get their share of a fleet of clients;
+/// - a member from another zone makes room for a candidate from the client's zone.
+///
+/// Probes are bounded by the subset's size, whatever the number of endpoints, and an
+/// endpoint outside it costs no connection, task or timer.
 #[derive(Default)]
 struct Pool {
     entries: HashMap<String, Entry>,
     /// The members of the subset.
     active: Vec<Arc<Backend>>,
     /// Candidates for the subset, in the client's zone and elsewhere. They may hold
-    /// endpoints since removed, replaced or drawn: those are skipped when drawn.
+    /// endpoints since removed, replaced or drawn: those are skipped when drawn, and swept
+    /// out when they outnumber the rest.
     local: Vec<Arc<Backend>>,
     others: Vec<Arc<Backend>>,
     /// Endpoints resting after a failure in the subset, until the instant.
     cooling: Vec<(Instant, Arc<Backend>)>,
     /// The highest weight seen, for weighted draws.
     max_weight: u32,
+    /// How many endpoints are in the client's zone.
+    local_entries: usize,
     /// Every endpoint, sorted by key.
     all: Arc<[Arc<Backend>]>,
 }
 
 impl Pool {
     fn apply(&mut self, state: &State, batch: Vec<Change<String, Discovered>>) {
+        let mut rng = fastrand::Rng::new();
         for change in batch {
             match change {
                 Change::Insert(
@@ -167,21 +185,24 @@ impl Pool {
                         state.config.latency_decay,
                     ));
                     self.max_weight = self.max_weight.max(weight(&backend));
-                    self.candidate(state, backend.clone());
                     let entry = Entry {
-                        backend,
+                        backend: backend.clone(),
                         target: Target::new(endpoint, plain),
                         connector: None,
                         failures: 0,
+                        resting: false,
+                        up_since: None,
                     };
+                    self.local_entries += usize::from(self.is_local(state, &backend));
                     if let Some(old) = self.entries.insert(key, entry) {
-                        self.active.retain(|b| !Arc::ptr_eq(b, &old.backend));
+                        self.drop_entry(state, &old);
                     }
+                    self.admit(state, backend, &mut rng);
                 }
                 Change::Remove(key) => {
                     debug!(key, "endpoint removed");
                     if let Some(old) = self.entries.remove(&key) {
-                        self.active.retain(|b| !Arc::ptr_eq(b, &old.backend));
+                        self.drop_entry(state, &old);
                     }
                 }
             }
@@ -189,63 +210,170 @@ impl Pool {
         let mut all: Vec<_> = self.entries.values().map(|e| e.backend.clone()).collect();
         all.sort_by(|a, b| a.key.cmp(&b.key));
         self.all = all.into();
+        self.sweep_candidates();
+    }
+
+    /// An endpoint discovery no longer has, or has replaced: out of the subset, and its
+    /// connection closes once the calls on it end, even while channels still hold it.
+    fn drop_entry(&mut self, state: &State, old: &Entry) {
+        self.local_entries -= usize::from(self.is_local(state, &old.backend));
+        self.active.retain(|b| !Arc::ptr_eq(b, &old.backend));
+        old.backend.deactivate();
+    }
+
+    /// A new endpoint: a candidate, or a member at once in place of another, so that the
+    /// subset stays a uniform sample of each zone class (reservoir sampling).
+    fn admit(&mut self, state: &State, backend: Arc<Backend>, rng: &mut fastrand::Rng) {
+        let subset = state.config.subset;
+        if self.entries.len() <= subset || self.active.len() < subset {
+            // Room for every endpoint, or the next rebalance draws from the candidates.
+            self.candidate(state, backend);
+            return;
+        }
+        let local = self.is_local(state, &backend);
+        let same_class: Vec<usize> = (0..self.active.len())
+            .filter(|&i| self.is_local(state, &self.active[i]) == local)
+            .collect();
+        let remote_members = (0..self.active.len())
+            .filter(|&i| !self.is_local(state, &self.active[i]))
+            .count();
+        let replace = if local && remote_members > 0 {
+            // The client's zone first: a remote member makes room.
+            (0..self.active.len()).find(|&i| !self.is_local(state, &self.active[i]))
+        } else {
+            let class_size = match local {
+                true => self.local_entries,
+                false => self.entries.len() - self.local_entries,
+            };
+            let odds = same_class.len() as f64 / class_size.max(1) as f64;
+            (!same_class.is_empty() && rng.f64() < odds)
+                .then(|| same_class[rng.usize(..same_class.len())])
+        };
+        match replace {
+            Some(i) => {
+                let member = self.active.swap_remove(i);
+                self.deactivate(state, &member, false);
+                self.activate(state, backend);
+            }
+            None => self.candidate(state, backend),
+        }
+    }
+
+    fn is_local(&self, state: &State, backend: &Backend) -> bool {
+        let zone = state.config.zone.as_deref();
+        zone.is_some() && backend.instance.metadata.zone.as_deref() == zone
     }
 
     /// Makes `backend` a candidate for the subset.
     fn candidate(&mut self, state: &State, backend: Arc<Backend>) {
-        let zone = state.config.zone.as_deref();
-        match zone.is_some() && backend.instance.metadata.zone.as_deref() == zone {
+        match self.is_local(state, &backend) {
             true => self.local.push(backend),
             false => self.others.push(backend),
         }
     }
 
-    /// Endpoints whose rest is over become candidates again.
-    fn cool_down(&mut self) {
+    /// Whether `backend` is a current candidate: still discovered, not replaced, not a
+    /// member, not resting.
+    fn is_candidate(&self, backend: &Arc<Backend>) -> bool {
+        self.entries.get(&backend.key).is_some_and(|entry| {
+            Arc::ptr_eq(&entry.backend, backend) && entry.connector.is_none() && !entry.resting
+        })
+    }
+
+    /// Drops the stale candidates once they outnumber the endpoints.
+    fn sweep_candidates(&mut self) {
+        if self.local.len() + self.others.len() <= 2 * self.entries.len() + 64 {
+            return;
+        }
+        let (mut local, mut others) = (
+            std::mem::take(&mut self.local),
+            std::mem::take(&mut self.others),
+        );
+        local.retain(|b| self.is_candidate(b));
+        others.retain(|b| self.is_candidate(b));
+        (self.local, self.others) = (local, others);
+    }
+
+    /// Endpoints whose rest is over become candidates again; all of them while there is
+    /// room for every endpoint.
+    fn cool_down(&mut self, state: &State) {
         let now = Instant::now();
+        let everyone = self.entries.len() <= state.config.subset;
         let (done, resting) = std::mem::take(&mut self.cooling)
             .into_iter()
-            .partition::<Vec<_>, _>(|(until, _)| *until <= now);
+            .partition::<Vec<_>, _>(|(until, _)| everyone || *until <= now);
         self.cooling = resting;
         for (_, backend) in done {
-            // Not in the zone lists' order: a rested endpoint is drawn like any other.
-            self.others.push(backend);
+            let Some(entry) = self.entries.get_mut(&backend.key) else {
+                continue;
+            };
+            if Arc::ptr_eq(&entry.backend, &backend) {
+                entry.resting = false;
+                self.candidate(state, backend);
+            }
         }
     }
 
-    /// Takes failed members out of a subset and tops it up; returns whether its membership
-    /// changed.
+    /// Takes failed members out of a subset, prefers the client's zone, and tops the
+    /// subset up; returns whether its membership changed.
     fn rebalance(&mut self, state: &State) -> bool {
         let subset = state.config.subset;
+        let now = Instant::now();
         let mut changed = false;
+        if self.entries.len() <= subset && !self.cooling.is_empty() {
+            self.cool_down(state);
+        }
         if self.entries.len() > subset {
             let mut i = 0;
             while i < self.active.len() {
                 if self.active[i].state() == EndpointState::Ejected {
                     let backend = self.active.swap_remove(i);
-                    self.deactivate(&backend);
+                    self.deactivate(state, &backend, true);
                     changed = true;
                 } else {
                     i += 1;
                 }
             }
         }
+        let mut rng = fastrand::Rng::new();
+        if state.config.zone.is_some() {
+            while let Some(i) =
+                (0..self.active.len()).find(|&i| !self.is_local(state, &self.active[i]))
+            {
+                let Some(local) = self.draw_from(true, &mut rng) else {
+                    break;
+                };
+                let remote = self.active.swap_remove(i);
+                self.deactivate(state, &remote, false);
+                self.activate(state, local);
+                changed = true;
+            }
+        }
         let mut healthy = 0;
         for backend in &self.active {
+            let Some(entry) = self.entries.get_mut(&backend.key) else {
+                continue;
+            };
             match backend.state() {
                 EndpointState::Up => {
                     healthy += 1;
-                    if let Some(entry) = self.entries.get_mut(&backend.key) {
+                    let since = *entry.up_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) >= FORGIVE_AFTER {
                         entry.failures = 0;
                     }
                 }
-                EndpointState::Connecting => healthy += 1,
-                _ => {}
+                EndpointState::Connecting => {
+                    healthy += 1;
+                    entry.up_since = None;
+                }
+                _ => entry.up_since = None,
             }
         }
-        let mut rng = fastrand::Rng::new();
         for _ in healthy..subset.min(self.entries.len()) {
-            let Some(backend) = self.draw(&mut rng) else {
+            let Some(backend) = self
+                .draw_from(true, &mut rng)
+                .or_else(|| self.draw_from(false, &mut rng))
+            else {
                 break;
             };
             self.activate(state, backend);
@@ -254,37 +382,35 @@ impl Pool {
         changed
     }
 
-    /// A candidate, from the client's zone first, drawn by weight.
-    fn draw(&mut self, rng: &mut fastrand::Rng) -> Option<Arc<Backend>> {
+    /// A candidate from the client's zone (`local`) or from elsewhere, drawn by weight.
+    fn draw_from(&mut self, local: bool, rng: &mut fastrand::Rng) -> Option<Arc<Backend>> {
         let max_weight = self.max_weight.max(1);
-        for local in [true, false] {
-            let mut rejected = 0;
-            loop {
+        let mut rejected = 0;
+        loop {
+            let list = match local {
+                true => &mut self.local,
+                false => &mut self.others,
+            };
+            if list.is_empty() {
+                return None;
+            }
+            let backend = list.swap_remove(rng.usize(..list.len()));
+            if !self.is_candidate(&backend) {
+                continue;
+            }
+            // Rejection sampling: a candidate is kept with odds of its weight over the
+            // highest, a few times, then whatever comes.
+            if rejected < WEIGHT_REJECTIONS && rng.u32(..max_weight) >= weight(&backend) {
+                rejected += 1;
                 let list = match local {
                     true => &mut self.local,
                     false => &mut self.others,
                 };
-                if list.is_empty() {
-                    break;
-                }
-                let backend = list.swap_remove(rng.usize(..list.len()));
-                let current = self.entries.get(&backend.key).is_some_and(|entry| {
-                    Arc::ptr_eq(&entry.backend, &backend) && entry.connector.is_none()
-                });
-                if !current {
-                    continue;
-                }
-                // Rejection sampling: a candidate is kept with odds of its weight over the
-                // highest, a few times, then whatever comes.
-                if rejected < WEIGHT_REJECTIONS && rng.u32(..max_weight) >= weight(&backend) {
-                    rejected += 1;
-                    list.push(backend);
-                    continue;
-                }
-                return Some(backend);
+                list.push(backend);
+                continue;
             }
+            return Some(backend);
         }
-        None
     }
 
     fn activate(&mut self, state: &State, backend: Arc<Backend>) {
@@ -300,19 +426,29 @@ impl Pool {
             check,
         );
         entry.connector = Some(Connector(task));
+        entry.up_since = None;
         self.active.push(backend);
     }
 
-    fn deactivate(&mut self, backend: &Arc<Backend>) {
+    /// Takes a member out of the subset: after a failure (`failed`), to rest; otherwise
+    /// back among the candidates at once.
+    fn deactivate(&mut self, state: &State, backend: &Arc<Backend>, failed: bool) {
         let Some(entry) = self.entries.get_mut(&backend.key) else {
             return;
         };
-        debug!(key = %backend.key, failures = entry.failures + 1, "endpoint leaves the subset");
         entry.connector = None;
+        entry.up_since = None;
         backend.deactivate();
-        entry.failures = entry.failures.saturating_add(1);
-        let rest = cooldown().delay(entry.failures);
-        self.cooling.push((Instant::now() + rest, backend.clone()));
+        if failed {
+            entry.failures = entry.failures.saturating_add(1);
+            entry.resting = true;
+            debug!(key = %backend.key, failures = entry.failures, "endpoint leaves the subset to rest");
+            let rest = cooldown().delay(entry.failures);
+            self.cooling.push((Instant::now() + rest, backend.clone()));
+        } else {
+            debug!(key = %backend.key, "endpoint makes room in the subset");
+            self.candidate(state, backend.clone());
+        }
     }
 
     fn publish(&self, state: &State) {

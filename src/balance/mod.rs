@@ -127,12 +127,19 @@ impl Balancer {
     ///
     /// While discovery finds no more endpoints than this, the channel connects to every one,
     /// and probes a failed one, with backoff, until it answers. With more, it connects to a
-    /// random subset of this size, drawn by weight and from its own zone first, and balances
-    /// over that: a member that fails leaves the subset at once for another endpoint, and
-    /// rests (2 s, doubling with each failure in a row to 60 s) before it may be drawn
-    /// again. An endpoint outside the subset costs no connection, task or timer, so a
-    /// client can follow a prefix of thousands of servers, and their many clients spread
-    /// over them. At least 1.
+    /// random subset of this size, from its own [`zone`](Balancer::zone) first, and
+    /// balances over that:
+    ///
+    /// - a member that fails leaves the subset at once for another endpoint, and rests (2 s,
+    ///   doubling with each failure in a row to 60 s) before it may be drawn again;
+    /// - a new endpoint joins at once in place of a random member, with the odds that keep
+    ///   the subset a uniform sample (reservoir sampling), so servers added later get their
+    ///   share of the calls of many clients;
+    /// - a member from another zone makes room for an endpoint of the client's zone as soon
+    ///   as one is available.
+    ///
+    /// An endpoint outside the subset ([`EndpointState::Idle`]) costs no connection, task
+    /// or timer, so a client can follow a prefix of thousands of servers. At least 1.
     pub fn subset(mut self, size: usize) -> Self {
         self.subset = size.max(1);
         self
@@ -268,8 +275,14 @@ impl State {
                 .any(|b| b.state() == EndpointState::Connecting)
     }
 
-    /// An endpoint that is up; waits for one up to `deadline`, or while starting up.
-    async fn pick(&self, deadline: Option<Instant>) -> Result<Arc<Backend>, Status> {
+    /// An endpoint that is up; waits for one up to `deadline`, or while starting up, but
+    /// never past the call's own deadline (`timeout`), which fails it as tonic's channel
+    /// does when a call's time runs out.
+    async fn pick(
+        &self,
+        deadline: Option<Instant>,
+        timeout: Option<Instant>,
+    ) -> Result<Arc<Backend>, tower::BoxError> {
         let started = Instant::now();
         loop {
             if let Some(backend) = self.try_pick() {
@@ -286,11 +299,17 @@ impl State {
             let until = match (deadline, startup) {
                 (Some(d), Some(s)) => d.max(s),
                 (Some(d), None) | (None, Some(d)) => d,
-                (None, None) => return Err(self.unavailable()),
+                (None, None) => return Err(self.unavailable().into()),
             };
-            if Instant::now() >= until {
-                return Err(self.unavailable());
+            let now = Instant::now();
+            match timeout {
+                Some(timeout) if timeout <= until && now >= timeout => {
+                    return Err(tonic::TimeoutExpired(()).into());
+                }
+                _ if now >= until => return Err(self.unavailable().into()),
+                _ => {}
             }
+            let until = timeout.map_or(until, |timeout| until.min(timeout));
             let _ = tokio::time::timeout_at(until, notified).await;
         }
     }
