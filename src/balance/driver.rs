@@ -80,6 +80,12 @@ pub(super) async fn drive(
                     pool.publish(&state);
                 }
             }
+            () = sleep_until(pool.wake_at), if pool.wake_at.is_some() => {
+                pool.wake_at = None;
+                if pool.rebalance(&state) {
+                    pool.publish(&state);
+                }
+            }
         }
         if !discovering {
             mark_synced(&state);
@@ -126,6 +132,9 @@ struct Entry {
     up_since: Option<Instant>,
 }
 
+/// The window over which at most `subset` endpoints join the subset.
+const REPLACEMENT_WINDOW: Duration = Duration::from_millis(100);
+
 /// How long a member must stay up before its failures are forgiven.
 const FORGIVE_AFTER: Duration = Duration::from_secs(10);
 
@@ -142,9 +151,9 @@ const FORGIVE_AFTER: Duration = Duration::from_secs(10);
 ///   added later get their share of a fleet of clients;
 /// - a member from another zone makes room for a candidate from the client's zone.
 ///
-/// Probes are bounded by the subset's size, whatever the number of endpoints, and an
-/// endpoint outside it costs no connection, task or timer.
-#[derive(Default)]
+/// Probes are bounded by the subset's size, whatever the number of endpoints: at most that
+/// many connection attempts at once, and that many new members per 100 ms. An endpoint
+/// outside the subset costs no connection, task or timer.
 struct Pool {
     entries: HashMap<String, Entry>,
     /// The members of the subset.
@@ -160,8 +169,39 @@ struct Pool {
     max_weight: u32,
     /// How many endpoints are in the client's zone.
     local_entries: usize,
+    /// Endpoints that joined the subset since `window_start`; see [`Pool::may_replace`].
+    replaced: usize,
+    window_start: Instant,
+    /// When the subset may take more endpoints again, if it wants them.
+    wake_at: Option<Instant>,
     /// Every endpoint, sorted by key.
     all: Arc<[Arc<Backend>]>,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            entries: HashMap::new(),
+            active: Vec::new(),
+            local: Vec::new(),
+            others: Vec::new(),
+            cooling: Vec::new(),
+            max_weight: 0,
+            local_entries: 0,
+            replaced: 0,
+            window_start: Instant::now(),
+            wake_at: None,
+            all: Arc::new([]),
+        }
+    }
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Pool {
@@ -370,6 +410,9 @@ impl Pool {
             }
         }
         for _ in healthy..subset.min(self.entries.len()) {
+            if !self.may_replace(subset, now) {
+                break;
+            }
             let Some(backend) = self
                 .draw_from(true, &mut rng)
                 .or_else(|| self.draw_from(false, &mut rng))
@@ -380,6 +423,22 @@ impl Pool {
             changed = true;
         }
         changed
+    }
+
+    /// Whether one more endpoint may join the subset now: at most `subset` per
+    /// [`REPLACEMENT_WINDOW`], so that a prefix of dead endpoints, each refused at once, is
+    /// not tried at the pace of the refusals. Otherwise, sets when to try again.
+    fn may_replace(&mut self, subset: usize, now: Instant) -> bool {
+        if now >= self.window_start + REPLACEMENT_WINDOW {
+            self.window_start = now;
+            self.replaced = 0;
+        }
+        if self.replaced < subset {
+            self.replaced += 1;
+            return true;
+        }
+        self.wake_at = Some(self.window_start + REPLACEMENT_WINDOW);
+        false
     }
 
     /// A candidate from the client's zone (`local`) or from elsewhere, drawn by weight.

@@ -130,8 +130,10 @@ impl Balancer {
     /// random subset of this size, from its own [`zone`](Balancer::zone) first, and
     /// balances over that:
     ///
-    /// - a member that fails leaves the subset at once for another endpoint, and rests (2 s,
-    ///   doubling with each failure in a row to 60 s) before it may be drawn again;
+    /// - a member that fails leaves the subset at once for another endpoint (at most this
+    ///   many replacements per 100 ms, so a prefix of dead endpoints is not tried at the
+    ///   pace of their refusals), and rests (2 s, doubling with each failure in a row to
+    ///   60 s) before it may be drawn again;
     /// - a new endpoint joins at once in place of a random member, with the odds that keep
     ///   the subset a uniform sample (reservoir sampling), so servers added later get their
     ///   share of the calls of many clients;
