@@ -724,3 +724,43 @@ async fn a_subset_moves_past_dead_endpoints_a_few_at_a_time() {
     assert_eq!(failed, 0);
     assert_eq!(backends.get(&live.addr()), Some(&50));
 }
+
+#[tokio::test]
+async fn an_updated_member_keeps_its_place_in_the_subset() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let mut servers = Vec::new();
+    for _ in 0..5 {
+        let server = TestServer::start().await;
+        register(&mut kv, "svc", &Instance::from(server.addr()).weight(4)).await;
+        servers.push(server);
+    }
+    let channel = Balancer::new()
+        .subset(2)
+        .channel(EtcdDiscover::new(etcd.client().await, "svc"));
+    let members = || {
+        let mut up: Vec<String> = channel
+            .endpoints()
+            .into_iter()
+            .filter(|e| e.state == EndpointState::Up)
+            .map(|e| e.addr)
+            .collect();
+        up.sort();
+        up
+    };
+    wait_until("two up", DEADLINE, || async { members().len() == 2 }).await;
+    let before = members();
+    // A new value for a member's key, as when a server lowers its weight: drawn again
+    // among the candidates, it would most likely lose its place.
+    let updated = before[0].clone();
+    let addr: SocketAddr = updated.parse().expect("an address");
+    register(&mut kv, "svc", &Instance::from(addr).weight(1)).await;
+    wait_until("the update applied, the same two up", DEADLINE, || async {
+        let weighted = channel
+            .endpoints()
+            .iter()
+            .any(|e| e.addr == updated && e.weight == 1);
+        weighted && members() == before
+    })
+    .await;
+}

@@ -234,10 +234,17 @@ impl Pool {
                         up_since: None,
                     };
                     self.local_entries += usize::from(self.is_local(state, &backend));
-                    if let Some(old) = self.entries.insert(key, entry) {
-                        self.drop_entry(state, &old);
+                    let Some(old) = self.entries.insert(key, entry) else {
+                        self.admit(state, backend, &mut rng);
+                        continue;
+                    };
+                    // An updated value: the new endpoint keeps the old one's place.
+                    let member = old.connector.is_some();
+                    self.drop_entry(state, &old);
+                    match member {
+                        true => self.activate(state, backend),
+                        false => self.candidate(state, backend),
                     }
-                    self.admit(state, backend, &mut rng);
                 }
                 Change::Remove(key) => {
                     debug!(key, "endpoint removed");

@@ -402,6 +402,8 @@ pub struct EndpointInfo {
     pub state: EndpointState,
     /// Calls in flight on it.
     pub in_flight: usize,
+    /// Its weight, from its metadata (1 when it has none).
+    pub weight: u32,
 }
 
 impl BalancedChannel {
@@ -421,6 +423,7 @@ impl BalancedChannel {
                 addr: b.instance.addr.clone(),
                 state: b.state(),
                 in_flight: b.in_flight.get(),
+                weight: b.instance.metadata.weight.unwrap_or(1).max(1),
             })
             .collect()
     }
