@@ -558,6 +558,51 @@ mod health {
         )
         .await;
     }
+
+    fn in_flight(channel: &BalancedChannel, addr: SocketAddr) -> Option<usize> {
+        let addr = addr.to_string();
+        channel
+            .endpoints()
+            .into_iter()
+            .find(|e| e.addr == addr)
+            .map(|e| e.in_flight)
+    }
+
+    /// A streaming call counts as load until its response stream ends: grpc.health.v1's
+    /// Watch is a server stream that stays open.
+    #[tokio::test]
+    async fn a_stream_counts_as_load_until_it_ends() {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+
+        let etcd = Etcd::start().await;
+        let mut kv = etcd.client().await;
+        let (addr, _reporter, _stop) = start().await;
+        register(&mut kv, "svc", &Instance::from(addr)).await;
+        let channel = EtcdDiscover::new(etcd.client().await, "svc").channel();
+        wait_until("up", DEADLINE, || async { up_count(&channel).await == 1 }).await;
+        let mut client = HealthClient::new(channel.clone());
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        let mut stream = client.watch(request).await.expect("a watch").into_inner();
+        let first = stream.message().await.expect("a status");
+        assert!(first.is_some(), "the stream sends the current status");
+        assert_eq!(
+            in_flight(&channel, addr),
+            Some(1),
+            "the open stream is load"
+        );
+        // A unary call alongside ends, and leaves the stream counted.
+        let (_, failed) = calls(&channel, 5).await;
+        assert_eq!(failed, 0);
+        assert_eq!(in_flight(&channel, addr), Some(1));
+        drop(stream);
+        wait_until("the ended stream is no longer load", DEADLINE, || async {
+            in_flight(&channel, addr) == Some(0)
+        })
+        .await;
+    }
 }
 
 /// CPU time this thread has used, in clock ticks (user + system). A `#[tokio::test]` runs
