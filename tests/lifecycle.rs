@@ -25,9 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic_etcd::{EtcdDiscover, Registrar, Registration, RegistrationStatus};
@@ -35,7 +34,7 @@ use tonic_etcd::{EtcdDiscover, Registrar, Registration, RegistrationStatus};
 use support::greeter::backend_of;
 use support::pb::HelloRequest;
 use support::pb::greeter_client::GreeterClient;
-use support::{Etcd, POLL_INTERVAL, ServerProcess, wait_for, wait_until};
+use support::{Etcd, Relay, ServerProcess, holds_until, wait_for, wait_until};
 
 /// The service every test registers.
 const SERVICE: &str = "greeter";
@@ -154,10 +153,10 @@ async fn keeps_its_lease_across_a_short_etcd_restart() {
 async fn reregisters_on_a_new_lease_after_a_cut_longer_than_the_ttl() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
-    let cut = NetworkCut::start(&etcd).await;
-    let behind_cut = connect(&cut.endpoint).await;
-    let server = ServerProcess::spawn(&cut.endpoint, SERVICE, SHORT_TTL.as_secs()).await;
-    let registration = register(&behind_cut, fake_addr(1), SHORT_TTL).await;
+    let relay = Relay::start(&etcd.endpoint()).await;
+    let behind_relay = connect(&relay.url()).await;
+    let server = ServerProcess::spawn(&relay.url(), SERVICE, SHORT_TTL.as_secs()).await;
+    let registration = register(&behind_relay, fake_addr(1), SHORT_TTL).await;
     let keys = [registration.key().to_owned(), key_of(server.addr())];
     let mut old = Vec::new();
     for key in &keys {
@@ -165,14 +164,14 @@ async fn reregisters_on_a_new_lease_after_a_cut_longer_than_the_ttl() {
     }
 
     let cut_at = Instant::now();
-    cut.set(true);
+    relay.close();
     for key in &keys {
         wait_for_absent(&client, key, DEADLINE).await;
     }
     eprintln!("leases expired {:?} into the cut", cut_at.elapsed());
     // The outage itself: etcd is unreachable from the servers for 6 s.
     tokio::time::sleep_until(cut_at + Duration::from_secs(6)).await;
-    cut.set(false);
+    relay.open();
     let restored = Instant::now();
 
     for (key, old) in keys.iter().zip(&old) {
@@ -194,18 +193,18 @@ async fn reregisters_on_a_new_lease_after_a_cut_longer_than_the_ttl() {
 async fn grants_a_new_lease_as_soon_as_etcd_says_the_old_one_is_gone() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
-    let cut = NetworkCut::start(&etcd).await;
-    let behind_cut = connect(&cut.endpoint).await;
-    let registration = register(&behind_cut, fake_addr(1), SHORT_TTL).await;
+    let relay = Relay::start(&etcd.endpoint()).await;
+    let behind_relay = connect(&relay.url()).await;
+    let registration = register(&behind_relay, fake_addr(1), SHORT_TTL).await;
     let old = registration.lease_id().expect("registered");
     let mut status = registration.status();
 
     let cut_at = Instant::now();
-    cut.set(true);
+    relay.close();
     wait_for_absent(&client, registration.key(), DEADLINE).await;
     // The outage itself.
     tokio::time::sleep_until(cut_at + Duration::from_secs(6)).await;
-    cut.set(false);
+    relay.open();
 
     let what = "etcd to answer that the lease is gone";
     wait_status(&mut status, what, LOST_LEASE_DEADLINE, says_lease_lost).await;
@@ -712,19 +711,19 @@ async fn measures_jittered_reregistration_after_lease_loss() {
     {
         let etcd = Etcd::start().await;
         let client = etcd.client().await;
-        let cut = NetworkCut::start(&etcd).await;
-        let behind_cut = connect(&cut.endpoint).await;
-        let registrations = register_many(&behind_cut, N, SHORT_TTL).await;
+        let relay = Relay::start(&etcd.endpoint()).await;
+        let behind_relay = connect(&relay.url()).await;
+        let registrations = register_many(&behind_relay, N, SHORT_TTL).await;
         let mut recoveries = track_recoveries(&registrations);
         let cut_at = Instant::now();
-        cut.set(true);
+        relay.close();
         wait_until("every lease expired", DEADLINE, || async {
             count_keys(&client).await == Some(0)
         })
         .await;
         // The outage itself.
         tokio::time::sleep_until(cut_at + Duration::from_secs(6)).await;
-        cut.set(false);
+        relay.open();
         let restored = Instant::now();
         let recovered = collect_recoveries(&mut recoveries, N, restored, deadline).await;
         let mut times: Vec<f64> = recovered
@@ -882,78 +881,6 @@ async fn count_keys(client: &Client) -> Option<i64> {
 }
 
 // ---------------------------------------------------------------------------------------
-// A network cut between the servers and etcd
-// ---------------------------------------------------------------------------------------
-
-/// A TCP proxy in front of etcd that can cut the network. While cut, it closes every
-/// connection through it and every new one at once: behind it etcd looks down, while etcd
-/// itself stays up and expires the leases it no longer hears about.
-#[derive(Debug)]
-struct NetworkCut {
-    /// The URL to give the servers instead of etcd's.
-    endpoint: String,
-    cut: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl NetworkCut {
-    async fn start(etcd: &Etcd) -> NetworkCut {
-        let upstream: SocketAddr = etcd
-            .endpoint()
-            .trim_start_matches("http://")
-            .parse()
-            .expect("the etcd endpoint is http://<ip>:<port>");
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the proxy");
-        let addr = listener.local_addr().expect("local address of the proxy");
-        let (cut, cut_rx) = watch::channel(false);
-        let task = tokio::spawn(proxy(listener, upstream, cut_rx));
-        NetworkCut {
-            endpoint: format!("http://{addr}"),
-            cut,
-            task,
-        }
-    }
-
-    /// Cuts the network (`true`) or restores it (`false`).
-    fn set(&self, cut: bool) {
-        self.cut.send_replace(cut);
-    }
-}
-
-impl Drop for NetworkCut {
-    fn drop(&mut self) {
-        // The connections are owned by the task, and go with it.
-        self.task.abort();
-    }
-}
-
-async fn proxy(listener: TcpListener, upstream: SocketAddr, cut: watch::Receiver<bool>) {
-    let mut connections = JoinSet::new();
-    loop {
-        let Ok((mut inbound, _)) = listener.accept().await else {
-            continue;
-        };
-        while connections.try_join_next().is_some() {}
-        if *cut.borrow() {
-            // Dropped: closed at once.
-            continue;
-        }
-        let mut cut = cut.clone();
-        connections.spawn(async move {
-            let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                _ = cut.wait_for(|cut| *cut) => {}
-            }
-        });
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
 
@@ -977,7 +904,7 @@ async fn register(client: &Client, addr: SocketAddr, ttl: Duration) -> Registrat
         .unwrap_or_else(|e| panic!("register {addr}: {e}"))
 }
 
-/// A client to one endpoint, such as a [`NetworkCut`]'s.
+/// A client to one endpoint, such as a [`Relay`]'s.
 async fn connect(endpoint: &str) -> Client {
     let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
     Client::connect([endpoint], Some(options))
@@ -1047,20 +974,6 @@ async fn wait_for_absent(client: &Client, key: &str, deadline: Duration) {
         matches!(lease_of(client, key).await, Ok(None))
     })
     .await;
-}
-
-/// Checks `f` every [`POLL_INTERVAL`] until `until`, and panics the first time it is false.
-async fn holds_until<F, Fut>(what: &str, until: Instant, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    let mut interval = tokio::time::interval(POLL_INTERVAL);
-    while Instant::now() < until {
-        interval.tick().await;
-        assert!(f().await, "{what}: false after {:?}", started.elapsed());
-    }
 }
 
 /// Waits up to `deadline` for the status to satisfy `accept`, and returns it.

@@ -15,11 +15,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -30,7 +30,9 @@ use tower::discover::Change;
 
 use support::pb::HelloRequest;
 use support::pb::greeter_client::GreeterClient;
-use support::{Etcd, EtcdCluster, POLL_INTERVAL, TestServer, wait_for, wait_until};
+use support::{
+    Etcd, EtcdCluster, Relay, TestServer, lock, wait_for, wait_until, wait_until_quietly,
+};
 
 /// Concurrent callers on the balanced channel.
 const CALLERS: usize = 4;
@@ -150,73 +152,6 @@ async fn listing(client: &Client, service: &str) -> BTreeMap<String, String> {
             (key, addr)
         })
         .collect()
-}
-
-// ---------------------------------------------------------------------------------------
-// A TCP relay that can cut the watcher off etcd without touching etcd
-// ---------------------------------------------------------------------------------------
-
-/// A loopback TCP relay to etcd's client port. While closed, it drops every relayed
-/// connection and every new one, so the watcher provably cannot reach etcd, while the
-/// test still can, directly.
-#[derive(Debug)]
-struct Relay {
-    url: String,
-    open: watch::Sender<bool>,
-    listener: JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start(target: &str) -> Relay {
-        let target: SocketAddr = target
-            .trim_start_matches("http://")
-            .parse()
-            .expect("etcd listens on ip:port");
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the relay");
-        let url = format!("http://{}", listener.local_addr().expect("relay address"));
-        let (open, gate) = watch::channel(true);
-        let listener = tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                if *gate.borrow() {
-                    tokio::spawn(relay(inbound, target, gate.clone()));
-                }
-                // Closed: the connection is dropped at once.
-            }
-        });
-        Relay {
-            url,
-            open,
-            listener,
-        }
-    }
-
-    /// Drops every relayed connection and refuses new ones.
-    fn close(&self) {
-        self.open.send_replace(false);
-    }
-
-    fn open(&self) {
-        self.open.send_replace(true);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        // The relays stop with the sender: their `wait_for` fails.
-        self.listener.abort();
-    }
-}
-
-async fn relay(mut inbound: TcpStream, target: SocketAddr, mut gate: watch::Receiver<bool>) {
-    let Ok(mut outbound) = TcpStream::connect(target).await else {
-        return;
-    };
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-        _ = gate.wait_for(|open| !*open) => {}
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -483,12 +418,6 @@ fn authority(endpoint: &Endpoint) -> String {
         .unwrap_or_default()
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .expect("a test task panicked while holding a lock")
-}
-
 // ---------------------------------------------------------------------------------------
 // Load through a balanced channel
 // ---------------------------------------------------------------------------------------
@@ -734,7 +663,7 @@ async fn changes_while_disconnected(outage: Outage) {
         put(&admin, &key(name), &naming_value(addr)).await;
     }
 
-    let discover = EtcdDiscover::new(connect(std::slice::from_ref(&relay.url)).await, service)
+    let discover = EtcdDiscover::new(connect(&[relay.url()]).await, service)
         .backoff(Backoff::default().initial(LONG_BACKOFF).max(LONG_BACKOFF));
     let mut feed = Feed::start(discover);
     let mut first = Vec::new();
@@ -859,7 +788,7 @@ async fn resumes_without_losing_changes_under_frequent_progress_requests() {
     }
     for round in 0..ROUNDS {
         // A fresh discovery each round: a resume after its first failure, never a re-list.
-        let discover = EtcdDiscover::new(connect(std::slice::from_ref(&relay.url)).await, service)
+        let discover = EtcdDiscover::new(connect(&[relay.url()]).await, service)
             .backoff(Backoff::default().initial(Duration::from_secs(1)))
             .progress_interval(Duration::from_millis(10));
         let feed = Feed::start(discover);
@@ -1123,7 +1052,7 @@ impl<'a> History<'a> {
         // The default progress interval (5 s): frequent progress requests lose events on
         // etcd 3.4, which `resumes_without_losing_changes_under_frequent_progress_requests`
         // covers on its own.
-        let client = connect(std::slice::from_ref(&self.relay.url)).await;
+        let client = connect(&[self.relay.url()]).await;
         let feed = Feed::start(EtcdDiscover::new(client, self.service.as_str()).backoff(backoff));
         for _ in 0..OPS_PER_SEED {
             self.step(&feed).await;
@@ -1266,20 +1195,5 @@ impl<'a> History<'a> {
             self.cuts,
             feed.status.summary()
         );
-    }
-}
-
-/// Polls `check` every [`POLL_INTERVAL`] until it holds or `deadline` passes; returns
-/// whether it held, so the caller can fail with its own message.
-async fn wait_until_quietly(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }

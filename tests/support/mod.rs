@@ -9,9 +9,12 @@
 //! - [`greeter`]: an in-process greeter server ([`greeter::TestServer`]) and the
 //!   `greeter_server` example run as a child process ([`greeter::ServerProcess`]).
 //! - [`process`]: free ports, signals, log tails and blocking waits for child processes.
+//! - [`relay`]: a TCP relay that cuts the network in front of etcd ([`relay::Relay`]).
 //! - [`tls`]: a private PKI made at test time ([`tls::TestPki`]) for TLS etcd and servers.
 //! - [`pb`]: the generated `helloworld` Greeter protobuf code.
-//! - [`wait_until`] and [`wait_for`]: poll a condition until a deadline, never a bare sleep.
+//! - [`wait_until`] and [`wait_for`]: poll a condition until a deadline, never a bare sleep;
+//!   [`wait_until_quietly`] lets the caller fail with its own message; [`holds_until`]
+//!   checks that a condition stays true.
 //!
 //! Nothing here mocks etcd, and nothing touches the default ports 2379 and 2380.
 
@@ -21,13 +24,18 @@
 pub mod etcd;
 pub mod greeter;
 pub mod process;
+pub mod relay;
 pub mod tls;
 
 use std::future::Future;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 pub use etcd::{Etcd, EtcdCluster};
 pub use greeter::{ServerProcess, TestServer};
+pub use relay::Relay;
 pub use tls::TestPki;
 
 /// The generated `helloworld` protobuf code: `greeter_server::{Greeter, GreeterServer}`,
@@ -86,6 +94,42 @@ where
         Ok(value) => value,
         Err(_) => panic!("timed out after {deadline:?} waiting for {what}"),
     }
+}
+
+/// Polls `check` every [`POLL_INTERVAL`] until it holds or `deadline` passes; returns
+/// whether it held, so the caller can fail with its own message.
+pub async fn wait_until_quietly(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Checks `f` every [`POLL_INTERVAL`] until `until`, and panics the first time it is false.
+pub async fn holds_until<F, Fut>(what: &str, until: Instant, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    let mut interval = tokio::time::interval(POLL_INTERVAL);
+    while Instant::now() < until {
+        interval.tick().await;
+        assert!(f().await, "{what}: false after {:?}", started.elapsed());
+    }
+}
+
+/// Locks `mutex`, which only a panicking test task can poison.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .expect("a test task panicked while holding a lock")
 }
 
 /// Blocking twin of [`wait_until`] for synchronous code such as `Drop` or a child process
