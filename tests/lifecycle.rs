@@ -20,21 +20,15 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic_etcd::{EtcdDiscover, Registrar, Registration, RegistrationStatus};
 
-use support::greeter::backend_of;
-use support::pb::HelloRequest;
-use support::pb::greeter_client::GreeterClient;
-use support::{Etcd, Relay, ServerProcess, holds_until, wait_for, wait_until};
+use support::{Etcd, Load, Relay, ServerProcess, holds_until, wait_for, wait_until};
 
 /// The service every test registers.
 const SERVICE: &str = "greeter";
@@ -508,7 +502,7 @@ async fn rolling_restart_under_load_fails_no_call() {
         let started = Instant::now();
         let discover = EtcdDiscover::new(etcd.client().await, SERVICE);
         let (channel, discovery) = discover.balance_channel();
-        let load = Load::start(channel, IN_FLIGHT);
+        let load = Load::start(channel, IN_FLIGHT, CALL_TIMEOUT);
         for server in &servers {
             let addr = server.addr();
             let what = format!("calls reach {addr}");
@@ -557,94 +551,6 @@ async fn roll(server: &mut ServerProcess, endpoint: &str, load: &Load) {
     let what = format!("calls reach the replacement {addr} of {old}");
     wait_until(&what, DEADLINE, || async { load.calls_to(addr) > 0 }).await;
     *server = replacement;
-}
-
-/// Calls kept in flight through a channel: tasks that each call in a loop until stopped.
-struct Load {
-    stop: watch::Sender<bool>,
-    tally: Arc<Shared>,
-    tasks: JoinSet<()>,
-}
-
-/// What the calling tasks count as they go.
-#[derive(Debug, Default)]
-struct Shared {
-    ok: AtomicUsize,
-    failed: AtomicUsize,
-    backends: Mutex<BTreeMap<SocketAddr, usize>>,
-    errors: Mutex<Vec<String>>,
-}
-
-/// What a [`Load`] counted, once stopped.
-#[derive(Debug)]
-struct Tally {
-    ok: usize,
-    failed: usize,
-    backends: BTreeMap<SocketAddr, usize>,
-    /// The first few errors.
-    errors: Vec<String>,
-}
-
-impl Load {
-    /// Starts `in_flight` tasks calling through `channel`.
-    fn start(channel: Channel, in_flight: usize) -> Load {
-        let (stop, stopped) = watch::channel(false);
-        let tally = Arc::new(Shared::default());
-        let mut tasks = JoinSet::new();
-        for _ in 0..in_flight {
-            let client = GreeterClient::new(channel.clone());
-            tasks.spawn(call_until_stopped(client, tally.clone(), stopped.clone()));
-        }
-        Load { stop, tally, tasks }
-    }
-
-    /// How many calls `addr` has answered.
-    fn calls_to(&self, addr: SocketAddr) -> usize {
-        let backends = self.tally.backends.lock().expect("backends lock");
-        backends.get(&addr).copied().unwrap_or(0)
-    }
-
-    /// Lets every task finish its call, and returns the counts.
-    async fn stop(mut self) -> Tally {
-        self.stop.send_replace(true);
-        while let Some(joined) = self.tasks.join_next().await {
-            joined.expect("a calling task does not panic");
-        }
-        Tally {
-            ok: self.tally.ok.load(Ordering::Relaxed),
-            failed: self.tally.failed.load(Ordering::Relaxed),
-            backends: self.tally.backends.lock().expect("backends lock").clone(),
-            errors: self.tally.errors.lock().expect("errors lock").clone(),
-        }
-    }
-}
-
-async fn call_until_stopped(
-    mut client: GreeterClient<Channel>,
-    tally: Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) {
-    while !*stop.borrow() {
-        let request = HelloRequest {
-            name: "lifecycle".into(),
-        };
-        let error = match tokio::time::timeout(CALL_TIMEOUT, client.say_hello(request)).await {
-            Ok(Ok(reply)) => {
-                let backend = backend_of(&reply.into_inner().message);
-                let mut backends = tally.backends.lock().expect("backends lock");
-                *backends.entry(backend).or_default() += 1;
-                tally.ok.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
-            Err(_) => format!("no reply in {CALL_TIMEOUT:?}"),
-        };
-        tally.failed.fetch_add(1, Ordering::Relaxed);
-        let mut errors = tally.errors.lock().expect("errors lock");
-        if errors.len() < 10 {
-            errors.push(error);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------

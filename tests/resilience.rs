@@ -14,7 +14,6 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,15 +22,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic_etcd::etcd_client::{self, Client, ConnectOptions, GetOptions, Txn, TxnOp};
 use tonic_etcd::{Backoff, DiscoveryStatus, EtcdDiscover};
 use tower::discover::Change;
 
-use support::pb::HelloRequest;
-use support::pb::greeter_client::GreeterClient;
 use support::{
-    Etcd, EtcdCluster, Relay, TestServer, lock, wait_for, wait_until, wait_until_quietly,
+    Etcd, EtcdCluster, Load, Relay, Tally, TestServer, lock, wait_for, wait_until,
+    wait_until_quietly,
 };
 
 /// Concurrent callers on the balanced channel.
@@ -422,77 +420,6 @@ fn authority(endpoint: &Endpoint) -> String {
 // Load through a balanced channel
 // ---------------------------------------------------------------------------------------
 
-/// [`CALLERS`] tasks calling the greeter back to back through one channel.
-#[derive(Debug)]
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    errors: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(channel: Channel) -> Load {
-        let load = Load {
-            stop: Arc::new(AtomicBool::new(false)),
-            ok: Arc::new(AtomicU64::new(0)),
-            failed: Arc::new(AtomicU64::new(0)),
-            errors: Arc::new(Mutex::new(Vec::new())),
-            tasks: Vec::new(),
-        };
-        let tasks = (0..CALLERS)
-            .map(|i| {
-                let (stop, ok, failed) = (load.stop.clone(), load.ok.clone(), load.failed.clone());
-                let errors = load.errors.clone();
-                let mut client = GreeterClient::new(channel.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let request = HelloRequest {
-                            name: format!("caller-{i}"),
-                        };
-                        let error =
-                            match tokio::time::timeout(CALL_TIMEOUT, client.say_hello(request))
-                                .await
-                            {
-                                Ok(Ok(_)) => {
-                                    ok.fetch_add(1, Ordering::Relaxed);
-                                    continue;
-                                }
-                                Ok(Err(status)) => format!("{status:?}"),
-                                Err(_) => format!("no reply within {CALL_TIMEOUT:?}"),
-                            };
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        let mut errors = lock(&errors);
-                        if errors.len() < 10 {
-                            errors.push(error);
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { tasks, ..load }
-    }
-
-    fn failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
-    }
-
-    /// Stops the callers and returns `(ok, failed, first errors)`.
-    async fn finish(self) -> (u64, u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.expect("a caller does not panic");
-        }
-        let errors = lock(&self.errors).clone();
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            errors,
-        )
-    }
-}
-
 /// Waits until, within one window of [`WINDOW_CALLS`] calls, exactly the servers at
 /// `expected` receive calls: the balancer's endpoint set is `expected`.
 async fn wait_reaching(what: &str, servers: &[TestServer], expected: &[SocketAddr]) {
@@ -557,7 +484,7 @@ async fn keeps_calling_through_etcd_kill_and_restart() {
     let discover = EtcdDiscover::new(connect(&[etcd.endpoint()]).await, service);
     let (channel, handle) = discover.balance_channel();
     let status = StatusLog::start(handle.status());
-    let load = Load::start(channel);
+    let load = Load::start(channel, CALLERS, CALL_TIMEOUT);
     let all = addrs(&servers);
     wait_reaching("before the outage", &servers, &all[..3]).await;
 
@@ -606,7 +533,9 @@ async fn keeps_calling_through_etcd_kill_and_restart() {
     delete(&admin, &server_key(service, all[0])).await;
     wait_reaching("after a delete", &servers, &all[1..]).await;
 
-    let (ok, failed, errors) = load.finish().await;
+    let Tally {
+        ok, failed, errors, ..
+    } = load.stop().await;
     let ms: Vec<u128> = applied_after.iter().map(Duration::as_millis).collect();
     eprintln!(
         "etcd kill/restart x{RESTART_ROUNDS} with 3+ servers and {CALLERS} callers: \
@@ -876,7 +805,7 @@ async fn survives_leader_loss_in_a_three_member_cluster() {
     let discover = EtcdDiscover::new(connect(&cluster.endpoints()).await, service);
     let (channel, handle) = discover.balance_channel();
     let status = StatusLog::start(handle.status());
-    let load = Load::start(channel);
+    let load = Load::start(channel, CALLERS, CALL_TIMEOUT);
     wait_reaching("before the leader is killed", &servers, &all[..3]).await;
 
     // The leader dies under load: no endpoint is lost, later changes are seen.
@@ -921,7 +850,9 @@ async fn survives_leader_loss_in_a_three_member_cluster() {
     delete(&admin, &server_key(service, all[1])).await;
     wait_reaching("after changes on the other members", &servers, &all[2..]).await;
 
-    let (ok, failed, errors) = load.finish().await;
+    let Tally {
+        ok, failed, errors, ..
+    } = load.stop().await;
     eprintln!(
         "leader n{leader} then watched member n{watched} killed, {CALLERS} callers: \
          {ok} ok, {failed} failed; statuses: {}",

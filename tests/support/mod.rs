@@ -8,6 +8,7 @@
 //!   ([`etcd::EtcdCluster`]) on free loopback ports, with a private data directory.
 //! - [`greeter`]: an in-process greeter server ([`greeter::TestServer`]) and the
 //!   `greeter_server` example run as a child process ([`greeter::ServerProcess`]).
+//! - [`load`]: greeter calls kept flowing through a channel, counted ([`load::Load`]).
 //! - [`process`]: free ports, signals, log tails and blocking waits for child processes.
 //! - [`relay`]: a TCP relay that cuts the network in front of etcd ([`relay::Relay`]).
 //! - [`tls`]: a private PKI made at test time ([`tls::TestPki`]) for TLS etcd and servers.
@@ -23,6 +24,7 @@
 
 pub mod etcd;
 pub mod greeter;
+pub mod load;
 pub mod process;
 pub mod relay;
 pub mod tls;
@@ -35,6 +37,7 @@ use tokio::time::Instant;
 
 pub use etcd::{Etcd, EtcdCluster};
 pub use greeter::{ServerProcess, TestServer};
+pub use load::{Load, Tally};
 pub use relay::Relay;
 pub use tls::TestPki;
 
