@@ -9,6 +9,8 @@
 //! - [`greeter`]: an in-process greeter server ([`greeter::TestServer`]) and the
 //!   `greeter_server` example run as a child process ([`greeter::ServerProcess`]).
 //! - [`load`]: greeter calls kept flowing through a channel, counted ([`load::Load`]).
+//! - [`observe`]: discovery watched from outside, its statuses ([`observe::StatusLog`]) and
+//!   its raw stream ([`observe::Feed`]).
 //! - [`process`]: free ports, signals, log tails and blocking waits for child processes.
 //! - [`relay`]: a TCP relay that cuts the network in front of etcd ([`relay::Relay`]).
 //! - [`tls`]: a private PKI made at test time ([`tls::TestPki`]) for TLS etcd and servers.
@@ -25,6 +27,7 @@
 pub mod etcd;
 pub mod greeter;
 pub mod load;
+pub mod observe;
 pub mod process;
 pub mod relay;
 pub mod tls;
