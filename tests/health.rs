@@ -18,6 +18,7 @@ use tonic_etcd::Registrar;
 use tonic_health::ServingStatus;
 use tonic_health::server::health_reporter;
 
+use support::leases::ttl_left;
 use support::{Etcd, POLL_INTERVAL, wait_until};
 
 /// The service every test registers.
@@ -132,14 +133,4 @@ async fn lease_is(client: &Client, key: &str, lease: Option<i64>) -> bool {
         Ok(response) => response.kvs().first().map(|kv| kv.lease()) == lease,
         Err(_) => false,
     }
-}
-
-/// The seconds `lease` has left; -1 once it has expired or been revoked.
-async fn ttl_left(client: &Client, lease: i64) -> i64 {
-    client
-        .clone()
-        .lease_time_to_live(lease, None)
-        .await
-        .expect("lease time to live")
-        .ttl()
 }

@@ -28,6 +28,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic_etcd::{EtcdDiscover, Registrar, Registration, RegistrationStatus};
 
+use support::leases::{
+    lease_ids, lease_of, present_lease, ttl_left, wait_for_absent, wait_for_key,
+};
 use support::{Etcd, Load, Relay, ServerProcess, holds_until, wait_for, wait_until};
 
 /// The service every test registers.
@@ -818,68 +821,11 @@ async fn connect(endpoint: &str) -> Client {
         .unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"))
 }
 
-/// The lease of `key`, or `None` if the key is absent.
-async fn lease_of(client: &Client, key: &str) -> Result<Option<i64>, etcd_client::Error> {
-    let response = client.clone().get(key, None).await?;
-    Ok(response.kvs().first().map(|kv| kv.lease()))
-}
-
 /// The lease of `key` and the revision it was last put at, if it is there.
 async fn revision_of(client: &Client, key: &str) -> Option<(i64, i64)> {
     let response = client.clone().get(key, None).await.ok()?;
     let kv = response.kvs().first()?;
     Some((kv.lease(), kv.mod_revision()))
-}
-
-/// The lease of `key`, which must be there.
-async fn present_lease(client: &Client, key: &str) -> i64 {
-    match lease_of(client, key).await {
-        Ok(Some(lease)) => lease,
-        Ok(None) => panic!("{key} is not in etcd"),
-        Err(e) => panic!("get {key}: {e}"),
-    }
-}
-
-/// The seconds `lease` has left; -1 once it has expired or been revoked.
-async fn ttl_left(client: &Client, lease: i64) -> i64 {
-    client
-        .clone()
-        .lease_time_to_live(lease, None)
-        .await
-        .unwrap_or_else(|e| panic!("time to live of lease {lease:#x}: {e}"))
-        .ttl()
-}
-
-/// Every lease etcd holds.
-async fn lease_ids(client: &Client) -> BTreeSet<i64> {
-    let response = client.clone().leases().await.expect("list the leases");
-    response.leases().iter().map(|l| l.id()).collect()
-}
-
-/// Waits until `key` is in etcd under a lease that `accept` takes, and returns the lease.
-async fn wait_for_key(
-    client: &Client,
-    key: &str,
-    deadline: Duration,
-    accept: impl Fn(i64) -> bool,
-) -> i64 {
-    let accept = &accept;
-    wait_for(&format!("{key} in etcd"), deadline, || async move {
-        lease_of(client, key)
-            .await
-            .ok()
-            .flatten()
-            .filter(|l| accept(*l))
-    })
-    .await
-}
-
-/// Waits until `key` is not in etcd.
-async fn wait_for_absent(client: &Client, key: &str, deadline: Duration) {
-    wait_until(&format!("{key} gone from etcd"), deadline, || async {
-        matches!(lease_of(client, key).await, Ok(None))
-    })
-    .await;
 }
 
 /// Waits up to `deadline` for the status to satisfy `accept`, and returns it.

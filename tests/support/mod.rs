@@ -8,6 +8,7 @@
 //!   ([`etcd::EtcdCluster`]) on free loopback ports, with a private data directory.
 //! - [`greeter`]: an in-process greeter server ([`greeter::TestServer`]) and the
 //!   `greeter_server` example run as a child process ([`greeter::ServerProcess`]).
+//! - [`leases`]: which lease holds a key, a lease's time to live, waits for a key.
 //! - [`load`]: greeter calls kept flowing through a channel, counted ([`load::Load`]).
 //! - [`observe`]: discovery watched from outside, its statuses ([`observe::StatusLog`]) and
 //!   its raw stream ([`observe::Feed`]).
@@ -26,6 +27,7 @@
 
 pub mod etcd;
 pub mod greeter;
+pub mod leases;
 pub mod load;
 pub mod observe;
 pub mod process;
