@@ -156,7 +156,9 @@ impl LeaseTask {
         Ok(response.id())
     }
 
-    /// Puts every key under `lease_id` (unless withdrawn); returns the revision after.
+    /// Puts every key under `lease_id` (unless withdrawn); returns the revision of the first
+    /// put, from which the keys are watched: a key deleted while the later ones were being
+    /// put is then seen, and put back.
     pub(super) async fn put_all(&mut self, lease_id: i64) -> Result<i64, Error> {
         for entry in &mut self.entries {
             // Formats that name the key after the lease get the new key.
@@ -167,11 +169,12 @@ impl LeaseTask {
             self.delete_all().await?;
             return Ok(0);
         }
-        let mut revision = 0;
+        let mut first = None;
         for entry in &self.entries {
-            revision = self.put(entry, lease_id).await?;
+            let revision = self.put(entry, lease_id).await?;
+            first.get_or_insert(revision);
         }
-        Ok(revision)
+        Ok(first.unwrap_or(0))
     }
 
     async fn put(&self, entry: &Entry, lease_id: i64) -> Result<i64, Error> {
