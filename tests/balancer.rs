@@ -809,3 +809,92 @@ async fn an_updated_member_keeps_its_place_in_the_subset() {
     })
     .await;
 }
+
+/// Calls with a deadline, `n` of them, from `callers` tasks at once; returns the calls per
+/// backend and the failures.
+async fn calls_at_once(
+    channel: &BalancedChannel,
+    callers: usize,
+    n: usize,
+    timeout: Duration,
+) -> (HashMap<SocketAddr, usize>, usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..callers {
+        let mut client = GreeterClient::new(channel.clone());
+        tasks.spawn(async move {
+            let mut backends = HashMap::new();
+            let mut failed = 0;
+            for _ in 0..n / callers {
+                let mut request = tonic::Request::new(HelloRequest { name: "b".into() });
+                request.set_timeout(timeout);
+                match client.say_hello(request).await {
+                    Ok(reply) => {
+                        let addr = support::greeter::backend_of(&reply.into_inner().message);
+                        *backends.entry(addr).or_insert(0) += 1;
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            (backends, failed)
+        });
+    }
+    let mut backends = HashMap::new();
+    let mut failed = 0;
+    while let Some(result) = tasks.join_next().await {
+        let (some, more_failed) = result.expect("a caller");
+        for (addr, n) in some {
+            *backends.entry(addr).or_insert(0) += n;
+        }
+        failed += more_failed;
+    }
+    (backends, failed)
+}
+
+/// A server that vanishes without closing its connections (a partition) is found by HTTP/2
+/// keepalive, not left in rotation for every call to time out on.
+#[tokio::test]
+async fn keepalive_ejects_an_endpoint_behind_a_partition() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let (cut_off, steady) = (TestServer::start().await, TestServer::start().await);
+    let relay = support::Relay::start(&cut_off.addr().to_string()).await;
+    for addr in [relay.addr(), steady.addr()] {
+        register(&mut kv, "svc", &Instance::from(addr)).await;
+    }
+    let channel = Balancer::new()
+        .keep_alive(Duration::from_millis(100), Duration::from_millis(300))
+        .channel(EtcdDiscover::new(etcd.client().await, "svc"));
+    wait_until("both up", DEADLINE, || async {
+        up_count(&channel).await == 2
+    })
+    .await;
+    let (backends, failed) = calls_at_once(&channel, 4, 40, Duration::from_secs(5)).await;
+    assert_eq!(failed, 0);
+    assert_eq!(backends.len(), 2, "{backends:?}");
+
+    relay.freeze();
+    // Calls keep flowing, so that some reach the frozen connection (its latency estimate
+    // decays while it gets none) and it has calls in flight to ping for.
+    let relay_addr = relay.addr().to_string();
+    let load = async {
+        loop {
+            calls_at_once(&channel, 4, 40, Duration::from_secs(5)).await;
+        }
+    };
+    let ejected = wait_until("the frozen endpoint ejected", DEADLINE, || async {
+        channel
+            .endpoints()
+            .iter()
+            .any(|e| e.addr == relay_addr && e.state != EndpointState::Up)
+    });
+    tokio::select! {
+        () = load => {}
+        () = ejected => {}
+    }
+    let (backends, failed) = calls_at_once(&channel, 4, 40, Duration::from_secs(5)).await;
+    assert_eq!(
+        failed, 0,
+        "calls failed after the frozen endpoint was ejected"
+    );
+    assert_eq!(backends.get(&steady.addr()), Some(&40));
+}

@@ -22,7 +22,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info};
 
+use super::Balancer;
 use super::conn::{Conn, Target};
+use super::direct::KeepAlive;
 use super::health::{self, HealthCheck};
 use super::pick::Load;
 use crate::backoff::{Backoff, Retry};
@@ -280,11 +282,15 @@ const MAX_IDLE_HANDLES: usize = 1024;
 pub(crate) fn spawn_connector(
     backend: Arc<Backend>,
     target: Target,
-    backoff: Backoff,
-    check: Option<HealthCheck>,
+    config: &Balancer,
 ) -> tokio::task::JoinHandle<()> {
     let span = tracing::debug_span!("tonic_etcd::connect", key = %backend.key);
-    tokio::spawn(connect_loop(backend, target, backoff, check).instrument(span))
+    let (backoff, check, keep_alive) = (
+        config.probe_backoff,
+        config.health_check.clone(),
+        config.keep_alive,
+    );
+    tokio::spawn(connect_loop(backend, target, backoff, check, keep_alive).instrument(span))
 }
 
 async fn connect_loop(
@@ -292,6 +298,7 @@ async fn connect_loop(
     target: Target,
     backoff: Backoff,
     check: Option<HealthCheck>,
+    keep_alive: Option<KeepAlive>,
 ) {
     let mut retry = Retry::new(backoff);
     // An endpoint that never answered is most likely a stale registration: probe it more
@@ -299,7 +306,7 @@ async fn connect_loop(
     let mut stale = Retry::new(backoff.max(NEVER_CONNECTED_MAX));
     let mut ever_connected = false;
     loop {
-        match target.connect(&backend.instance.addr).await {
+        match target.connect(&backend.instance.addr, keep_alive).await {
             Ok((conn, closed)) if healthy(&conn, check.as_ref()).await => {
                 ever_connected = true;
                 if retry.attempt() > 0 {

@@ -9,7 +9,7 @@ use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tower_service::Service;
 
-use super::direct::Direct;
+use super::direct::{Direct, KeepAlive};
 
 /// What to connect to.
 #[derive(Debug, Clone)]
@@ -35,10 +35,11 @@ impl Target {
     pub(crate) async fn connect(
         &self,
         addr: &str,
+        keep_alive: Option<KeepAlive>,
     ) -> Result<(Conn, Option<oneshot::Receiver<()>>), tower::BoxError> {
         match self {
             Target::Direct => {
-                let (direct, driver) = Direct::connect(addr).await?;
+                let (direct, driver) = Direct::connect(addr, keep_alive).await?;
                 let (open, closed) = oneshot::channel::<()>();
                 tokio::spawn(async move {
                     driver.await;

@@ -28,6 +28,14 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const AGENT: HeaderValue =
     HeaderValue::from_static(concat!("tonic-etcd/", env!("CARGO_PKG_VERSION")));
 
+/// HTTP/2 keepalive: a PING every `interval` while calls are in flight, and the connection
+/// closed when one goes unanswered for `timeout`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeepAlive {
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+}
+
 /// A handle on one connection; cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct Direct {
@@ -40,7 +48,7 @@ pub(crate) struct Direct {
 pub(crate) enum ConnectError {
     #[error("{addr:?} is not a valid authority")]
     Address { addr: String },
-    #[error("connecting to {addr} timed out after {CONNECT_TIMEOUT:?}")]
+    #[error("connecting to {addr} (with the HTTP/2 handshake) timed out after {CONNECT_TIMEOUT:?}")]
     Timeout { addr: String },
     #[error("cannot connect to {addr}")]
     Io {
@@ -58,38 +66,43 @@ pub(crate) enum ConnectError {
 
 impl Direct {
     /// Connects to `addr` (`host:port`) with TCP_NODELAY, as tonic does, and completes the
-    /// HTTP/2 handshake. Returns the handle, and the connection's own future: it must be
-    /// spawned, and ends when the connection closes.
+    /// HTTP/2 handshake, both within [`CONNECT_TIMEOUT`]. Returns the handle, and the
+    /// connection's own future: it must be spawned, and ends when the connection closes.
     pub(crate) async fn connect(
         addr: &str,
+        keep_alive: Option<KeepAlive>,
     ) -> Result<(Direct, impl Future<Output = ()> + Send + 'static), ConnectError> {
         let authority: Authority = addr.parse().map_err(|_| ConnectError::Address {
             addr: addr.to_owned(),
         })?;
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let io = |source| ConnectError::Io {
+            addr: addr.to_owned(),
+            source,
+        };
+        let connect = async {
+            let stream = TcpStream::connect(addr).await.map_err(io)?;
+            // Small replies would otherwise wait for delayed acknowledgements.
+            stream.set_nodelay(true).map_err(io)?;
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            if let Some(keep_alive) = keep_alive {
+                builder
+                    .keep_alive_interval(keep_alive.interval)
+                    .keep_alive_timeout(keep_alive.timeout);
+            }
+            builder
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|source| ConnectError::Handshake {
+                    addr: addr.to_owned(),
+                    source,
+                })
+        };
+        let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| ConnectError::Timeout {
                 addr: addr.to_owned(),
-            })?
-            .map_err(|source| ConnectError::Io {
-                addr: addr.to_owned(),
-                source,
-            })?;
-        // Small replies would otherwise wait for delayed acknowledgements.
-        stream
-            .set_nodelay(true)
-            .map_err(|source| ConnectError::Io {
-                addr: addr.to_owned(),
-                source,
-            })?;
-        let (sender, connection) = Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake {
-                addr: addr.to_owned(),
-                source,
-            })?;
+            })??;
         let driver = async move {
             if let Err(error) = connection.await {
                 tracing::debug!(error = %crate::error::Chain(&error), "connection ended");

@@ -484,13 +484,7 @@ impl Pool {
             return;
         };
         backend.activate();
-        let check = state.config.health_check.clone();
-        let task = spawn_connector(
-            backend.clone(),
-            entry.target.clone(),
-            state.config.probe_backoff,
-            check,
-        );
+        let task = spawn_connector(backend.clone(), entry.target.clone(), &state.config);
         entry.connector = Some(Connector(task));
         entry.up_since = None;
         self.active.push(backend);

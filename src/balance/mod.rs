@@ -53,6 +53,7 @@ pub struct Balancer {
     latency_decay: Duration,
     health_check: Option<health::HealthCheck>,
     subset: usize,
+    keep_alive: Option<direct::KeepAlive>,
 }
 
 impl Default for Balancer {
@@ -67,6 +68,7 @@ impl Default for Balancer {
             latency_decay: Duration::from_secs(1),
             health_check: None,
             subset: DEFAULT_SUBSET,
+            keep_alive: None,
         }
     }
 }
@@ -144,6 +146,22 @@ impl Balancer {
     /// or timer, so a client can follow a prefix of thousands of servers. At least 1.
     pub fn subset(mut self, size: usize) -> Self {
         self.subset = size.max(1);
+        self
+    }
+
+    /// Sends an HTTP/2 PING every `interval` on each of the balancer's own connections while
+    /// calls are in flight on it, and closes the connection, ejecting its endpoint, when a
+    /// PING goes unanswered for `timeout`. This finds a server that vanished without closing
+    /// its connections (a network partition, a frozen host), on which calls would otherwise
+    /// only time out, one by one. Default: off, as in tonic and gRPC: servers may refuse
+    /// frequent PINGs (grpc-go allows one per 5 minutes by default, unless its keepalive
+    /// policy says otherwise; tonic servers accept them).
+    ///
+    /// For endpoints reached through tonic's `Channel` (TLS, or an
+    /// [`endpoint`](EtcdDiscover::endpoint) hook), set
+    /// `Endpoint::http2_keep_alive_interval` and `keep_alive_timeout` in the hook instead.
+    pub fn keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keep_alive = Some(direct::KeepAlive { interval, timeout });
         self
     }
 

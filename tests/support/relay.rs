@@ -4,6 +4,8 @@
 //! While closed, the relay drops every relayed connection and every new one at once: behind
 //! it the server looks down, while the server itself stays up (etcd, for one, goes on
 //! expiring the leases it no longer hears about), and the test can still reach it directly.
+//! Frozen, it stops relaying bytes but keeps the connections open, as a network partition
+//! does, and drops new ones.
 
 use std::net::SocketAddr;
 
@@ -16,6 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 pub struct Relay {
     url: String,
     open: watch::Sender<bool>,
+    frozen: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -35,10 +38,12 @@ impl Relay {
             .expect("bind the relay");
         let addr = listener.local_addr().expect("local address of the relay");
         let (open, gate) = watch::channel(true);
-        let task = tokio::spawn(serve(listener, target, gate));
+        let (frozen, ice) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, target, gate, ice));
         Relay {
             url: format!("http://{addr}"),
             open,
+            frozen,
             task,
         }
     }
@@ -57,6 +62,21 @@ impl Relay {
     pub fn open(&self) {
         self.open.send_replace(true);
     }
+
+    /// Stops relaying bytes on every connection, keeping them open, and drops new ones.
+    #[allow(dead_code)] // Not every test binary freezes a relay.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    /// The relay's address: `127.0.0.1:<port>`.
+    #[allow(dead_code)] // Not every test binary needs it.
+    pub fn addr(&self) -> SocketAddr {
+        self.url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the relay's own address")
+    }
 }
 
 impl Drop for Relay {
@@ -67,28 +87,43 @@ impl Drop for Relay {
 }
 
 /// Accepts connections and relays each while the gate is open.
-async fn serve(listener: TcpListener, target: SocketAddr, gate: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    target: SocketAddr,
+    gate: watch::Receiver<bool>,
+    ice: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
             continue;
         };
         while connections.try_join_next().is_some() {}
-        if !*gate.borrow() {
-            // Closed: the connection is dropped at once.
+        if !*gate.borrow() || *ice.borrow() {
+            // Closed or frozen: the connection is dropped at once.
             continue;
         }
-        connections.spawn(relay(inbound, target, gate.clone()));
+        connections.spawn(relay(inbound, target, gate.clone(), ice.clone()));
     }
 }
 
 /// Copies bytes both ways until either side closes or the gate closes.
-async fn relay(mut inbound: TcpStream, target: SocketAddr, mut gate: watch::Receiver<bool>) {
+async fn relay(
+    mut inbound: TcpStream,
+    target: SocketAddr,
+    mut gate: watch::Receiver<bool>,
+    mut ice: watch::Receiver<bool>,
+) {
     let Ok(mut outbound) = TcpStream::connect(target).await else {
         return;
     };
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-        _ = gate.wait_for(|open| !*open) => {}
+    let frozen = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+        _ = gate.wait_for(|open| !*open) => false,
+        _ = ice.wait_for(|frozen| *frozen) => true,
+    };
+    if frozen {
+        // Both sockets stay open, and nothing moves, until the relay closes.
+        let _ = gate.wait_for(|open| !*open).await;
     }
 }
