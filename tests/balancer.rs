@@ -11,7 +11,9 @@ use support::pb::greeter_client::GreeterClient;
 use support::{Etcd, TestServer, wait_until};
 use tokio::time::Instant;
 use tonic_etcd::etcd_client::Client;
-use tonic_etcd::{BalancedChannel, Balancer, EndpointState, EtcdDiscover, Format, Instance};
+use tonic_etcd::{
+    BalancedChannel, Balancer, EndpointInfo, EndpointState, EtcdDiscover, Format, Instance,
+};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -48,6 +50,12 @@ async fn calls(channel: &BalancedChannel, n: usize) -> (HashMap<SocketAddr, usiz
         }
     }
     (backends, failed)
+}
+
+/// What the balancer knows of the endpoint at `addr`.
+fn endpoint_at(channel: &BalancedChannel, addr: SocketAddr) -> Option<EndpointInfo> {
+    let addr = addr.to_string();
+    channel.endpoints().into_iter().find(|e| e.addr == addr)
 }
 
 async fn up_count(channel: &BalancedChannel) -> usize {
@@ -506,12 +514,7 @@ mod health {
     }
 
     fn state_of(channel: &BalancedChannel, addr: SocketAddr) -> Option<EndpointState> {
-        let addr = addr.to_string();
-        channel
-            .endpoints()
-            .into_iter()
-            .find(|e| e.addr == addr)
-            .map(|e| e.state)
+        endpoint_at(channel, addr).map(|e| e.state)
     }
 
     #[tokio::test]
@@ -560,12 +563,7 @@ mod health {
     }
 
     fn in_flight(channel: &BalancedChannel, addr: SocketAddr) -> Option<usize> {
-        let addr = addr.to_string();
-        channel
-            .endpoints()
-            .into_iter()
-            .find(|e| e.addr == addr)
-            .map(|e| e.in_flight)
+        endpoint_at(channel, addr).map(|e| e.in_flight)
     }
 
     /// A streaming call counts as load until its response stream ends: grpc.health.v1's
@@ -729,11 +727,7 @@ async fn a_subset_connects_that_many_endpoints_and_replaces_a_failed_one() {
     .await;
     let (backends, _) = calls(&channel, 100).await;
     assert_eq!(backends.len(), 2, "{backends:?}");
-    let left = channel
-        .endpoints()
-        .into_iter()
-        .find(|e| e.addr == gone.to_string())
-        .expect("still registered");
+    let left = endpoint_at(&channel, gone).expect("still registered");
     assert_eq!(
         left.state,
         EndpointState::Idle,
@@ -875,17 +869,13 @@ async fn keepalive_ejects_an_endpoint_behind_a_partition() {
     relay.freeze();
     // Calls keep flowing, so that some reach the frozen connection (its latency estimate
     // decays while it gets none) and it has calls in flight to ping for.
-    let relay_addr = relay.addr().to_string();
     let load = async {
         loop {
             calls_at_once(&channel, 4, 40, Duration::from_secs(5)).await;
         }
     };
     let ejected = wait_until("the frozen endpoint ejected", DEADLINE, || async {
-        channel
-            .endpoints()
-            .iter()
-            .any(|e| e.addr == relay_addr && e.state != EndpointState::Up)
+        endpoint_at(&channel, relay.addr()).is_some_and(|e| e.state != EndpointState::Up)
     });
     tokio::select! {
         () = load => {}
