@@ -18,6 +18,7 @@ use super::backend::Backend;
 use super::conn::Conn;
 use super::direct::{Direct, grpc_timeout};
 use crate::inflight::{CountedBody, Guard};
+use hyper::body::Incoming;
 
 /// Retries of one call on other endpoints, after connection failures before it was sent.
 const MAX_RETRIES: usize = 4;
@@ -53,19 +54,24 @@ pub(super) async fn call(
         let started = Instant::now();
         let (result, unsent) = match conn {
             Conn::Direct(direct) => {
-                send_direct(&backend, direct, generation, request, timeout).await
+                let (result, unsent) =
+                    send_direct(&backend, direct, generation, request, timeout).await;
+                (result.map(|response| counted(response, guard)), unsent)
             }
-            Conn::Tonic(channel) => send_tonic(&backend, channel, generation, request, last).await,
+            Conn::Tonic(channel) => {
+                let (result, unsent) =
+                    send_tonic(&backend, channel, generation, request, last).await;
+                (result.map(|response| counted(response, guard)), unsent)
+            }
         };
         match result {
             Ok(response) => {
                 let now = Instant::now();
                 let reference = state.observe(now - started, now);
                 backend.observe(now - started, now, reference);
-                return Ok(response.map(|body| Body::new(CountedBody::new(body, Some(guard)))));
+                return Ok(response);
             }
             Err(error) => {
-                drop(guard);
                 if !endpoint_is_fine(&*error) {
                     backend.eject_connection(generation);
                 }
@@ -82,6 +88,15 @@ pub(super) async fn call(
     }
 }
 
+/// The response, its body keeping the call counted until it ends, so streams count as load.
+fn counted<B>(response: http::Response<B>, guard: Guard) -> http::Response<Body>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    response.map(|body| Body::new(CountedBody::new(body, Some(guard))))
+}
+
 /// What an attempt gives: the response or the error, and the request if it never left.
 type Attempt<B> = (
     Result<http::Response<B>, tower::BoxError>,
@@ -95,7 +110,7 @@ async fn send_direct(
     generation: u64,
     request: http::Request<Body>,
     timeout: Option<Instant>,
-) -> Attempt<Body> {
+) -> Attempt<Incoming> {
     let response = direct.send(request);
     // The handle is free once the call is queued; the next call reuses it.
     backend.check_in(Conn::Direct(direct), generation);
@@ -107,7 +122,7 @@ async fn send_direct(
         None => response.await,
     };
     match result {
-        Ok(response) => (Ok(response.map(Body::new)), None),
+        Ok(response) => (Ok(response), None),
         Err(mut error) => {
             let unsent = error.take_message();
             (Err(error.into_error().into()), unsent)
