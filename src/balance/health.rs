@@ -1,4 +1,4 @@
-//! Optional active health checks: `grpc.health.v1.Health/Check` on every endpoint.
+//! Optional active health checks: `grpc.health.v1.Health/Check` on every connected endpoint.
 
 use std::time::Duration;
 

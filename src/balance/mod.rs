@@ -108,11 +108,12 @@ impl Balancer {
         self
     }
 
-    /// Checks every endpoint's health actively, with `grpc.health.v1.Health/Check` for
-    /// `service` (`""` for the whole server) every `interval`: an endpoint comes into
-    /// rotation only once it reports `SERVING`, and leaves it when a check fails or takes
-    /// longer than the interval (at most 5 s). Default: no active checks; failures are still
-    /// detected passively, from the calls themselves.
+    /// Checks the health of every connected endpoint (the [`subset`](Balancer::subset))
+    /// actively, with `grpc.health.v1.Health/Check` for `service` (`""` for the whole
+    /// server) every `interval`: an endpoint comes into rotation only once it reports
+    /// `SERVING`, and leaves it when a check fails or takes longer than the interval (at
+    /// most 5 s). Default: no active checks; failures are still detected passively, from
+    /// the calls themselves.
     ///
     /// Requires the `health` feature.
     #[cfg(feature = "health")]
