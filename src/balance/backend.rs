@@ -14,7 +14,7 @@
 //! transport failure ejects it at once; a probe (a fresh connection) readmits it, with
 //! jittered exponential backoff between probes.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -67,8 +67,6 @@ pub(crate) struct Backend {
     pub(crate) instance: Instance,
     state: AtomicU8,
     connection: Mutex<Connection>,
-    /// Counts connections, so a failure is charged to the one it happened on.
-    generation: AtomicU64,
     pub(crate) in_flight: InFlightCounter,
     latency: Mutex<Ewma>,
     /// Whether the current connection has served its first call, which is not timed.
@@ -108,7 +106,6 @@ impl Backend {
             instance,
             state: AtomicU8::new(IDLE),
             connection: Mutex::default(),
-            generation: AtomicU64::new(0),
             in_flight: InFlightCounter::default(),
             latency: Mutex::new(Ewma::new(decay)),
             warm: AtomicBool::new(false),
@@ -221,10 +218,9 @@ impl Backend {
         if self.state.load(Ordering::Acquire) == IDLE {
             return;
         }
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         *connection = Connection {
             conn: Some(conn),
-            generation,
+            generation: connection.generation + 1,
             idle: Vec::new(),
         };
         self.state.store(UP, Ordering::Release);
@@ -249,9 +245,8 @@ impl Backend {
     pub(crate) fn deactivate(&self) {
         let mut connection = self.lock_connection();
         self.state.store(IDLE, Ordering::Release);
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         *connection = Connection {
-            generation,
+            generation: connection.generation + 1,
             ..Connection::default()
         };
         drop(connection);
@@ -269,6 +264,7 @@ impl Counted for Backend {
 #[derive(Default)]
 struct Connection {
     conn: Option<Conn>,
+    /// Counts connections, so a failure is charged to the one it happened on.
     generation: u64,
     idle: Vec<Conn>,
 }

@@ -143,13 +143,12 @@ async fn send_tonic(
     let (mut parts, body) = request.into_parts();
     // An empty body is never polled, so it cannot tell whether the call left: no retry.
     let retryable = !last && !body.is_end_stream();
-    let slot: Slot = Arc::new(Mutex::new(None));
-    let body = match retryable {
+    let (body, slot) = match retryable {
         true => {
-            *lock(&slot) = Some(body);
-            Body::new(OnceBody::new(slot.clone()))
+            let slot: Slot = Arc::new(Mutex::new(Some(body)));
+            (Body::new(OnceBody::new(slot.clone())), Some(slot))
         }
-        false => body,
+        false => (body, None),
     };
     let request = resend(&mut parts, body, retryable);
     let result = match channel.ready().await {
@@ -161,7 +160,10 @@ async fn send_tonic(
         Err(error) => Err(error),
     };
     let unsent = match &result {
-        Err(_) => take(&slot).map(|body| http::Request::from_parts(parts, body)),
+        Err(_) => slot
+            .as_ref()
+            .and_then(take)
+            .map(|body| http::Request::from_parts(parts, body)),
         Ok(_) => None,
     };
     (result.map_err(Into::into), unsent)
