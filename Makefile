@@ -1,5 +1,6 @@
 # tonic-etcd: `make demo` runs the greeter pair against a throwaway etcd; `make test` runs
-# every check CI runs. Both first install the system packages they need (Debian/Ubuntu).
+# every check CI runs. Both first install the system packages they need (Debian/Ubuntu), so a
+# machine with only rustup's toolchain is enough.
 
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
@@ -7,18 +8,26 @@ CARGO ?= cargo
 
 .PHONY: deps demo test
 
-# protoc (protobuf-compiler) builds the examples' proto; etcd (etcd-server) is the real etcd
-# the demo and the integration tests start; etcdctl (etcd-client) shows the keys in the demo.
+# What the build and the tests need from the system, checked by the file each package brings:
+# - protoc (protobuf-compiler): etcd-client's build and the examples' greeter proto;
+# - google/protobuf/*.proto (libprotobuf-dev): the standard includes etcd-client's protos
+#   import; protobuf-compiler alone does not bring them;
+# - etcd (etcd-server): the real etcd the demo and the integration tests start;
+# - etcdctl (etcd-client): shows the keys in the demo.
+PROTO_INCLUDE := /usr/include/google/protobuf/descriptor.proto
+
 deps:
 	@missing=""; \
 	command -v protoc >/dev/null 2>&1 || missing="$$missing protobuf-compiler"; \
+	[ -f $(PROTO_INCLUDE) ] || missing="$$missing libprotobuf-dev"; \
 	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
 	command -v etcdctl >/dev/null 2>&1 || missing="$$missing etcd-client"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
-	fi
+	fi; \
+	[ -f $(PROTO_INCLUDE) ] || { echo "$(PROTO_INCLUDE) is missing: install libprotobuf-dev" >&2; exit 1; }
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo not found: install Rust 1.88 or newer with rustup" >&2; exit 1; }
 
 demo: deps
