@@ -2,11 +2,13 @@
 
 mod backend;
 mod call;
+mod codes;
 mod conn;
 mod direct;
 mod driver;
 mod health;
 mod pick;
+mod status_observer;
 
 pub use backend::EndpointState;
 
