@@ -8,6 +8,8 @@ mod direct;
 mod driver;
 mod health;
 mod pick;
+mod retry_throttle;
+mod slow_start;
 mod status_observer;
 
 pub use backend::EndpointState;
