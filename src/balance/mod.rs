@@ -8,6 +8,8 @@ mod direct;
 mod driver;
 mod health;
 mod pick;
+mod retry_decision;
+mod retry_policy;
 mod retry_throttle;
 mod slow_start;
 mod status_observer;
