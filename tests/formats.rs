@@ -116,6 +116,11 @@ async fn discovers_the_etcd_naming_vectors() {
             "services/greeter-admin/10.0.0.8:1",
             r#"{"Addr":"10.0.0.8:1"}"#,
         ),
+        // A nested target's key: one segment too deep.
+        (
+            "services/greeter/admin/10.0.0.8:2",
+            r#"{"Addr":"10.0.0.8:2"}"#,
+        ),
     ];
     let expected = [
         ("services/greeter/10.0.0.1:50051", "http://10.0.0.1:50051"),
@@ -148,6 +153,7 @@ async fn discovers_the_go_zero_vectors() {
         ("greeter.rpc/1", "10.0.0.5"),
         ("greeter.rpc/2", r#"{"Addr":"10.0.0.5:8080"}"#),
         ("greeter.rpc.admin/3", "10.0.0.6:8080"),
+        ("greeter.rpc/admin/4", "10.0.0.6:8081"),
     ];
     let expected = [
         ("greeter.rpc/7587861234567", "http://10.0.0.5:8080"),
@@ -180,6 +186,16 @@ async fn discovers_the_kratos_vectors() {
             "/microservices/greeter-admin/e",
             r#"{"id":"e","endpoints":["grpc://10.0.0.8:9000"]}"#,
         ),
+        // Kratos lists `/microservices/greeter` and keeps only the instances named
+        // `greeter`: not those of `greeter/admin`, nor one with no name.
+        (
+            "/microservices/greeter/admin/f",
+            r#"{"id":"f","name":"greeter/admin","endpoints":["grpc://10.0.0.8:9001"]}"#,
+        ),
+        (
+            "/microservices/greeter/g",
+            r#"{"id":"g","endpoints":["grpc://10.0.0.8:9002"]}"#,
+        ),
     ];
     let expected = [
         ("/microservices/greeter/a", "http://10.0.0.5:9000"),
@@ -187,7 +203,7 @@ async fn discovers_the_kratos_vectors() {
     ];
     let sentinel = (
         "/microservices/greeter/z",
-        r#"{"id":"z","endpoints":["grpc://10.0.0.9:9000"]}"#,
+        r#"{"id":"z","name":"greeter","endpoints":["grpc://10.0.0.9:9000"]}"#,
         "http://10.0.0.9:9000",
     );
     discovers_exactly(Kratos::new(), "greeter", &vectors, &expected, sentinel).await;
@@ -200,6 +216,10 @@ async fn discovers_the_blog_vectors_but_not_its_single_key() {
         // The original blog's one key per service lies outside `services/greeter/`.
         ("services/greeter", r#"{"ID":1,"IP":"127.0.0.1:8081"}"#),
         ("services/greeter/2", r#"{"ID":2}"#),
+        (
+            "services/greeter/admin/4",
+            r#"{"ID":4,"IP":"127.0.0.1:8084"}"#,
+        ),
     ];
     let expected = [("services/greeter/1", "http://127.0.0.1:8080")];
     let sentinel = (
@@ -215,6 +235,7 @@ async fn discovers_plain_addresses() {
     let vectors = [
         ("plain/greeter/a", "10.0.0.1:1"),
         ("plain/greeter/b", "nope"),
+        ("plain/greeter/admin/c", "10.0.0.2:1"),
     ];
     let expected = [("plain/greeter/a", "http://10.0.0.1:1")];
     let sentinel = ("plain/greeter/c", "[::1]:2", "http://[::1]:2");

@@ -96,6 +96,9 @@ impl EndpointRecipe {
 /// Decodes raw changes with one format, keeping the values that decoded.
 pub(super) struct Decoder {
     format: Arc<dyn Format>,
+    /// The service discovered: keys and values of other services under its prefix are
+    /// skipped ([`Format::decode_for`]).
+    service: String,
     recipe: EndpointRecipe,
     /// The keys announced as endpoints, with the values they were decoded from: entries
     /// shared with the engine, not copies.
@@ -103,9 +106,10 @@ pub(super) struct Decoder {
 }
 
 impl Decoder {
-    pub(super) fn new(format: Arc<dyn Format>, recipe: EndpointRecipe) -> Self {
+    pub(super) fn new(format: Arc<dyn Format>, service: String, recipe: EndpointRecipe) -> Self {
         Decoder {
             format,
+            service,
             recipe,
             good: Entries::new(),
         }
@@ -121,6 +125,8 @@ impl Decoder {
     /// - a put of a new or changed value that decodes is an insert;
     /// - a put that does not decode is skipped with a warning naming the key, and the
     ///   endpoint the key had before, if any, stays;
+    /// - a put of another service's instance (a nested service's key) is skipped the same
+    ///   way, with a `debug!`;
     /// - a delete of an announced key is a remove.
     pub(super) fn apply(&mut self, change: RawChange) -> Option<Change<String, Discovered>> {
         match change {
@@ -135,6 +141,10 @@ impl Decoder {
                         let key = key.to_owned();
                         self.good.insert(entry);
                         Some(Change::Insert(key, discovered))
+                    }
+                    Err(Skip::Decode(error)) if error.is_other_service() => {
+                        debug!(key, service = %self.service, reason = %error, "skipping another service's instance");
+                        None
                     }
                     Err(error) => {
                         warn!(key, error = %crate::error::Chain(&error), "skipping undecodable value");
@@ -152,7 +162,7 @@ impl Decoder {
 
     /// Decodes a registry value and builds the endpoint for it.
     fn endpoint_for(&self, key: &str, value: &[u8]) -> Result<Discovered, Skip> {
-        let instance = self.format.decode(key, value)?;
+        let instance = self.format.decode_for(&self.service, key, value)?;
         let endpoint = self.recipe.endpoint(&instance)?;
         let plain = self.recipe.is_plain(&instance);
         Ok(Discovered {
@@ -177,7 +187,7 @@ mod tests {
 
     #[test]
     fn a_bad_value_keeps_the_previous_endpoint() {
-        let mut d = Decoder::new(Arc::new(EtcdNaming), EndpointRecipe::default());
+        let mut d = Decoder::new(Arc::new(EtcdNaming), "s".into(), EndpointRecipe::default());
         assert!(matches!(
             d.apply(put("s/a", GOOD)),
             Some(Change::Insert(..))
@@ -194,9 +204,21 @@ mod tests {
 
     #[test]
     fn a_bad_key_is_never_announced_or_removed() {
-        let mut d = Decoder::new(Arc::new(EtcdNaming), EndpointRecipe::default());
+        let mut d = Decoder::new(Arc::new(EtcdNaming), "s".into(), EndpointRecipe::default());
         assert!(d.apply(put("s/bad", "{}")).is_none());
         assert!(d.apply(RawChange::Delete("s/bad".into())).is_none());
+    }
+
+    #[test]
+    fn a_nested_service_key_is_never_announced_or_removed() {
+        let mut d = Decoder::new(Arc::new(EtcdNaming), "s".into(), EndpointRecipe::default());
+        assert!(d.apply(put("s/admin/127.0.0.1:1", GOOD)).is_none());
+        assert!(d.apply(put("s/127.0.0.1:2", OTHER)).is_some());
+        assert!(
+            d.apply(RawChange::Delete("s/admin/127.0.0.1:1".into()))
+                .is_none()
+        );
+        assert_eq!(d.len(), 1);
     }
 
     #[test]
@@ -209,7 +231,7 @@ mod tests {
             hook: Some(hook),
             ..EndpointRecipe::default()
         };
-        let mut d = Decoder::new(Arc::new(EtcdNaming), recipe);
+        let mut d = Decoder::new(Arc::new(EtcdNaming), "s".into(), recipe);
         assert!(d.apply(put("s/a", GOOD)).is_some());
     }
 
@@ -222,8 +244,12 @@ mod tests {
 
     #[test]
     fn an_instance_that_asks_for_tls_gets_https() {
-        let mut d = Decoder::new(Arc::new(crate::Kratos::new()), EndpointRecipe::default());
-        let value = r#"{"id":"a","endpoints":["grpcs://127.0.0.1:9443"]}"#;
+        let mut d = Decoder::new(
+            Arc::new(crate::Kratos::new()),
+            "s".into(),
+            EndpointRecipe::default(),
+        );
+        let value = r#"{"id":"a","name":"s","endpoints":["grpcs://127.0.0.1:9443"]}"#;
         let uri = uri_of(d.apply(put("/microservices/s/a", value)));
         assert_eq!(uri, "https://127.0.0.1:9443/");
     }
@@ -235,7 +261,7 @@ mod tests {
             tls: Some(tonic::transport::ClientTlsConfig::new()),
             ..EndpointRecipe::default()
         };
-        let mut d = Decoder::new(Arc::new(EtcdNaming), recipe);
+        let mut d = Decoder::new(Arc::new(EtcdNaming), "s".into(), recipe);
         assert_eq!(uri_of(d.apply(put("s/a", GOOD))), "https://127.0.0.1:1/");
     }
 }

@@ -53,7 +53,9 @@ pub(crate) struct Discovered {
 /// - a deleted key is a [`Change::Remove`];
 /// - a put with an unchanged value, or a repeated event, yields nothing;
 /// - a value that does not decode is skipped with a `warn!` that names the key, and the
-///   endpoint the key had before, if any, stays.
+///   endpoint the key had before, if any, stays;
+/// - the key or value of a nested service (`greeter/admin` under `greeter`) is skipped with
+///   a `debug!` that names the key, where the format can tell ([`Format::decode_for`]).
 ///
 /// Transient etcd failures never become items, because an `Err` poisons a tower balancer
 /// for good. Discovery retries them with jittered backoff, resumes the watch from the last

@@ -30,7 +30,11 @@ pub(super) fn run(config: Config) -> ChangeStream {
         return Box::pin(futures_util::stream::iter([Err(error)]));
     }
     let subscriber = Subscriber {
-        decoder: Decoder::new(config.format.clone(), config.endpoint_hook.clone()),
+        decoder: Decoder::new(
+            config.format.clone(),
+            config.service.clone(),
+            config.endpoint_hook.clone(),
+        ),
         retry: Retry::new(config.backoff),
         config,
         prefix,

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{DecodeError, Format, Instance, decode_json, validate_addr};
+use super::{DecodeError, Format, Instance, decode_json, one_segment_below, validate_addr};
 
 /// The blog post's format: values `{"ID":1,"IP":"127.0.0.1:8080"}`.
 ///
@@ -11,6 +11,10 @@ use super::{DecodeError, Format, Instance, decode_json, validate_addr};
 /// instance instead, `services/<name>/<id>`, and reads every key under `services/<name>/`.
 /// The original single key is *not* read: it lies outside that prefix, and widening the
 /// prefix would also match `services/<name>-admin/...`.
+///
+/// Discovery takes only the keys one segment below `services/<name>/`: those of a nested
+/// name (`services/greeter/admin/<id>` under `greeter`) are skipped with a `debug!`. Values
+/// carry no service name, so nothing else tells two names apart.
 ///
 /// The id in the key is the one set with [`id`](Blog::id), or else the instance's address.
 /// `ID` in the value is that id, or 0; reading ignores it and takes the address from `IP`.
@@ -84,6 +88,11 @@ impl Format for Blog {
         validate_addr(&addr)?;
         Ok(Instance::new(addr))
     }
+
+    fn decode_for(&self, service: &str, key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
+        one_segment_below(&self.prefix(service), key)?;
+        self.decode(key, value)
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +127,27 @@ mod tests {
         assert_eq!(
             Blog::new().value("greeter", &a),
             br#"{"ID":0,"IP":"127.0.0.1:8080"}"#
+        );
+    }
+
+    #[test]
+    fn discovery_takes_only_keys_one_segment_below_the_prefix() {
+        let format = Blog::new();
+        let value = format.value("greeter", &Instance::new("10.0.0.1:1"));
+        let mine = format.decode_for("greeter", "services/greeter/10.0.0.1:1", &value);
+        assert_eq!(mine.expect("one segment below").addr, "10.0.0.1:1");
+        let error = format
+            .decode_for("greeter", "services/greeter/admin/10.0.0.1:1", &value)
+            .expect_err("a nested service's key");
+        assert!(error.is_other_service(), "{error}");
+        let theirs =
+            format.decode_for("greeter/admin", "services/greeter/admin/10.0.0.1:1", &value);
+        assert!(theirs.is_ok(), "the nested service takes its own key");
+        assert!(
+            format
+                .decode("services/greeter/admin/10.0.0.1:1", &value)
+                .is_ok(),
+            "decode alone does not look"
         );
     }
 

@@ -3,7 +3,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{DecodeError, Format, Instance, Metadata, decode_json, slash_prefix, validate_addr};
+use super::{
+    DecodeError, Format, Instance, Metadata, decode_json, one_segment_below, slash_prefix,
+    validate_addr,
+};
 
 /// The wire format of etcd's Go naming package, the `etcd:///` resolver of grpc-go.
 ///
@@ -16,6 +19,13 @@ use super::{DecodeError, Format, Instance, Metadata, decode_json, slash_prefix, 
 /// Writing puts `"Metadata":null` when there is no metadata, and otherwise a JSON *string*
 /// holding the encoded object, because an object or array there panics etcd's 3.5 Go
 /// resolver ("hash of unhashable type").
+///
+/// Discovery takes only the keys one segment below the target, `<target>/<addr>`: the keys
+/// of a nested target (`greeter/admin/<addr>` under `greeter`) are skipped with a `debug!`.
+/// etcd's Go resolver takes every key under `<target>/`, nested ones included; a Go
+/// registration whose key has more than one segment after the target (which etcd's
+/// `endpoints.Manager` allows, though the convention is `<target>/<addr>`) is therefore not
+/// read here. Values carry no service name, so nothing else tells two targets apart.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EtcdNaming;
 
@@ -66,6 +76,11 @@ impl Format for EtcdNaming {
             tls: false,
             metadata: metadata_from(&decoded.metadata),
         })
+    }
+
+    fn decode_for(&self, service: &str, key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
+        one_segment_below(&self.prefix(service), key)?;
+        self.decode(key, value)
     }
 }
 
@@ -136,6 +151,34 @@ mod tests {
             "services/greeter/10.0.0.1:1"
         );
         assert_eq!(EtcdNaming.prefix("services/greeter"), "services/greeter/");
+    }
+
+    #[test]
+    fn discovery_takes_only_keys_one_segment_below_the_prefix() {
+        let format = EtcdNaming;
+        let value = format.value("services/greeter", &Instance::new("10.0.0.1:1"));
+        let mine = format.decode_for("services/greeter", "services/greeter/10.0.0.1:1", &value);
+        assert_eq!(mine.expect("one segment below").addr, "10.0.0.1:1");
+        let error = format
+            .decode_for(
+                "services/greeter",
+                "services/greeter/admin/10.0.0.1:1",
+                &value,
+            )
+            .expect_err("a nested service's key");
+        assert!(error.is_other_service(), "{error}");
+        let theirs = format.decode_for(
+            "services/greeter/admin",
+            "services/greeter/admin/10.0.0.1:1",
+            &value,
+        );
+        assert!(theirs.is_ok(), "the nested service takes its own key");
+        assert!(
+            format
+                .decode("services/greeter/admin/10.0.0.1:1", &value)
+                .is_ok(),
+            "decode alone does not look"
+        );
     }
 
     #[test]

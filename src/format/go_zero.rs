@@ -1,7 +1,7 @@
 //! go-zero's etcd registry (`core/discov`), as its zrpc servers and clients use it.
 
 use super::plain::decode_addr_text;
-use super::{DecodeError, Format, Instance, slash_prefix};
+use super::{DecodeError, Format, Instance, one_segment_below, slash_prefix};
 
 /// The format of go-zero's `discov` publisher and subscriber.
 ///
@@ -11,10 +11,13 @@ use super::{DecodeError, Format, Instance, slash_prefix};
 /// `10.0.0.5:8080`; reading trims ASCII whitespace around it. There is no metadata and no
 /// TLS flag.
 ///
+/// Discovery takes only the keys one segment below the go-zero key, `<key>/<id>`: the keys
+/// of a nested key (`greeter.rpc/admin/<id>` under `greeter.rpc`) are skipped with a
+/// `debug!`. go-zero's own subscriber takes every key under `<key>/`. Values carry no
+/// service name, so nothing else tells two keys apart.
+///
 /// Two keys may carry the same address, for example while a server re-registers under a
-/// new lease and the old key has not expired yet. Discovery keys its changes by the etcd key,
-/// so each key is its own endpoint, and the address stays reachable until its last key is
-/// deleted.
+/// new lease and the old key has not expired yet.
 ///
 /// ```
 /// use tonic_etcd::format::{Format, GoZero, Instance};
@@ -61,6 +64,11 @@ impl Format for GoZero {
     fn decode(&self, _key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
         decode_addr_text(value)
     }
+
+    fn decode_for(&self, service: &str, key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
+        one_segment_below(&self.prefix(service), key)?;
+        self.decode(key, value)
+    }
 }
 
 #[cfg(test)]
@@ -92,6 +100,24 @@ mod tests {
         let a = format.decode("k/1", b"10.0.0.5:8080").expect("first key");
         let b = format.decode("k/2", b"10.0.0.5:8080").expect("second key");
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn discovery_takes_only_keys_one_segment_below_the_prefix() {
+        let format = GoZero::new();
+        let value = format.value("greeter.rpc", &Instance::new("10.0.0.1:1"));
+        let mine = format.decode_for("greeter.rpc", "greeter.rpc/7587", &value);
+        assert_eq!(mine.expect("one segment below").addr, "10.0.0.1:1");
+        let error = format
+            .decode_for("greeter.rpc", "greeter.rpc/admin/7588", &value)
+            .expect_err("a nested service's key");
+        assert!(error.is_other_service(), "{error}");
+        let theirs = format.decode_for("greeter.rpc/admin", "greeter.rpc/admin/7588", &value);
+        assert!(theirs.is_ok(), "the nested service takes its own key");
+        assert!(
+            format.decode("greeter.rpc/admin/7588", &value).is_ok(),
+            "decode alone does not look"
+        );
     }
 
     #[test]

@@ -16,6 +16,12 @@ const DEFAULT_NAMESPACE: &str = "/microservices";
 /// are
 /// `{"id":"..","name":"..","version":"..","metadata":{..} or null,"endpoints":["http://..","grpc://10.0.0.5:9000"]}`.
 ///
+/// Discovery takes only the instances whose `name` is the service, as Kratos's own registry
+/// does: the listing of `/microservices/greeter/` also holds the instances of a service
+/// named `greeter/admin`, which are skipped with a `debug!`, as is an instance with no
+/// `name`. The key is not looked at: an instance named `greeter` counts wherever its key
+/// lies under the prefix.
+///
 /// Reading takes the host and port of the first `grpc://` or `grpcs://` endpoint, ignoring
 /// its path and query string; `grpcs://` means TLS. Kratos before 2.3 marked TLS with a
 /// `grpc://host:port?isSecure=true` query instead, and that is honoured too. An instance
@@ -90,6 +96,8 @@ struct Encoded<'a> {
 #[derive(Deserialize)]
 struct Decoded {
     #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
     version: Option<String>,
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
@@ -123,7 +131,29 @@ impl Format for Kratos {
     }
 
     fn decode(&self, _key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
+        decode_json::<Decoded>(value)?.into_instance()
+    }
+
+    /// Takes only the instances whose `name` is `service` (give or take surrounding
+    /// slashes), like Kratos's registry: its listing of `/microservices/greeter` also holds
+    /// the instances of `greeter/admin`.
+    fn decode_for(&self, service: &str, _key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
         let decoded: Decoded = decode_json(value)?;
+        let service = service.trim_matches('/');
+        let name = decoded.name.as_deref().unwrap_or_default();
+        if name != service {
+            return Err(DecodeError::OtherService {
+                name: name.to_owned(),
+                service: service.to_owned(),
+            });
+        }
+        decoded.into_instance()
+    }
+}
+
+impl Decoded {
+    fn into_instance(self) -> Result<Instance, DecodeError> {
+        let decoded = self;
         let endpoints = decoded.endpoints.unwrap_or_default();
         let (addr, tls) = grpc_endpoint(&endpoints)?;
         let mut metadata = decoded
@@ -271,6 +301,49 @@ mod tests {
         );
         let custom = Kratos::new().namespace("/apps/");
         assert_eq!(custom.key("greeter/", &i, 5), "/apps/greeter/10.0.0.5:9000");
+    }
+
+    #[test]
+    fn discovery_takes_only_instances_named_after_the_service() {
+        let value = |name: &str| {
+            format!(r#"{{"id":"a","name":"{name}","endpoints":["grpc://10.0.0.5:9000"]}}"#)
+        };
+        let k = Kratos::new();
+        let mine = k.decode_for(
+            "greeter",
+            "/microservices/greeter/a",
+            value("greeter").as_bytes(),
+        );
+        assert_eq!(mine.expect("own name").addr, "10.0.0.5:9000");
+        let slashed = k.decode_for(
+            "/greeter/",
+            "/microservices/greeter/a",
+            value("greeter").as_bytes(),
+        );
+        assert!(slashed.is_ok(), "surrounding slashes do not count");
+        let nested = value("greeter/admin");
+        let error = k
+            .decode_for(
+                "greeter",
+                "/microservices/greeter/admin/a",
+                nested.as_bytes(),
+            )
+            .expect_err("a nested service's instance");
+        assert!(error.is_other_service(), "{error}");
+        assert!(error.to_string().contains("greeter/admin"), "{error}");
+        // The nested service itself takes it.
+        assert!(
+            k.decode_for("greeter/admin", "k", nested.as_bytes())
+                .is_ok()
+        );
+        let unnamed = br#"{"id":"a","endpoints":["grpc://10.0.0.5:9000"]}"#;
+        let error = k.decode_for("greeter", "k", unnamed).expect_err("no name");
+        assert!(error.is_other_service(), "{error}");
+        // Plain `decode` does not look at the name.
+        assert!(k.decode("k", unnamed).is_ok());
+        // A broken value of another service is still a broken value.
+        let bad = k.decode_for("greeter", "k", b"{").expect_err("bad json");
+        assert!(!bad.is_other_service());
     }
 
     #[test]

@@ -15,6 +15,24 @@
 //!
 //! Every decoder validates the address (`host:port`, port in 1..=65535) and returns a
 //! [`DecodeError`] rather than panicking, whatever the bytes.
+//!
+//! # Nested services
+//!
+//! The keys of a service whose name extends another's with a slash (`greeter/admin` under
+//! `greeter`) lie under the other's prefix, so a listing of `greeter` sees them. Discovery
+//! decodes with [`Format::decode_for`], which tells them apart where the format can:
+//!
+//! | format | tells `greeter` from `greeter/admin` by | cannot tell apart |
+//! |---|---|---|
+//! | [`EtcdNaming`] | key depth: only `<target>/<one segment>` | an instance key of more than one segment (`<target>/<host>/<port>`), which etcd's Go resolver would take and this skips |
+//! | [`GoZero`] | key depth: only `<key>/<id>` | as etcd naming |
+//! | [`Kratos`] | the value's `name`, as Kratos's own registry does | instances whose `name` is the service's, wherever their key lies under the prefix |
+//! | [`Blog`] | key depth: only `services/<name>/<id>` | the original single key `services/<name>`, which it never reads |
+//! | [`PlainAddr`] | key depth: only `<prefix>/<addr>` | as etcd naming |
+//!
+//! No format can tell apart two services whose names differ only in leading or trailing
+//! slashes: they are one service. A value written in another format under the same prefix
+//! does not decode, and is skipped with a warning that names its key.
 
 mod blog;
 mod etcd_naming;
@@ -89,6 +107,21 @@ pub trait Format: fmt::Debug + Send + Sync + 'static {
 
     /// Decodes the instance that the key and value describe.
     fn decode(&self, key: &str, value: &[u8]) -> Result<Instance, DecodeError>;
+
+    /// Decodes the instance that the key and value describe, if it is an instance of
+    /// `service` itself, and not of a nested service whose keys lie under the same prefix
+    /// (`greeter/admin` under `greeter`).
+    ///
+    /// Discovery calls this for every key under [`prefix`](Format::prefix)`(service)`, and
+    /// skips one that belongs to another service ([`DecodeError::NestedKey`] or
+    /// [`DecodeError::OtherService`]) with a `debug!` that names the key. The built-in
+    /// formats check what they can (see the [module docs](crate::format#nested-services)).
+    ///
+    /// The default takes every key under the prefix: it is [`decode`](Format::decode).
+    fn decode_for(&self, service: &str, key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
+        let _ = service;
+        self.decode(key, value)
+    }
 }
 
 impl<F: Format + ?Sized> Format for Box<F> {
@@ -107,6 +140,10 @@ impl<F: Format + ?Sized> Format for Box<F> {
     fn decode(&self, key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
         (**self).decode(key, value)
     }
+
+    fn decode_for(&self, service: &str, key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
+        (**self).decode_for(service, key, value)
+    }
 }
 
 impl<F: Format + ?Sized> Format for Arc<F> {
@@ -124,6 +161,10 @@ impl<F: Format + ?Sized> Format for Arc<F> {
 
     fn decode(&self, key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
         (**self).decode(key, value)
+    }
+
+    fn decode_for(&self, service: &str, key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
+        (**self).decode_for(service, key, value)
     }
 }
 
@@ -151,11 +192,49 @@ pub enum DecodeError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The key is not one segment below the service's prefix, where the format puts its
+    /// instances: it is the key of a nested service (`greeter/admin/<addr>` under
+    /// `greeter/`), or of something else.
+    #[error("key is not one segment below {prefix:?}: it belongs to a nested service")]
+    NestedKey {
+        /// The service's prefix.
+        prefix: String,
+    },
+    /// The value describes an instance of another service, as a Kratos instance of
+    /// `greeter/admin` listed under `greeter` does.
+    #[error("value is an instance of service {name:?}, not {service:?}")]
+    OtherService {
+        /// The service the value names (empty if it names none).
+        name: String,
+        /// The service being decoded.
+        service: String,
+    },
+}
+
+impl DecodeError {
+    /// Whether the key or value belongs to another service: not a fault, just not ours.
+    pub(crate) fn is_other_service(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::NestedKey { .. } | DecodeError::OtherService { .. }
+        )
+    }
 }
 
 /// The prefix `<service>/`, with exactly one trailing slash.
 fn slash_prefix(service: &str) -> String {
     format!("{}/", service.trim_end_matches('/'))
+}
+
+/// Checks that `key` lies exactly one segment below `prefix`, as the instance keys of the
+/// formats named after an address or an id do, and not deeper, as a nested service's do.
+pub(crate) fn one_segment_below(prefix: &str, key: &str) -> Result<(), DecodeError> {
+    match key.strip_prefix(prefix) {
+        Some(rest) if !rest.contains('/') => Ok(()),
+        _ => Err(DecodeError::NestedKey {
+            prefix: prefix.to_owned(),
+        }),
+    }
 }
 
 /// Parses a JSON value, telling text that is not UTF-8 from text that is not the JSON wanted.
@@ -244,6 +323,7 @@ mod tests {
                 format.decode("s/x", b"10.0.0.1:1").ok(),
                 Some(instance.clone())
             );
+            assert!(format.decode_for("s", "s/x/y", b"10.0.0.1:1").is_err());
         }
     }
 

@@ -1,8 +1,11 @@
 //! The plain address format: the value is the address and nothing else.
 
-use super::{DecodeError, Format, Instance, slash_prefix, validate_addr};
+use super::{DecodeError, Format, Instance, one_segment_below, slash_prefix, validate_addr};
 
 /// The simplest format: keys `<prefix>/<addr>`, values the bare address, `10.0.0.1:50051`.
+///
+/// Discovery takes only the keys one segment below the prefix: those of a nested prefix
+/// (`<prefix>/admin/<addr>`) are skipped with a `debug!`.
 ///
 /// It carries no metadata and no TLS flag. Reading trims ASCII whitespace around the value,
 /// so a value put with a trailing newline still decodes.
@@ -32,6 +35,11 @@ impl Format for PlainAddr {
 
     fn decode(&self, _key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
         decode_addr_text(value)
+    }
+
+    fn decode_for(&self, service: &str, key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
+        one_segment_below(&self.prefix(service), key)?;
+        self.decode(key, value)
     }
 }
 
@@ -64,6 +72,30 @@ mod tests {
         assert_eq!(PlainAddr.key("s/", &i, 9), "s/10.0.0.1:1");
         assert_eq!(PlainAddr.value("s", &i), b"10.0.0.1:1");
         assert_eq!(PlainAddr.prefix("s"), "s/");
+    }
+
+    #[test]
+    fn discovery_takes_only_keys_one_segment_below_the_prefix() {
+        let format = PlainAddr;
+        let value = format.value("plain/greeter", &Instance::new("10.0.0.1:1"));
+        let mine = format.decode_for("plain/greeter", "plain/greeter/10.0.0.1:1", &value);
+        assert_eq!(mine.expect("one segment below").addr, "10.0.0.1:1");
+        let error = format
+            .decode_for("plain/greeter", "plain/greeter/admin/10.0.0.1:1", &value)
+            .expect_err("a nested service's key");
+        assert!(error.is_other_service(), "{error}");
+        let theirs = format.decode_for(
+            "plain/greeter/admin",
+            "plain/greeter/admin/10.0.0.1:1",
+            &value,
+        );
+        assert!(theirs.is_ok(), "the nested service takes its own key");
+        assert!(
+            format
+                .decode("plain/greeter/admin/10.0.0.1:1", &value)
+                .is_ok(),
+            "decode alone does not look"
+        );
     }
 
     #[test]
