@@ -7,6 +7,7 @@ mod conn;
 mod direct;
 mod driver;
 mod health;
+mod outlier;
 mod pick;
 mod retry_decision;
 mod retry_policy;
