@@ -163,7 +163,9 @@ impl Attempts {
             return RetryDecision::Stop(NoRetry::Committed);
         }
         if failure.pushback == Pushback::Refused {
-            throttle.map(TokenBucket::record_failure);
+            if let Some(bucket) = throttle {
+                bucket.record_failure();
+            }
             return RetryDecision::Stop(NoRetry::PushbackRefused);
         }
         if !self.policy.retries(failure.code) {

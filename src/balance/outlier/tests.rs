@@ -320,3 +320,46 @@ fn the_ejection_time_grows_for_a_repeat_offender_and_relaxes_after() {
     );
     assert_eq!(states[0].times_ejected(), 4);
 }
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever the settings and whichever endpoints fail, trying to eject every
+        /// endpoint in turn keeps one in rotation, stays within the max ejection percent
+        /// (or one), and ejects nothing while every endpoint fails and panic is on.
+        #[test]
+        fn ejection_never_empties_the_set_nor_storms(
+            failing in proptest::collection::vec(any::<bool>(), 1..30),
+            max_percent in prop_oneof![Just(0u32), Just(100u32), 0u32..=100],
+            panic in prop_oneof![Just(0u32), 0u32..=100],
+            order_seed in any::<u64>(),
+        ) {
+            let now = Instant::now();
+            let config = OutlierDetection::default()
+                .max_ejection_percent(max_percent)
+                .panic_threshold(panic);
+            let n = failing.len();
+            let mut states = set(n, &config, now);
+            for (state, &fails) in states.iter_mut().zip(&failing) {
+                if fails {
+                    fail_in_a_row(state, &config, now);
+                }
+            }
+            let mut order: Vec<usize> = (0..n).collect();
+            fastrand::Rng::with_seed(order_seed).shuffle(&mut order);
+            for i in order {
+                eject(&mut states, i, &config, now);
+            }
+            let count = ejected(&states, now).len();
+            prop_assert!(count < n || n == 0);
+            let allowed = (max_percent as usize * n / 100).max(usize::from(max_percent > 0));
+            prop_assert!(count <= allowed, "{count} of {n} at {max_percent} %");
+            if panic > 0 && failing.iter().all(|&f| f) {
+                prop_assert_eq!(count, 0);
+            }
+        }
+    }
+}
