@@ -6,7 +6,7 @@ SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 CARGO ?= cargo
 
-.PHONY: deps demo test
+.PHONY: deps demo test package
 
 # What the build and the tests need from the system, checked by the file each package brings:
 # - protoc (protobuf-compiler): etcd-client's build and the examples' greeter proto;
@@ -34,9 +34,21 @@ demo: deps
 	$(CARGO) build --examples
 	bash scripts/demo.sh
 
-# Every feature (tls, health) is built and tested; the default build is checked too.
+# Every crate of the workspace with every feature (tls, health) is built and tested; the
+# library's default build is checked too, and so is what `cargo publish` would upload: the
+# package must build on its own, without the workspace's greeter crate and with no build script.
 test: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --all-features -- -D warnings
-	$(CARGO) clippy --lib -- -D warnings
-	$(CARGO) test --all-features
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	$(CARGO) clippy -p tonic-etcd --lib -- -D warnings
+	$(CARGO) test --workspace --all-features
+	$(MAKE) package
+
+# `cargo package` builds the packed crate from its .crate file alone, as a dependent gets it;
+# the list shows that it carries no build script, proto, test, example or benchmark.
+# --allow-dirty: a developer may run it with uncommitted work; CI runs on a clean clone.
+package:
+	@if $(CARGO) package -p tonic-etcd --allow-dirty --list | grep -E '^(build\.rs|proto/|crates/|tests/|examples/|benches/)'; then \
+		echo "package: the files above are not for dependents (see include in Cargo.toml)" >&2; exit 1; fi
+	$(CARGO) package -p tonic-etcd --allow-dirty
+

@@ -72,6 +72,7 @@
     rust_2018_idioms
 )]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
 mod balance;

@@ -10,10 +10,8 @@ use clap::ValueEnum;
 use tonic_etcd::etcd_client::Client;
 use tonic_etcd::{Blog, Error, EtcdConfig, EtcdNaming, Format, GoZero, Kratos};
 
-/// The code generated from `proto/helloworld.proto`.
-pub mod pb {
-    tonic::include_proto!("helloworld");
-}
+/// The code generated from the greeter proto (crates/greeter/proto/helloworld.proto).
+pub use hello_world as pb;
 
 /// The etcd endpoints used when neither `--etcd` nor `$ETCD_ENDPOINTS` is given.
 pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";

@@ -124,6 +124,7 @@ impl Balancer {
     ///
     /// Requires the `health` feature.
     #[cfg(feature = "health")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
     pub fn health_check(mut self, service: impl Into<String>, interval: Duration) -> Self {
         self.health_check = Some(health::HealthCheck {
             service: service.into(),

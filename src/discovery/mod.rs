@@ -189,6 +189,7 @@ impl EtcdDiscover {
     /// # }
     /// ```
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(self, config: tonic::transport::ClientTlsConfig) -> Self {
         self.configure(|c| c.endpoint_hook.tls = Some(config))
     }

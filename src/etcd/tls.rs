@@ -25,6 +25,7 @@ pub(super) struct TlsSettings {
     domain: Option<String>,
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 impl EtcdConfig {
     /// The CA certificate (PEM) that etcd's server certificate must be signed by.
     /// Default: none, so only the roots of tonic's `tls-native-roots` or

@@ -24,6 +24,7 @@ impl Registration {
     /// with it.
     ///
     /// Requires the `health` feature.
+    #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
     pub fn follow_health(&mut self, reporter: &HealthReporter, service_name: impl Into<String>) {
         let service = HealthService::from_health_reporter(reporter.clone());
         let name = service_name.into();

@@ -46,11 +46,9 @@ pub use load::{Load, Tally};
 pub use relay::Relay;
 pub use tls::TestPki;
 
-/// The generated `helloworld` protobuf code: `greeter_server::{Greeter, GreeterServer}`,
-/// `greeter_client::GreeterClient`, `HelloRequest` and `HelloReply`.
-pub mod pb {
-    tonic::include_proto!("helloworld");
-}
+/// The generated `helloworld` protobuf code (crates/greeter): `greeter_server::{Greeter,
+/// GreeterServer}`, `greeter_client::GreeterClient`, `HelloRequest` and `HelloReply`.
+pub use hello_world as pb;
 
 /// How often [`wait_until`] and [`wait_for`] evaluate their condition.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(25);

@@ -1,4 +1,4 @@
-//! Compiles the helloworld Greeter proto for the examples and the integration tests.
+//! Compiles the helloworld Greeter proto (needs `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/helloworld.proto");
