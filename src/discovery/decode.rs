@@ -1,108 +1,30 @@
 //! Turning raw registry changes into endpoint changes, per subscriber.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tonic::transport::Endpoint;
 use tower::discover::Change;
 use tracing::{debug, warn};
 
+use super::Discovered;
+use super::addresses::{Addresses, Announce};
 use super::diff::RawChange;
-use super::entries::Entries;
-use super::{Discovered, EndpointHook};
-use crate::format::{DecodeError, Format, Instance};
+use super::entries::{Entries, Entry};
+use super::recipe::{EndpointRecipe, Skip};
+use crate::format::Format;
 
-/// How an instance becomes an [`Endpoint`]: the scheme and TLS, then the user's hook.
-#[derive(Clone, Default)]
-pub(super) struct EndpointRecipe {
-    pub(super) hook: Option<EndpointHook>,
-    /// TLS for every endpoint, whatever the instance says.
-    #[cfg(feature = "tls")]
-    pub(super) tls: Option<tonic::transport::ClientTlsConfig>,
-}
-
-/// Why a value is not announced.
-#[derive(Debug, thiserror::Error)]
-enum Skip {
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-    #[cfg(feature = "tls")]
-    #[error("cannot use the tls configuration for this instance")]
-    Tls(#[source] tonic::transport::Error),
-}
-
-impl EndpointRecipe {
-    /// The endpoint for `instance`: `https://<addr>` with TLS if the recipe has a TLS
-    /// configuration or the instance asks for TLS, `http://<addr>` otherwise, with a 5 s
-    /// connect timeout; then the hook, if any.
-    fn endpoint(&self, instance: &Instance) -> Result<Endpoint, Skip> {
-        let tls = self.uses_tls(instance);
-        let scheme = if tls { "https" } else { "http" };
-        let endpoint = Endpoint::from_shared(format!("{scheme}://{}", instance.addr))
-            .map_err(|_| DecodeError::InvalidAddress {
-                addr: instance.addr.clone(),
-                reason: "not a valid uri authority",
-            })?
-            .connect_timeout(Duration::from_secs(5));
-        let endpoint = if tls {
-            self.with_tls(endpoint)?
-        } else {
-            endpoint
-        };
-        Ok(match &self.hook {
-            Some(hook) => hook(endpoint, instance),
-            None => endpoint,
-        })
-    }
-
-    /// Whether the endpoint for `instance` is the default one: `http://<addr>`, no hook.
-    fn is_plain(&self, instance: &Instance) -> bool {
-        self.hook.is_none() && !self.uses_tls(instance)
-    }
-
-    #[cfg(feature = "tls")]
-    fn uses_tls(&self, instance: &Instance) -> bool {
-        self.tls.is_some() || instance.tls
-    }
-
-    #[cfg(not(feature = "tls"))]
-    fn uses_tls(&self, instance: &Instance) -> bool {
-        instance.tls
-    }
-
-    /// Sets the TLS configuration; an instance that asks for TLS when none is configured
-    /// trusts the roots of tonic's root-store features, if any is enabled.
-    #[cfg(feature = "tls")]
-    fn with_tls(&self, endpoint: Endpoint) -> Result<Endpoint, Skip> {
-        let config = self
-            .tls
-            .clone()
-            .unwrap_or_else(|| tonic::transport::ClientTlsConfig::new().with_enabled_roots());
-        endpoint.tls_config(config).map_err(Skip::Tls)
-    }
-
-    /// Without the `tls` feature tonic cannot speak TLS: the `https://` endpoint is kept,
-    /// so that the instance shows, but calls to it fail.
-    #[cfg(not(feature = "tls"))]
-    fn with_tls(&self, endpoint: Endpoint) -> Result<Endpoint, Skip> {
-        warn!(
-            uri = %endpoint.uri(),
-            "instance asks for tls, but tonic-etcd is built without its `tls` feature: calls to it will fail"
-        );
-        Ok(endpoint)
-    }
-}
-
-/// Decodes raw changes with one format, keeping the values that decoded.
+/// Decodes raw changes with one format, keeping the values that decoded, and announces one
+/// endpoint per address however many keys hold it (see [`super::addresses`]).
 pub(super) struct Decoder {
     format: Arc<dyn Format>,
     /// The service discovered: keys and values of other services under its prefix are
     /// skipped ([`Format::decode_for`]).
     service: String,
     recipe: EndpointRecipe,
-    /// The keys announced as endpoints, with the values they were decoded from: entries
-    /// shared with the engine, not copies.
+    /// The keys that hold an endpoint's address, with the values they were decoded from:
+    /// entries shared with the engine, not copies.
     good: Entries,
+    /// Which of those keys hold each address, and which one it is announced under.
+    addresses: Addresses,
 }
 
 impl Decoder {
@@ -112,52 +34,115 @@ impl Decoder {
             service,
             recipe,
             good: Entries::new(),
+            addresses: Addresses::default(),
         }
     }
 
-    /// How many endpoints are announced.
+    /// How many endpoints are announced: one per address.
     pub(super) fn len(&self) -> usize {
-        self.good.len()
+        self.addresses.len()
     }
 
-    /// The endpoint change for a raw change, if any:
+    /// The endpoint changes for a raw change, keyed by an etcd key that holds the address:
     ///
-    /// - a put of a new or changed value that decodes is an insert;
+    /// - a put of a new or changed value that decodes is an insert, unless another key
+    ///   holds the same address already: then it only updates that endpoint if its value
+    ///   differs;
     /// - a put that does not decode is skipped with a warning naming the key, and the
     ///   endpoint the key had before, if any, stays;
     /// - a put of another service's instance (a nested service's key) is skipped the same
     ///   way, with a `debug!`;
-    /// - a delete of an announced key is a remove.
-    pub(super) fn apply(&mut self, change: RawChange) -> Option<Change<String, Discovered>> {
+    /// - a delete removes the endpoint once no key holds its address any more.
+    pub(super) fn apply(&mut self, change: RawChange) -> Vec<Change<String, Discovered>> {
         match change {
             RawChange::Put(entry) => {
-                let key = entry.key();
-                if self.good.get(key) == Some(&entry) {
-                    return None;
+                if self.good.get(entry.key()) == Some(&entry) {
+                    return Vec::new();
                 }
-                match self.endpoint_for(key, entry.value()) {
-                    Ok(discovered) => {
-                        debug!(key, addr = %discovered.instance.addr, "endpoint inserted");
-                        let key = key.to_owned();
-                        self.good.insert(entry);
-                        Some(Change::Insert(key, discovered))
-                    }
+                match self.endpoint_for(entry.key(), entry.value()) {
+                    Ok(discovered) => self.put(entry, discovered),
                     Err(Skip::Decode(error)) if error.is_other_service() => {
-                        debug!(key, service = %self.service, reason = %error, "skipping another service's instance");
-                        None
+                        debug!(key = entry.key(), service = %self.service, reason = %error, "skipping another service's instance");
+                        Vec::new()
                     }
                     Err(error) => {
-                        warn!(key, error = %crate::error::Chain(&error), "skipping undecodable value");
-                        None
+                        warn!(key = entry.key(), error = %crate::error::Chain(&error), "skipping undecodable value");
+                        Vec::new()
                     }
                 }
             }
             RawChange::Delete(key) => {
-                self.good.remove(&key)?;
-                debug!(key, "endpoint removed");
-                Some(Change::Remove(key))
+                let Some(old) = self.good.remove(&key) else {
+                    return Vec::new();
+                };
+                let Some(addr) = self.addr_of(&old) else {
+                    return Vec::new();
+                };
+                let announces = self.addresses.delete(&key, &addr);
+                self.changes(announces, None)
             }
         }
+    }
+
+    /// `entry`, which decoded to `discovered`, is good: the changes it makes.
+    fn put(&mut self, entry: Entry, discovered: Discovered) -> Vec<Change<String, Discovered>> {
+        let previous = self.good.insert(entry.clone());
+        let previous = previous.and_then(|old| self.addr_of(&old));
+        let addr = discovered.instance.addr.clone();
+        let key = entry.key().to_owned();
+        let announces = self.addresses.put(entry, &addr, previous.as_deref());
+        if let Some(holder) = self.addresses.announced_as(&addr).filter(|h| *h != key) {
+            debug!(
+                key,
+                addr,
+                announced_as = holder,
+                "address already held by another key: one endpoint"
+            );
+        }
+        self.changes(announces, Some((key, discovered)))
+    }
+
+    /// Turns announcements into changes. `just_put` is the key just put and its decoded
+    /// endpoint, which an announcement that follows it reuses.
+    fn changes(
+        &self,
+        announces: Vec<Announce>,
+        mut just_put: Option<(String, Discovered)>,
+    ) -> Vec<Change<String, Discovered>> {
+        let mut changes = Vec::with_capacity(announces.len());
+        for announce in announces {
+            match announce {
+                Announce::Remove(key) => {
+                    debug!(key, "endpoint removed");
+                    changes.push(Change::Remove(key));
+                }
+                Announce::Insert { key, entry } => {
+                    let discovered = match just_put.take_if(|(k, _)| k == entry.key()) {
+                        Some((_, discovered)) => Ok(discovered),
+                        None => self.endpoint_for(entry.key(), entry.value()),
+                    };
+                    match discovered {
+                        Ok(discovered) => {
+                            debug!(key, addr = %discovered.instance.addr, "endpoint inserted");
+                            changes.push(Change::Insert(key, discovered));
+                        }
+                        // It decoded before, with the same format and recipe.
+                        Err(error) => {
+                            warn!(key, error = %crate::error::Chain(&error), "cannot rebuild endpoint")
+                        }
+                    }
+                }
+            }
+        }
+        changes
+    }
+
+    /// The address a good entry holds.
+    fn addr_of(&self, entry: &Entry) -> Option<String> {
+        let decoded = self
+            .format
+            .decode_for(&self.service, entry.key(), entry.value());
+        decoded.ok().map(|instance| instance.addr)
     }
 
     /// Decodes a registry value and builds the endpoint for it.
@@ -177,9 +162,18 @@ impl Decoder {
 mod tests {
     use super::*;
     use crate::EtcdNaming;
+    use crate::discovery::EndpointHook;
+    use tonic::transport::Endpoint;
 
     fn put(key: &str, value: &str) -> RawChange {
         RawChange::Put(crate::discovery::entries::entry(key, value))
+    }
+
+    /// Applies a change that makes at most one endpoint change.
+    fn apply1(d: &mut Decoder, change: RawChange) -> Option<Change<String, Discovered>> {
+        let mut changes = d.apply(change);
+        assert!(changes.len() <= 1, "{changes:?}");
+        changes.pop()
     }
 
     const GOOD: &str = r#"{"Addr":"127.0.0.1:1"}"#;
@@ -189,15 +183,17 @@ mod tests {
     fn a_bad_value_keeps_the_previous_endpoint() {
         let mut d = Decoder::new(Arc::new(EtcdNaming), "s".into(), EndpointRecipe::default());
         assert!(matches!(
-            d.apply(put("s/a", GOOD)),
+            apply1(&mut d, put("s/a", GOOD)),
             Some(Change::Insert(..))
         ));
-        assert!(d.apply(put("s/a", "garbage")).is_none());
+        assert!(apply1(&mut d, put("s/a", "garbage")).is_none());
         // Back to the value already announced: nothing to do.
-        assert!(d.apply(put("s/a", GOOD)).is_none());
-        assert!(matches!(d.apply(put("s/a", OTHER)), Some(Change::Insert(k, _)) if k == "s/a"));
+        assert!(apply1(&mut d, put("s/a", GOOD)).is_none());
+        assert!(
+            matches!(apply1(&mut d, put("s/a", OTHER)), Some(Change::Insert(k, _)) if k == "s/a")
+        );
         assert!(matches!(
-            d.apply(RawChange::Delete("s/a".into())),
+            apply1(&mut d, RawChange::Delete("s/a".into())),
             Some(Change::Remove(_))
         ));
     }
@@ -205,20 +201,91 @@ mod tests {
     #[test]
     fn a_bad_key_is_never_announced_or_removed() {
         let mut d = Decoder::new(Arc::new(EtcdNaming), "s".into(), EndpointRecipe::default());
-        assert!(d.apply(put("s/bad", "{}")).is_none());
-        assert!(d.apply(RawChange::Delete("s/bad".into())).is_none());
+        assert!(apply1(&mut d, put("s/bad", "{}")).is_none());
+        assert!(apply1(&mut d, RawChange::Delete("s/bad".into())).is_none());
     }
 
     #[test]
     fn a_nested_service_key_is_never_announced_or_removed() {
         let mut d = Decoder::new(Arc::new(EtcdNaming), "s".into(), EndpointRecipe::default());
-        assert!(d.apply(put("s/admin/127.0.0.1:1", GOOD)).is_none());
-        assert!(d.apply(put("s/127.0.0.1:2", OTHER)).is_some());
-        assert!(
-            d.apply(RawChange::Delete("s/admin/127.0.0.1:1".into()))
-                .is_none()
+        assert!(apply1(&mut d, put("s/admin/127.0.0.1:1", GOOD)).is_none());
+        assert!(apply1(&mut d, put("s/127.0.0.1:2", OTHER)).is_some());
+        assert!(apply1(&mut d, RawChange::Delete("s/admin/127.0.0.1:1".into())).is_none());
+        assert_eq!(d.len(), 1);
+    }
+
+    /// The changes as `(key, Some(addr))` for an insert, `(key, None)` for a remove.
+    fn seen(changes: Vec<Change<String, Discovered>>) -> Vec<(String, Option<String>)> {
+        let seen = |change: Change<String, Discovered>| match change {
+            Change::Insert(key, d) => (key, Some(d.instance.addr)),
+            Change::Remove(key) => (key, None),
+        };
+        changes.into_iter().map(seen).collect()
+    }
+
+    fn pair(key: &str, addr: Option<&str>) -> (String, Option<String>) {
+        (key.to_owned(), addr.map(str::to_owned))
+    }
+
+    #[test]
+    fn one_address_under_two_keys_is_one_endpoint() {
+        let mut d = Decoder::new(
+            Arc::new(crate::GoZero::new()),
+            "s".into(),
+            EndpointRecipe::default(),
+        );
+        let a = "127.0.0.1:1";
+        assert_eq!(seen(d.apply(put("s/1", a))), [pair("s/1", Some(a))]);
+        assert_eq!(
+            seen(d.apply(put("s/2", a))),
+            [],
+            "a second key adds nothing"
+        );
+        assert_eq!(seen(d.apply(put("s/3", "127.0.0.1:2"))).len(), 1);
+        assert_eq!(d.len(), 2, "two addresses");
+        // The first key goes: the address stays, under the key left.
+        let moved = seen(d.apply(RawChange::Delete("s/1".into())));
+        assert_eq!(moved, [pair("s/1", None), pair("s/2", Some(a))]);
+        assert_eq!(d.len(), 2);
+        // The last key goes: the address goes.
+        assert_eq!(
+            seen(d.apply(RawChange::Delete("s/2".into()))),
+            [pair("s/2", None)]
         );
         assert_eq!(d.len(), 1);
+    }
+
+    #[test]
+    fn a_later_key_of_an_address_going_first_changes_nothing() {
+        let mut d = Decoder::new(
+            Arc::new(crate::GoZero::new()),
+            "s".into(),
+            EndpointRecipe::default(),
+        );
+        let a = "127.0.0.1:1";
+        d.apply(put("s/1", a));
+        d.apply(put("s/2", a));
+        assert_eq!(seen(d.apply(RawChange::Delete("s/2".into()))), []);
+        assert_eq!(
+            seen(d.apply(RawChange::Delete("s/1".into()))),
+            [pair("s/1", None)]
+        );
+    }
+
+    #[test]
+    fn a_key_that_changes_address_leaves_the_old_one_to_its_other_key() {
+        let mut d = Decoder::new(
+            Arc::new(crate::GoZero::new()),
+            "s".into(),
+            EndpointRecipe::default(),
+        );
+        let (a, b) = ("127.0.0.1:1", "127.0.0.1:2");
+        d.apply(put("s/1", a));
+        // Sole key: a plain update, never a remove then an insert.
+        assert_eq!(seen(d.apply(put("s/1", b))), [pair("s/1", Some(b))]);
+        d.apply(put("s/2", b));
+        let moved = seen(d.apply(put("s/1", a)));
+        assert_eq!(moved, [pair("s/2", Some(b)), pair("s/1", Some(a))]);
     }
 
     #[test]
@@ -232,7 +299,7 @@ mod tests {
             ..EndpointRecipe::default()
         };
         let mut d = Decoder::new(Arc::new(EtcdNaming), "s".into(), recipe);
-        assert!(d.apply(put("s/a", GOOD)).is_some());
+        assert!(apply1(&mut d, put("s/a", GOOD)).is_some());
     }
 
     fn uri_of(change: Option<Change<String, Discovered>>) -> String {
@@ -250,7 +317,7 @@ mod tests {
             EndpointRecipe::default(),
         );
         let value = r#"{"id":"a","name":"s","endpoints":["grpcs://127.0.0.1:9443"]}"#;
-        let uri = uri_of(d.apply(put("/microservices/s/a", value)));
+        let uri = uri_of(apply1(&mut d, put("/microservices/s/a", value)));
         assert_eq!(uri, "https://127.0.0.1:9443/");
     }
 
@@ -262,6 +329,9 @@ mod tests {
             ..EndpointRecipe::default()
         };
         let mut d = Decoder::new(Arc::new(EtcdNaming), "s".into(), recipe);
-        assert_eq!(uri_of(d.apply(put("s/a", GOOD))), "https://127.0.0.1:1/");
+        assert_eq!(
+            uri_of(apply1(&mut d, put("s/a", GOOD))),
+            "https://127.0.0.1:1/"
+        );
     }
 }

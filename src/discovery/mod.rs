@@ -1,10 +1,12 @@
 //! Client side: turning the keys under an etcd prefix into endpoint changes.
 
+mod addresses;
 mod decode;
 mod diff;
 mod engine;
 mod entries;
 mod hub;
+mod recipe;
 mod status;
 mod subscriber;
 
@@ -23,8 +25,8 @@ use tower::discover::Change;
 
 use crate::format::{EtcdNaming, Format, Instance};
 use crate::{Backoff, Error};
-use decode::EndpointRecipe;
 use engine::EngineConfig;
+use recipe::EndpointRecipe;
 use subscriber::run;
 
 /// Turns an instance into a [`Endpoint`]: a hook to set timeouts, TLS and the like.
@@ -46,11 +48,18 @@ pub(crate) struct Discovered {
 ///
 /// It lists the prefix, remembers the revision, then watches `<prefix>/` from the next
 /// revision, so servers registered before the client started are found and no change in
-/// between is missed. Each item is a [`Change`] keyed by the etcd key:
+/// between is missed. Each item is a [`Change`] keyed by an etcd key, with one endpoint per
+/// address however many keys hold it:
 ///
 /// - a new key, or a put that changes a key's value, is an [`Change::Insert`] with that key
 ///   (an update is never a remove followed by an insert);
-/// - a deleted key is a [`Change::Remove`];
+/// - a key whose address another key holds already adds nothing: the endpoint stays under
+///   the first key, and follows the value put last (as go-zero counts an address once, so a
+///   server restarted on the same port, with a new key while its old lease has not expired,
+///   does not get a double share);
+/// - a deleted key is a [`Change::Remove`] once no other key holds its address; if it is
+///   the key the endpoint is announced under and another key holds the address, the
+///   endpoint moves to that key (a remove, then an insert);
 /// - a put with an unchanged value, or a repeated event, yields nothing;
 /// - a value that does not decode is skipped with a `warn!` that names the key, and the
 ///   endpoint the key had before, if any, stays;

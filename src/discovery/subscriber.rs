@@ -230,7 +230,7 @@ impl Subscriber {
     /// Decodes raw changes into endpoint changes.
     fn apply(&mut self, raw: Vec<RawChange>) -> Vec<Change<String, Discovered>> {
         raw.into_iter()
-            .filter_map(|c| self.decoder.apply(c))
+            .flat_map(|c| self.decoder.apply(c))
             .collect()
     }
 }

@@ -17,7 +17,9 @@ use super::{DecodeError, Format, Instance, one_segment_below, slash_prefix};
 /// service name, so nothing else tells two keys apart.
 ///
 /// Two keys may carry the same address, for example while a server re-registers under a
-/// new lease and the old key has not expired yet.
+/// new lease and the old key has not expired yet. Discovery makes them one endpoint, as
+/// go-zero does, which stays until the last of the keys is deleted (see
+/// [`EtcdDiscover`](crate::EtcdDiscover)).
 ///
 /// ```
 /// use tonic_etcd::format::{Format, GoZero, Instance};
