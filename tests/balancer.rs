@@ -2,6 +2,9 @@
 
 mod support;
 
+#[path = "balancer/first_hour.rs"]
+mod first_hour;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;

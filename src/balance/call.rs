@@ -47,6 +47,8 @@ pub(super) async fn call(
             None => state.pick(deadline, timeout).await?,
         };
         let Some((conn, generation)) = backend.check_out() else {
+            // It went down since it was picked: pick again, after other tasks had a turn.
+            tokio::task::yield_now().await;
             continue;
         };
         let last = retries >= MAX_RETRIES;
@@ -86,6 +88,31 @@ pub(super) async fn call(
             }
         }
     }
+}
+
+/// Runs `call`, and yields to the scheduler before returning an error that came at once.
+///
+/// A call that fails without waiting (no endpoint, a deadline already past, every endpoint
+/// refusing the request) would otherwise let a caller that retries at once keep its worker
+/// thread for ever, and starve the tasks that would end the failure: the channel's own
+/// task applying discovery, connections coming up. tokio's `yield_now` also lets the
+/// runtime poll its I/O before the caller runs again.
+pub(super) async fn yielding<F, T>(call: F) -> Result<T, tower::BoxError>
+where
+    F: Future<Output = Result<T, tower::BoxError>>,
+{
+    let mut call = std::pin::pin!(call);
+    let mut waited = false;
+    let result = std::future::poll_fn(|cx| {
+        let poll = call.as_mut().poll(cx);
+        waited |= poll.is_pending();
+        poll
+    })
+    .await;
+    if result.is_err() && !waited {
+        tokio::task::yield_now().await;
+    }
+    result
 }
 
 /// The response, its body keeping the call counted until it ends, so streams count as load.

@@ -65,7 +65,18 @@ pub(super) async fn drive(
             changed = status.changed(), if status_open => {
                 // A closed status channel answers at once, for ever: stop asking.
                 status_open = changed.is_ok();
-                if !status_open || !matches!(*status.borrow(), DiscoveryStatus::Syncing) {
+                let first_sync = !state.synced.load(Ordering::Acquire);
+                if first_sync && (!status_open || settled(&status.borrow_and_update())) {
+                    // The shared watch reports its listing just before the listing reaches
+                    // this stream: let it arrive first, so no call wakes to an empty set.
+                    tokio::task::yield_now().await;
+                    let mut batch = Vec::new();
+                    drain_ready(&mut discover, &mut batch);
+                    if !batch.is_empty() {
+                        pool.apply(&state, batch);
+                        pool.rebalance(&state);
+                        pool.publish(&state);
+                    }
                     mark_synced(&state);
                 }
             }
@@ -91,6 +102,15 @@ pub(super) async fn drive(
             mark_synced(&state);
         }
     }
+}
+
+/// Whether discovery has listed etcd successfully or failed for good: either way, calls stop
+/// waiting for it. A transient failure before the first listing is neither.
+fn settled(status: &DiscoveryStatus) -> bool {
+    matches!(
+        status,
+        DiscoveryStatus::Synced { .. } | DiscoveryStatus::Failed { .. }
+    )
 }
 
 fn mark_synced(state: &State) {
@@ -512,10 +532,17 @@ impl Pool {
     }
 
     fn publish(&self, state: &State) {
+        let candidates = self.entries.len() > state.config.subset
+            && self
+                .local
+                .iter()
+                .chain(&self.others)
+                .any(|b| self.is_candidate(b));
         let snapshot = Arc::new(Snapshot::new(
             self.active.clone(),
             self.all.clone(),
             state.config.zone.as_deref(),
+            candidates,
         ));
         *state
             .snapshot

@@ -2,6 +2,7 @@
 
 mod backend;
 mod call;
+mod cause;
 mod codes;
 mod conn;
 mod direct;
@@ -94,15 +95,29 @@ impl Balancer {
     }
 
     /// Lets a call wait up to `wait` for an endpoint when none is up, instead of failing at
-    /// once with `Unavailable`. Default: none (fail fast).
+    /// once with `Unavailable` (gRPC's wait-for-ready, bounded). The call's own deadline
+    /// (`grpc-timeout`) still ends the wait first, with tonic's "Timeout expired". Default:
+    /// none (fail fast, after the [`startup_wait`](Balancer::startup_wait) cases).
     pub fn wait_for_ready(mut self, wait: Duration) -> Self {
         self.wait_for_ready = Some(wait);
         self
     }
 
-    /// How long a call waits, without [`wait_for_ready`](Balancer::wait_for_ready), while
-    /// discovery has not synced yet or the first connections are still being made.
-    /// Default: 5 s.
+    /// How long a call may wait for an endpoint while one is on its way, without
+    /// [`wait_for_ready`](Balancer::wait_for_ready). Default: 5 s.
+    ///
+    /// - **Until discovery has listed etcd successfully**, a call waits for the listing,
+    ///   up to `wait` after the channel was made. A failed listing (etcd down, unreachable,
+    ///   still starting) does not end the wait: discovery retries, and the first listing
+    ///   that succeeds does. A permanent failure ([`DiscoveryStatus::Failed`]) ends it at
+    ///   once. Once `wait` has passed, calls fail fast until the listing succeeds.
+    /// - **While endpoints are known but none is up yet** (a first connection under way,
+    ///   or, with a [`subset`](Balancer::subset), endpoints left to try in place of failed
+    ///   members), a call waits for the first one up, up to `wait` after it started.
+    ///
+    /// The call's own deadline (`grpc-timeout`) ends either wait first, with tonic's
+    /// "Timeout expired". A wait that runs out fails with `Unavailable`, whose message
+    /// says why (see [`BalancedChannel`]).
     pub fn startup_wait(mut self, wait: Duration) -> Self {
         self.startup_wait = wait;
         self
@@ -191,6 +206,8 @@ impl Balancer {
             reference: AtomicU64::new(0),
             signals: Arc::default(),
             synced: AtomicBool::new(false),
+            created: Instant::now(),
+            status: status.clone(),
             config: self,
         });
         let (stop, stopped) = oneshot::channel();
@@ -228,7 +245,12 @@ pub(crate) struct State {
     /// driver writes a snapshot first and counts it after.
     version: AtomicU64,
     signals: Arc<backend::Signals>,
+    /// Set once discovery has listed etcd successfully, failed for good or ended: no
+    /// endpoint is on its way from etcd any more.
     synced: AtomicBool,
+    /// When the channel was made: the start of the [`Balancer::startup_wait`].
+    created: Instant,
+    status: watch::Receiver<DiscoveryStatus>,
     config: Balancer,
 }
 
@@ -240,16 +262,23 @@ struct Snapshot {
     known: Arc<[Arc<Backend>]>,
     all: Weighted,
     local: Weighted,
+    /// Whether the subset has endpoints left to try in place of failed members.
+    candidates: bool,
 }
 
 impl Default for Snapshot {
     fn default() -> Self {
-        Snapshot::new(Vec::new(), Arc::new([]), None)
+        Snapshot::new(Vec::new(), Arc::new([]), None, false)
     }
 }
 
 impl Snapshot {
-    fn new(backends: Vec<Arc<Backend>>, known: Arc<[Arc<Backend>]>, zone: Option<&str>) -> Self {
+    fn new(
+        backends: Vec<Arc<Backend>>,
+        known: Arc<[Arc<Backend>]>,
+        zone: Option<&str>,
+        candidates: bool,
+    ) -> Self {
         let weight = |b: &Backend| b.instance.metadata.weight.unwrap_or(1);
         let all = Weighted::new(backends.iter().enumerate().map(|(i, b)| (i, weight(b))));
         let local = Weighted::new(
@@ -264,6 +293,7 @@ impl Snapshot {
             known,
             all,
             local,
+            candidates,
         }
     }
 }
@@ -293,20 +323,29 @@ impl State {
         Some(snapshot.backends[index].clone())
     }
 
-    /// Whether an endpoint may still come up soon: discovery has not synced, or a first
-    /// connection is under way.
-    fn starting(&self) -> bool {
-        !self.synced.load(Ordering::Acquire)
-            || self
-                .snapshot()
-                .backends
-                .iter()
-                .any(|b| b.state() == EndpointState::Connecting)
+    /// Until when a call that started at `started` and finds no endpoint up waits for one,
+    /// without [`Balancer::wait_for_ready`]:
+    ///
+    /// - while discovery has not listed etcd successfully, until `startup_wait` after the
+    ///   channel was made;
+    /// - while an endpoint is connecting, or the subset has endpoints left to try in place
+    ///   of failed members, until `startup_wait` after the call started;
+    /// - otherwise not at all.
+    fn startup_until(&self, started: Instant) -> Option<Instant> {
+        if !self.synced.load(Ordering::Acquire) {
+            return Some(self.created + self.config.startup_wait);
+        }
+        let snapshot = self.snapshot();
+        let connecting = snapshot
+            .backends
+            .iter()
+            .any(|b| b.state() == EndpointState::Connecting);
+        (connecting || snapshot.candidates).then(|| started + self.config.startup_wait)
     }
 
-    /// An endpoint that is up; waits for one up to `deadline`, or while starting up, but
-    /// never past the call's own deadline (`timeout`), which fails it as tonic's channel
-    /// does when a call's time runs out.
+    /// An endpoint that is up; waits for one up to `deadline`, or while starting up (see
+    /// [`State::startup_until`]), but never past the call's own deadline (`timeout`), which
+    /// fails it as tonic's channel does when a call's time runs out.
     async fn pick(
         &self,
         deadline: Option<Instant>,
@@ -324,8 +363,7 @@ impl State {
             if let Some(backend) = self.try_pick() {
                 return Ok(backend);
             }
-            let startup = self.starting().then(|| started + self.config.startup_wait);
-            let until = match (deadline, startup) {
+            let until = match (deadline, self.startup_until(started)) {
                 (Some(d), Some(s)) => d.max(s),
                 (Some(d), None) | (None, Some(d)) => d,
                 (None, None) => return Err(self.unavailable().into()),
@@ -359,11 +397,10 @@ impl State {
         reference
     }
 
+    /// The status of a call that found no endpoint, with the cause.
     fn unavailable(&self) -> Status {
-        Status::unavailable(format!(
-            "no endpoint of service {:?} is available",
-            self.service
-        ))
+        let snapshot = self.snapshot();
+        cause::no_endpoint(&self.service, &snapshot.known, &self.status.borrow())
     }
 }
 
@@ -392,8 +429,9 @@ struct Owner {
 ///   out of rotation at once; a probe, backed off with jitter, readmits it.
 /// - **A call that never left is retried** at once on another endpoint, so a dead endpoint
 ///   costs no failed call. A call already sent is never retried.
-/// - **No endpoint fails fast** with `Unavailable`, naming the service, unless
-///   [`Balancer::wait_for_ready`] allows a bounded wait. It never hangs.
+/// - **No endpoint fails fast** with `Unavailable`, unless [`Balancer::wait_for_ready`]
+///   allows a bounded wait, or an endpoint is on its way ([`Balancer::startup_wait`]). It
+///   never hangs. See [What a caller sees](#what-a-caller-sees).
 /// - **Changes apply while idle**: the channel's own task follows discovery and drops a
 ///   removed endpoint's connection.
 /// - **A bounded subset.** Up to [`Balancer::subset`] endpoints (32) are connected; with
@@ -406,6 +444,29 @@ struct Owner {
 ///   task, a closed connection ejects its endpoint at once, and a request the connection did
 ///   not take comes back whole to go elsewhere. With TLS or a hook it uses tonic's `Channel`,
 ///   which honours every setting of the endpoint.
+///
+/// # What a caller sees
+///
+/// When no endpoint is up, a call:
+///
+/// - **before discovery has listed etcd** (etcd down or unreachable at start), waits for
+///   the first successful listing, up to [`Balancer::startup_wait`] after the channel was
+///   made; then fails with `Unavailable`, whose message names the cause, such as
+///   `no endpoint of service "echo": etcd at 127.0.0.1:2379 unreachable: connection
+///   refused, retrying (attempt 6)`;
+/// - **while an endpoint is connecting**, or a subset has endpoints left to try, waits
+///   for the first one up, up to [`Balancer::startup_wait`] after the call started;
+/// - **otherwise** (none registered, every endpoint ejected) fails at once with
+///   `Unavailable`: `no endpoint of service "echo": none registered`, or
+///   `no endpoint of service "echo": 3 known, none up (3 ejected)`;
+/// - with [`Balancer::wait_for_ready`], waits up to that long in every case;
+/// - never waits past its own deadline (`grpc-timeout`): it then fails as tonic's
+///   channel does, with `Cancelled` and "Timeout expired".
+///
+/// A call that fails without waiting yields to the scheduler before it returns, so callers
+/// that retry at once, however many, cannot starve the runtime: the channel's own task
+/// still applies discovery within milliseconds, and new endpoints still connect. A call
+/// that was never sent is retried at once on another endpoint, at most 4 times.
 ///
 #[derive(Clone)]
 pub struct BalancedChannel {
@@ -482,6 +543,10 @@ impl Service<http::Request<Body>> for BalancedChannel {
             self.version = version;
         }
         let picked = State::try_pick_in(&self.snapshot);
-        Box::pin(call::call(self.state.clone(), picked, request))
+        Box::pin(call::yielding(call::call(
+            self.state.clone(),
+            picked,
+            request,
+        )))
     }
 }

@@ -6,8 +6,8 @@
 mod server_process;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -46,6 +46,7 @@ struct Greeter {
     addr: SocketAddr,
     delay: Duration,
     calls: Arc<AtomicUsize>,
+    first_call: Arc<OnceLock<std::time::Instant>>,
 }
 
 #[tonic::async_trait]
@@ -54,6 +55,7 @@ impl super::pb::greeter_server::Greeter for Greeter {
         &self,
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloReply>, Status> {
+        self.first_call.get_or_init(std::time::Instant::now);
         self.calls.fetch_add(1, Ordering::Relaxed);
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
@@ -70,6 +72,7 @@ impl super::pb::greeter_server::Greeter for Greeter {
 pub struct TestServer {
     addr: SocketAddr,
     calls: Arc<AtomicUsize>,
+    first_call: Arc<OnceLock<std::time::Instant>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
@@ -99,6 +102,12 @@ impl TestServer {
     /// How many calls the server has received.
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// When the server received its first call, if it has: a `std` instant, comparable
+    /// across runtimes.
+    pub fn first_call_at(&self) -> Option<std::time::Instant> {
+        self.first_call.get().copied()
     }
 
     /// Signals shutdown and waits until the server has stopped: the listener is closed and
@@ -140,10 +149,12 @@ impl TestServer {
             .local_addr()
             .expect("local address of a bound listener");
         let calls = Arc::new(AtomicUsize::new(0));
+        let first_call = Arc::new(OnceLock::new());
         let greeter = Greeter {
             addr,
             delay,
             calls: calls.clone(),
+            first_call: first_call.clone(),
         };
         let (tx, rx) = oneshot::channel::<()>();
         // A dropped sender also means shutdown, so the result of `rx` does not matter.
@@ -156,6 +167,7 @@ impl TestServer {
         TestServer {
             addr,
             calls,
+            first_call,
             shutdown: Some(tx),
             task: Some(tokio::spawn(serve)),
         }
