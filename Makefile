@@ -30,6 +30,7 @@ deps:
 	[ -f $(PROTO_INCLUDE) ] || { echo "$(PROTO_INCLUDE) is missing: install libprotobuf-dev" >&2; exit 1; }
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo not found: install Rust 1.88 or newer with rustup" >&2; exit 1; }
 
+# The demo runs the examples from $(CARGO_TARGET_DIR) when it is set, else from target/.
 demo: deps
 	$(CARGO) build --examples
 	bash scripts/demo.sh

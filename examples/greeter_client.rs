@@ -46,9 +46,22 @@ type AnyChannel = tower::util::BoxCloneService<
 >;
 use tonic_etcd::{DiscoveryStatus, EtcdDiscover};
 
-/// A greeter client that balances its calls over the servers registered in etcd.
+/// Calls the greeter servers registered in etcd under --service, balancing over them.
+///
+/// It finds the servers with tonic-etcd's discovery (list, then watch), spreads --requests
+/// calls (or calls for --duration seconds) over them, --concurrency at a time, then prints
+/// one JSON summary line on stdout. Logs go to stderr (RUST_LOG, default warn).
 #[derive(Parser, Debug)]
-#[command(version, about, group(ArgGroup::new("amount").args(["requests", "duration"])))]
+#[command(
+    version,
+    group(ArgGroup::new("amount").args(["requests", "duration"])),
+    after_help = "Prints, on stdout, one line when done:\n  \
+        {\"ok\":N,\"failed\":M,\"backends\":{\"<addr>\":count,...},\"p50_ms\":x,\"p99_ms\":y}\n\n\
+        Exit codes:\n  \
+        0  every call succeeded\n  \
+        1  some call failed\n  \
+        2  bad usage, or etcd unreachable or refusing the credentials at start"
+)]
 struct Args {
     #[command(flatten)]
     etcd: common::EtcdArgs,

@@ -44,9 +44,22 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tonic_etcd::{Instance, Registrar};
 
-/// A greeter server that registers itself in etcd and deregisters on SIGTERM.
+/// Serves the greeter and registers it in etcd under --service until SIGTERM or SIGINT.
+///
+/// It listens on --addr, registers that address under a lease of --ttl seconds kept alive
+/// by tonic-etcd's registrar, and answers `Hello, <name>! (from <addr>)`. On SIGTERM or
+/// SIGINT it deregisters, waits --grace seconds, drains in-flight calls and exits. Logs go
+/// to stderr (RUST_LOG, default warn).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(
+    version,
+    after_help = "Prints, on stdout, one line once it is listening and registered:\n  \
+        listening on <ip:port> registered as <key> lease <id>\n\n\
+        Exit codes:\n  \
+        0  stopped by SIGTERM or SIGINT, deregistered and drained\n  \
+        2  bad usage, etcd unreachable or refusing the credentials at start, the address \
+        cannot be bound, registration refused, or the server failed"
+)]
 struct Args {
     #[command(flatten)]
     etcd: common::EtcdArgs,

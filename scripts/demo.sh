@@ -5,60 +5,11 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-bin=target/debug/examples
-work=$(mktemp -d)
-pids=()
+source scripts/lib.sh
+bin=$(examples_dir)
 
-cleanup() {
-	local deadline=$((SECONDS + 5)) pid
-	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do
-		while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-		kill -9 "$pid" 2>/dev/null || true
-	done
-	{ wait; } 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-# A loopback port nobody listens on.
-free_port() {
-	local port
-	while :; do
-		port=$((20000 + RANDOM % 20000))
-		if ! (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
-			echo "$port"
-			return
-		fi
-	done
-}
-
-# wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND until it succeeds, or fails the demo.
-wait_for() {
-	local deadline=$((SECONDS + $1)) what=$2
-	shift 2
-	until "$@" >/dev/null 2>&1; do
-		if ((SECONDS >= deadline)); then
-			echo "demo: timed out waiting for $what" >&2
-			exit 1
-		fi
-		sleep 0.1
-	done
-}
-
-client_port=$(free_port)
-peer_port=$(free_port)
-export ETCD_ENDPOINTS="http://127.0.0.1:$client_port"
-export ETCDCTL_API=3
-
-echo "== starting etcd on $ETCD_ENDPOINTS"
-env -u ETCD_ENDPOINTS etcd --name demo --data-dir "$work/etcd" \
-	--listen-client-urls "$ETCD_ENDPOINTS" --advertise-client-urls "$ETCD_ENDPOINTS" \
-	--listen-peer-urls "http://127.0.0.1:$peer_port" \
-	--initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-	--initial-cluster "demo=http://127.0.0.1:$peer_port" >"$work/etcd.log" 2>&1 &
-pids+=($!)
-wait_for 20 "etcd to be healthy" etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint health
+start_etcd demo
+echo "== etcd on $ETCD_ENDPOINTS"
 
 echo "== starting three greeter servers"
 servers=()

@@ -158,12 +158,16 @@ pub fn chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Sends logs to stderr, filtered by `RUST_LOG` (default: warnings), so stdout carries only
-/// the lines of the command-line contract.
+/// the lines of the command-line contract. Colours only when stderr is a terminal and
+/// `NO_COLOR` is not set, so logs written to a file carry no escape codes.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
 }
