@@ -88,6 +88,25 @@ struct Args {
     /// The private key (PEM file) of --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The weight to register in the instance's metadata (the crate's balancer sends calls in
+    /// proportion to it); none by default.
+    #[arg(long)]
+    weight: Option<u32>,
+    /// The zone to register in the instance's metadata; none by default.
+    #[arg(long)]
+    zone: Option<String>,
+}
+
+/// The instance to register for `addr`, with the metadata given by the flags.
+fn instance(args: &Args, addr: SocketAddr) -> Instance {
+    let mut instance = Instance::from(addr).tls(args.tls_cert.is_some());
+    if let Some(weight) = args.weight {
+        instance = instance.weight(weight);
+    }
+    if let Some(zone) = &args.zone {
+        instance = instance.zone(zone.clone());
+    }
+    instance
 }
 
 struct MyGreeter {
@@ -142,10 +161,7 @@ async fn run(args: Args) -> Result<(), String> {
         .ttl(Duration::from_secs(args.ttl))
         .grace(Duration::from_secs_f64(args.grace))
         .format(args.format.format())
-        .register(
-            &args.service,
-            Instance::from(addr).tls(args.tls_cert.is_some()),
-        )
+        .register(&args.service, instance(&args, addr))
         .await
         .map_err(|e| format!("cannot register: {}", chain(&e)))?;
     let server = builder
