@@ -6,7 +6,7 @@ SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 CARGO ?= cargo
 
-.PHONY: deps demo test package
+.PHONY: deps demo test package interop go-deps
 
 # What the build and the tests need from the system, checked by the file each package brings:
 # - protoc (protobuf-compiler): etcd-client's build and the examples' greeter proto;
@@ -53,3 +53,21 @@ package:
 		echo "package: the files above are not for dependents (see include in Cargo.toml)" >&2; exit 1; fi
 	$(CARGO) package -p tonic-etcd --allow-dirty
 
+# What the Go peer (../shared/go-peer) builds with, offline in GOPATH mode: Go, etcd's client
+# and naming packages, grpc-go (they pull in protoc-gen-go and the rest).
+GOCODE := /usr/share/gocode/src
+go-deps: deps
+	@missing=""; \
+	command -v go >/dev/null 2>&1 || missing="$$missing golang-go"; \
+	[ -d $(GOCODE)/go.etcd.io/etcd/clientv3/naming/resolver ] || missing="$$missing golang-etcd-server-dev"; \
+	[ -d $(GOCODE)/google.golang.org/grpc/resolver ] || missing="$$missing golang-google-grpc-dev"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+# Rust <-> Go through etcd's own naming packages, both directions (scripts/interop.sh).
+interop: go-deps
+	$(CARGO) build --examples
+	bash scripts/interop.sh
