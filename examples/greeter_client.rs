@@ -140,6 +140,11 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(common::EXIT_USAGE as u8);
     }
+    let format = args.format.format();
+    if let Err(error) = tonic_etcd::format::check_service(&format, &args.service) {
+        eprintln!("greeter_client: --service: {error}");
+        return ExitCode::from(common::EXIT_USAGE as u8);
+    }
     let etcd = match common::connect(&args.etcd).await {
         Ok(etcd) => etcd,
         Err(message) => {
@@ -147,7 +152,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(common::EXIT_USAGE as u8);
         }
     };
-    let discover = EtcdDiscover::new(etcd, &args.service).format(args.format.format());
+    let discover = EtcdDiscover::new(etcd, &args.service).format(format);
     let discover = match backend_tls(discover, &args) {
         Ok(discover) => discover,
         Err(message) => {

@@ -74,6 +74,10 @@ struct Args {
     /// The address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     addr: SocketAddr,
+    /// The address to register, for clients to dial, when it is not the one listened on;
+    /// needed when --addr is 0.0.0.0 or [::]. Default: the address listened on.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
     /// The lease TTL in seconds (at least 2): how long the key outlives a crash.
     #[arg(long, default_value_t = 10)]
     ttl: u64,
@@ -99,7 +103,7 @@ struct Args {
 
 /// The instance to register for `addr`, with the metadata given by the flags.
 fn instance(args: &Args, addr: SocketAddr) -> Instance {
-    let mut instance = Instance::from(addr).tls(args.tls_cert.is_some());
+    let mut instance = advertised(args, addr).tls(args.tls_cert.is_some());
     if let Some(weight) = args.weight {
         instance = instance.weight(weight);
     }
@@ -148,6 +152,7 @@ async fn run(args: Args) -> Result<(), String> {
     if !(args.grace.is_finite() && args.grace >= 0.0) {
         return Err(format!("--grace {} is not a number of seconds", args.grace));
     }
+    check_registration(&args)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let builder = server_builder(&args)?;
@@ -195,6 +200,30 @@ async fn run(args: Args) -> Result<(), String> {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("server failed while draining: {}", chain(&e))),
         Err(e) => Err(format!("server task failed: {e}")),
+    }
+}
+
+/// Refuses, before any I/O, what the registrar would: a service name that names no service,
+/// an address clients cannot dial.
+fn check_registration(args: &Args) -> Result<(), String> {
+    use tonic_etcd::format::{check_instance, check_service};
+    check_service(&args.format.format(), &args.service).map_err(|e| format!("--service: {e}"))?;
+    match &args.advertise {
+        Some(advertise) => check_instance(&Instance::new(advertise.as_str()))
+            .map_err(|e| format!("--advertise: {e}")),
+        None if args.addr.ip().is_unspecified() => Err(format!(
+            "--addr {} listens on every interface, which clients cannot dial: give --advertise HOST:PORT, the address they should use",
+            args.addr
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The instance to register: --advertise, or else the address listened on.
+fn advertised(args: &Args, listening: SocketAddr) -> Instance {
+    match &args.advertise {
+        Some(advertise) => Instance::new(advertise.as_str()),
+        None => Instance::from(listening),
     }
 }
 

@@ -25,8 +25,26 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// An instance's address cannot be registered: clients could not dial it.
+    #[error("cannot register address {addr:?}: {reason}")]
+    InvalidAddress {
+        /// The address as given.
+        addr: String,
+        /// Why it was rejected, and what to do instead.
+        reason: &'static str,
+    },
+
+    /// An etcd endpoint is not a URL etcd can be reached at.
+    #[error("invalid etcd endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
     /// A lease TTL below etcd's practical minimum was asked for.
-    #[error("invalid lease ttl {ttl:?}: it must be at least {min:?}")]
+    #[error("invalid lease ttl {}: it must be at least {}", Secs(*ttl), Secs(*min))]
     InvalidTtl {
         /// The TTL as given.
         ttl: Duration,
@@ -64,7 +82,7 @@ pub enum Error {
     },
 
     /// A request to etcd did not complete in time.
-    #[error("{operation} timed out after {after:?}")]
+    #[error("{operation} timed out after {}", Secs(*after))]
     Timeout {
         /// What was being done.
         operation: &'static str,
@@ -184,13 +202,17 @@ pub enum Error {
 impl Error {
     /// Returns `true` if retrying cannot help: the caller must change something first.
     ///
-    /// Permanent errors are invalid arguments (an empty prefix, a TTL below 2 s) and etcd
+    /// Permanent errors are invalid arguments (an empty prefix, an address clients cannot
+    /// dial, an etcd URL with an unknown scheme, a TTL below 2 s) and etcd
     /// answers that say the credentials are wrong or lack the permission. Everything else,
     /// including unreachable members, timeouts, leader elections and lost leases, is
     /// transient: discovery and the registrar retry it with backoff and never end on it.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Error::InvalidPrefix { .. } | Error::InvalidTtl { .. } => true,
+            Error::InvalidPrefix { .. }
+            | Error::InvalidAddress { .. }
+            | Error::InvalidEndpoint { .. }
+            | Error::InvalidTtl { .. } => true,
             Error::WatchCancelled { reason, .. } => reason_is_permanent(reason),
             Error::List { source, .. }
             | Error::Watch { source, .. }
@@ -262,6 +284,16 @@ fn reason_is_permanent(reason: &str) -> bool {
         "invalid auth management",
     ];
     PERMANENT.iter().any(|p| reason.contains(p))
+}
+
+/// Displays a duration in seconds, `2 s` or `0.5 s`, the unit a user sets TTLs and timeouts
+/// in (a `Duration`'s `Debug` would print a zero TTL as `0ns`).
+pub(crate) struct Secs(pub(crate) Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} s", self.0.as_secs_f64())
+    }
 }
 
 /// Displays an error with all its causes, `outer: inner: root`, for logs.
@@ -357,6 +389,32 @@ mod tests {
         };
         assert!(e.is_permanent());
         assert!(e.to_string().contains("authentication failed"));
+    }
+
+    #[test]
+    fn durations_are_printed_in_seconds() {
+        let ttl = |ttl| {
+            Error::InvalidTtl {
+                ttl,
+                min: Duration::from_secs(2),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            ttl(Duration::ZERO),
+            "invalid lease ttl 0 s: it must be at least 2 s"
+        );
+        assert_eq!(
+            ttl(Duration::from_millis(1500)),
+            "invalid lease ttl 1.5 s: it must be at least 2 s"
+        );
+        assert_eq!(Secs(Duration::from_millis(20)).to_string(), "0.02 s");
+        assert_eq!(Secs(Duration::from_micros(500)).to_string(), "0.0005 s");
+        let timeout = Error::Timeout {
+            operation: "granting a lease",
+            after: Duration::from_secs(5),
+        };
+        assert_eq!(timeout.to_string(), "granting a lease timed out after 5 s");
     }
 
     #[test]

@@ -30,6 +30,10 @@ const PROBE_KEY: &str = "tonic-etcd/probe";
 /// - an etcd that does not answer within the [`deadline`](EtcdConfig::deadline):
 ///   [`Error::Connect`] with the last error, or [`Error::Timeout`].
 ///
+/// - an endpoint that is not `http://host:port`, `https://host:port` or `host:port` (a
+///   misspelt scheme such as `htp://`), or no endpoint at all: [`Error::InvalidEndpoint`],
+///   before any I/O;
+///
 /// All but the last are [permanent](Error::is_permanent).
 ///
 /// ```no_run
@@ -135,6 +139,7 @@ impl EtcdConfig {
     /// for up to the [`deadline`](EtcdConfig::deadline) while it does not. Errors that
     /// retrying cannot fix are returned at once.
     pub async fn connect(self) -> Result<Client, Error> {
+        check_endpoints(&self.endpoints)?;
         let options = self.options()?;
         let end = Instant::now() + self.deadline;
         let mut retry = Retry::new(Backoff::default().max(Duration::from_secs(1)));
@@ -287,6 +292,34 @@ impl EtcdConfig {
     }
 }
 
+/// Checks, before any I/O, that each endpoint is a URL etcd-client can connect to:
+/// `http://` or `https://` (in lower case, as etcd-client matches them) and an authority, or
+/// an authority alone. etcd-client would prefix anything else with `http://`, so that
+/// `htp://10.0.0.1:2379` became a lookup of the host `htp` that fails after the deadline.
+fn check_endpoints(endpoints: &[String]) -> Result<(), Error> {
+    let invalid = |endpoint: &str, reason| {
+        Err(Error::InvalidEndpoint {
+            endpoint: endpoint.to_owned(),
+            reason,
+        })
+    };
+    if endpoints.is_empty() {
+        return invalid("", "no etcd endpoint was given");
+    }
+    for endpoint in endpoints {
+        let authority = match endpoint.split_once("://") {
+            Some(("http" | "https", rest)) => rest.split('/').next().unwrap_or_default(),
+            Some(_) => return invalid(endpoint, "its scheme is not http:// or https://"),
+            None => endpoint.as_str(),
+        };
+        let parsed = authority.parse::<http::uri::Authority>();
+        if authority.is_empty() || authority.contains('@') || parsed.is_err() {
+            return invalid(endpoint, "it does not name a host and port");
+        }
+    }
+    Ok(())
+}
+
 /// Whether etcd turned down the user name or password.
 fn refused_credentials(error: &etcd_client::Error) -> bool {
     matches!(error, etcd_client::Error::GRpcStatus(s)
@@ -328,6 +361,48 @@ mod tests {
             debug.contains("alice") && !debug.contains("s3cret"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn endpoints_are_checked_before_any_io() {
+        let ok = |list: &[&str]| {
+            check_endpoints(&list.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        };
+        for good in [
+            "http://127.0.0.1:2379",
+            "https://etcd-0.etcd:2379",
+            "http://[::1]:2379/",
+            "127.0.0.1:2379",
+            "localhost:2379",
+        ] {
+            assert!(ok(&[good]).is_ok(), "{good}");
+        }
+        for (bad, says) in [
+            ("htp://127.0.0.1:2379", "scheme"),
+            ("HTTP://127.0.0.1:2379", "scheme"),
+            ("unix:///tmp/etcd.sock", "scheme"),
+            ("http://", "host and port"),
+            ("", "host and port"),
+            ("127.0.0.1 2379", "host and port"),
+            ("http://user@127.0.0.1:2379", "host and port"),
+        ] {
+            let error = ok(&["http://127.0.0.1:2379", bad]).expect_err(bad);
+            assert!(matches!(error, Error::InvalidEndpoint { .. }), "{error}");
+            assert!(error.to_string().contains(says), "{bad}: {error}");
+            assert!(error.is_permanent());
+        }
+        assert!(ok(&[]).is_err(), "no endpoint");
+    }
+
+    #[tokio::test]
+    async fn a_misspelt_scheme_fails_at_once() {
+        let started = std::time::Instant::now();
+        let connected = EtcdConfig::new(["htp://127.0.0.1:2379"]).connect().await;
+        let Err(error) = connected else {
+            panic!("htp is no scheme");
+        };
+        assert!(matches!(error, Error::InvalidEndpoint { .. }), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[cfg(not(feature = "tls"))]

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tonic::transport::Endpoint;
 use tower::discover::Change;
 
-use crate::format::{EtcdNaming, Format, Instance};
+use crate::format::{EtcdNaming, Format, Instance, check_service};
 use crate::{Backoff, Error};
 use engine::EngineConfig;
 use recipe::EndpointRecipe;
@@ -80,7 +80,10 @@ pub(crate) struct Discovered {
 /// timeouts, progress interval) of the discovery that started it, for as long as any
 /// discovery of that prefix lives.
 ///
-/// Building one does no I/O; that starts on the first poll.
+/// Building one does no I/O; that starts on the first poll. The service is checked at once
+/// ([`check_service`]): an empty or root-only name, or one the format cannot make a prefix
+/// of, makes the [`status`](EtcdDiscover::status) `Failed` with [`Error::InvalidPrefix`] from
+/// the start, and the first poll yields that error, before any I/O.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -139,6 +142,8 @@ impl EtcdDiscover {
             healthy_after: Duration::from_secs(10),
             status: Arc::new(status),
         };
+        // The status carries the outcome; the first poll checks again.
+        let _ = config.check();
         EtcdDiscover {
             service,
             inner: Inner::Idle(Box::new(config)),
@@ -232,7 +237,10 @@ impl EtcdDiscover {
 
     fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
         match &mut self.inner {
-            Inner::Idle(config) => f(config),
+            Inner::Idle(config) => {
+                f(config);
+                let _ = config.check();
+            }
             Inner::Running(_) => {
                 tracing::warn!("discovery is already running: configuration change ignored")
             }
@@ -242,6 +250,20 @@ impl EtcdDiscover {
 }
 
 impl Config {
+    /// Checks the service in the format, before any I/O: while it is invalid, the status is
+    /// `Failed` with the reason, and the first poll yields the error.
+    fn check(&self) -> Result<(), Error> {
+        let checked = check_service(&self.format, &self.service);
+        let status = match &checked {
+            Ok(()) => DiscoveryStatus::Syncing,
+            Err(error) => DiscoveryStatus::Failed {
+                error: error.clone(),
+            },
+        };
+        self.status.send_replace(status);
+        checked
+    }
+
     /// The configuration of a new shared engine, with its own status channel.
     fn engine_config(&self) -> EngineConfig {
         EngineConfig {
@@ -271,7 +293,10 @@ impl EtcdDiscover {
         if let Inner::Idle(_) = self.inner {
             let placeholder = Inner::Running(Box::pin(futures_util::stream::empty()));
             if let Inner::Idle(config) = std::mem::replace(&mut self.inner, placeholder) {
-                self.inner = Inner::Running(run(*config));
+                self.inner = Inner::Running(match config.check() {
+                    Ok(()) => run(*config),
+                    Err(error) => Box::pin(futures_util::stream::iter([Err(error)])),
+                });
             }
         }
         match &mut self.inner {

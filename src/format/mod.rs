@@ -35,6 +35,7 @@
 //! does not decode, and is skipped with a warning that names its key.
 
 mod blog;
+mod check;
 mod etcd_naming;
 mod go_zero;
 mod instance;
@@ -42,6 +43,7 @@ mod kratos;
 mod plain;
 
 pub use blog::Blog;
+pub use check::{check_instance, check_service};
 pub use etcd_naming::EtcdNaming;
 pub use go_zero::GoZero;
 pub use instance::{Instance, Metadata};

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info};
 
 use crate::backoff::Retry;
-use crate::format::{EtcdNaming, Format, Instance};
+use crate::format::{EtcdNaming, Format, Instance, check_instance, check_service};
 use crate::{Backoff, Error};
 use lease::{LeaseTask, State};
 
@@ -126,10 +126,24 @@ impl Registrar {
 
     /// Grants a lease, puts the instance's key under it, and starts keeping it alive.
     ///
-    /// Pass the address the server really listens on (the listener's `local_addr`), so that
-    /// binding port 0 works. Fails if etcd cannot be reached now; once registered, the
-    /// registration survives etcd outages on its own. More instances, of this service or
-    /// others, can share the lease through [`Registration::add`].
+    /// Pass the address clients should dial: the listener's `local_addr()` when it binds a
+    /// specific address (so that binding port 0 works), or `Instance::new("host:port")` with
+    /// the address to advertise when it binds `0.0.0.0` or `::`. Fails if etcd cannot be
+    /// reached now; once registered, the registration survives etcd outages on its own. More
+    /// instances, of this service or others, can share the lease through
+    /// [`Registration::add`].
+    ///
+    /// # Errors
+    ///
+    /// Before any I/O, with nothing written to etcd:
+    ///
+    /// - [`Error::InvalidTtl`] for a TTL below [`MIN_TTL`];
+    /// - [`Error::InvalidPrefix`] for an empty or root-only service name, or another that
+    ///   [`check_service`](crate::format::check_service) refuses;
+    /// - [`Error::InvalidAddress`] for an address clients cannot dial: port 0, or the
+    ///   unspecified `0.0.0.0` or `::` ([`check_instance`](crate::format::check_instance)).
+    ///
+    /// Then the errors of granting the lease and putting the key.
     pub async fn register(
         self,
         service: impl Into<String>,
@@ -141,11 +155,14 @@ impl Registrar {
                 min: MIN_TTL,
             });
         }
+        let (service, instance) = (service.into(), instance.into());
+        check_service(&self.format, &service)?;
+        check_instance(&instance)?;
         let status = Arc::new(watch::Sender::new(RegistrationStatus::Registering));
         let lease = Arc::new(AtomicI64::new(0));
         let mut task = LeaseTask {
             client: self.client.clone(),
-            format: self.format,
+            format: self.format.clone(),
             entries: Vec::new(),
             withdrawn: false,
             ttl: self.ttl,
@@ -155,7 +172,7 @@ impl Registrar {
             lease: lease.clone(),
         };
         let lease_id = task.grant().await?;
-        let entry = task.entry(service.into(), instance.into(), lease_id);
+        let entry = task.entry(service, instance, lease_id);
         let key = entry.key.clone();
         task.entries.push(entry);
         let from = task.put_all(lease_id).await?;
@@ -172,6 +189,7 @@ impl Registrar {
             client: self.client,
             status,
             lease,
+            format: self.format,
             counter: Arc::default(),
             serving,
             commands,

@@ -13,7 +13,7 @@ use tracing::{debug, info};
 use super::lease::Command;
 use super::{InFlightLayer, RegistrationStatus};
 use crate::Error;
-use crate::format::Instance;
+use crate::format::{Format, Instance, check_instance, check_service};
 use crate::inflight::InFlightCounter;
 
 /// A live registration: owns the lease task, and shuts the server down in order.
@@ -23,6 +23,8 @@ use crate::inflight::InFlightCounter;
 pub struct Registration {
     pub(super) key: String,
     pub(super) client: etcd_client::Client,
+    /// The format, to check what [`add`](Registration::add) is given before any I/O.
+    pub(super) format: Arc<dyn Format>,
     pub(super) status: Arc<watch::Sender<RegistrationStatus>>,
     /// The last lease granted (0: none), shared with the lease task.
     pub(super) lease: Arc<AtomicI64>,
@@ -65,6 +67,9 @@ impl Registration {
     /// Registers one more instance under the same lease, so a process holds one lease
     /// whatever it registers. Returns its key once it is in etcd.
     ///
+    /// The service and the address are checked first, with nothing written to etcd, as
+    /// [`Registrar::register`](super::Registrar::register) checks them.
+    ///
     /// Waits for the lease task, which serves it between keepalives; if etcd does not
     /// answer within the request timeout it fails with [`Error::Timeout`], and the instance
     /// may still be registered once etcd is back.
@@ -73,10 +78,13 @@ impl Registration {
         service: impl Into<String>,
         instance: impl Into<Instance>,
     ) -> Result<String, Error> {
+        let (service, instance) = (service.into(), instance.into());
+        check_service(&self.format, &service)?;
+        check_instance(&instance)?;
         let (reply, response) = oneshot::channel();
         let command = Command::Add {
-            service: service.into(),
-            instance: instance.into(),
+            service,
+            instance,
             reply,
         };
         self.command(command, response, "adding an instance").await
