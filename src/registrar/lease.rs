@@ -121,7 +121,15 @@ impl LeaseTask {
             },
             State::Put { lease_id } => match self.put_all(lease_id).await {
                 Ok(from) => {
-                    info!(lease_id, keys = self.entries.len(), "registered");
+                    if self.withdrawn {
+                        info!(
+                            lease_id,
+                            keys = self.entries.len(),
+                            "lease held, keys withdrawn: none in etcd until restored"
+                        );
+                    } else {
+                        info!(lease_id, keys = self.entries.len(), "registered");
+                    }
                     self.status
                         .send_replace(RegistrationStatus::Registered { lease_id });
                     State::KeepAlive { lease_id, from }
