@@ -11,7 +11,8 @@
 //! `--format etcd-naming|go-zero|kratos|blog` chooses the wire format (default
 //! `etcd-naming`); `--service` means what the format means: the etcd naming target, the
 //! go-zero key, or the Kratos or blog service name.
-//! Each reply names the server that answered: `Hello, <name>! (from <addr>)`.
+//! Each reply names the server that answered: `Hello, <name>! (from <addr>)`. It serves
+//! grpc.health.v1 too (`SERVING`), for `tonic-etcd probe`.
 //! On SIGTERM or SIGINT it deregisters, waits `--grace` seconds, drains in-flight calls and
 //! exits 0.
 //!
@@ -169,8 +170,12 @@ async fn run(args: Args) -> Result<(), String> {
         .register(&args.service, instance(&args, addr))
         .await
         .map_err(|e| format!("cannot register: {}", chain(&e)))?;
+    // grpc.health.v1 for probes (`tonic-etcd probe`): SERVING for "" and helloworld.Greeter.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<GreeterServer<MyGreeter>>().await;
     let server = builder
         .layer(registration.layer())
+        .add_service(health_service)
         .add_service(GreeterServer::new(MyGreeter { addr }))
         .serve_with_incoming_shutdown(incoming, registration.stop_signal());
     let mut server = tokio::spawn(server);
