@@ -5,6 +5,7 @@
 //! cargo bench --bench balance
 //! BENCH_SECS=5 BENCH_ROUNDS=5 cargo bench --bench balance     # longer, steadier runs
 //! BENCH_ONLY=1,2 cargo bench --bench balance                  # some measures only
+//! BENCH_ONLY=7 cargo bench --bench balance --features tls     # throughput over tls
 //! ```
 //!
 //! Each measure runs its peers in this one process, against the same etcd and the same
@@ -14,12 +15,13 @@
 //!
 //! Environment (defaults in brackets):
 //!
-//! - `BENCH_SECS` [1]: seconds per timed run of measures 1 and 2.
-//! - `BENCH_ROUNDS` [8]: interleaved rounds of measures 1, 2, 3 and 6.
+//! - `BENCH_SECS` [1]: seconds per timed run of measures 1, 2 and 7.
+//! - `BENCH_ROUNDS` [8]: interleaved rounds of measures 1, 2, 3, 6 and 7.
 //! - `BENCH_KILL_ROUNDS` [2]: rounds of measure 4 (each spawns three server processes).
 //! - `BENCH_TRIALS` [100]: registrations timed by measure 5.
 //! - `BENCH_INSTANCES` [10000]: instances under one prefix in measure 6.
-//! - `BENCH_ONLY` [all]: a comma-separated list of measures to run, e.g. `1,4`.
+//! - `BENCH_ONLY` [all]: a comma-separated list of measures to run, e.g. `1,4`. Measure 7
+//!   (throughput over TLS) needs `--features tls`.
 //! - `RUST_LOG` [unset]: logs to stderr, e.g. `RUST_LOG=tonic_etcd=debug`.
 //!
 //! Run directly, the binary needs `--bench`, as `cargo bench` passes it; without it (as under
@@ -41,6 +43,9 @@ mod registration;
 mod scale;
 #[path = "balance/throughput.rs"]
 mod throughput;
+#[cfg(feature = "tls")]
+#[path = "balance/tls.rs"]
+mod tls;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
@@ -185,6 +190,10 @@ async fn main() {
     }
     if config.runs(6) {
         rows.extend(scale::ten_thousand(&etcd, &config).await);
+    }
+    #[cfg(feature = "tls")]
+    if config.runs(7) {
+        rows.extend(tls::unary(&etcd, &config).await);
     }
     println!("\n## Results ({config})\n");
     println!("{}", common::table(&rows));

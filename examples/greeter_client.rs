@@ -192,16 +192,15 @@ async fn main() -> ExitCode {
 /// TLS to every server, if --tls-ca is given.
 #[cfg(feature = "tls")]
 fn backend_tls(discover: EtcdDiscover, args: &Args) -> Result<EtcdDiscover, String> {
-    use tonic::transport::{Certificate, ClientTlsConfig};
     let Some(ca) = &args.tls_ca else {
         return Ok(discover);
     };
     let ca = common::read_pem(ca, "--tls-ca")?;
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    let mut tls = tonic_etcd::TlsConfig::new().ca_certificate(ca);
     if let Some(domain) = &args.tls_domain {
         tls = tls.domain_name(domain);
     }
-    Ok(discover.tls(tls))
+    Ok(discover.tls_config(tls))
 }
 
 /// TLS to the servers needs the `tls` feature.

@@ -63,6 +63,7 @@
 //! - `registrar`: [`Registrar`], the lease task, the in-flight layer, health following.
 //! - `etcd`: [`EtcdConfig`], connecting to etcd with TLS and authentication.
 //! - `format`: wire formats and the instance model.
+//! - `tls` (with the `tls` feature): `TlsConfig`, TLS to the discovered servers.
 //! - `backoff`, `error`, `inflight`.
 
 #![warn(
@@ -83,6 +84,8 @@ mod etcd;
 pub mod format;
 mod inflight;
 mod registrar;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use backoff::Backoff;
 pub use balance::{BalancedChannel, Balancer, EndpointInfo, EndpointState};
@@ -95,6 +98,8 @@ pub use registrar::{
     CountedBody, InFlight, InFlightLayer, MIN_TTL, Registrar, Registration, RegistrationStatus,
     ResponseFuture,
 };
+#[cfg(feature = "tls")]
+pub use tls::TlsConfig;
 
 /// The etcd client this crate is built on; its [`Client`](etcd_client::Client) appears in
 /// this crate's signatures.

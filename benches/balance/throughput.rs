@@ -11,7 +11,7 @@ use crate::common::{self, Budget, Client, Config, Load, Row};
 use crate::support::{Etcd, TestServer};
 
 /// Calls in flight in measure 1.
-const THROUGHPUT_IN_FLIGHT: usize = 64;
+pub(crate) const THROUGHPUT_IN_FLIGHT: usize = 64;
 /// Calls in flight in measure 2.
 const LATENCY_IN_FLIGHT: usize = 16;
 /// The base delay of every server in measure 2; the slow one waits ten times as long. Not
@@ -235,7 +235,7 @@ pub(crate) async fn slow_backend(etcd: &Etcd, config: &Config) -> Vec<Row> {
 /// Warms each peer up, then runs `config.rounds` rounds of every peer in a rotating order
 /// (A B C, B C A, C A B, ...). Returns each peer's runs, in peer order. `start` is called
 /// before each timed run, and `report` after it, to make its log line.
-async fn interleave<const N: usize>(
+pub(crate) async fn interleave<const N: usize>(
     peers: &[(&str, Client); N],
     config: &Config,
     in_flight: usize,

@@ -9,24 +9,28 @@ use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tower_service::Service;
 
-use super::direct::{Direct, KeepAlive};
+use super::direct::{ConnectError, Direct, KeepAlive, Tls};
+use crate::discovery::Route;
 
 /// What to connect to.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
-    /// A plain `http://` endpoint with tonic's defaults: the balancer's own connection, to
-    /// the instance's address.
-    Direct,
-    /// Anything else (TLS, the user's hook): tonic's channel, which honours every setting.
+    /// An endpoint with tonic's defaults, in plain text or with the crate's own TLS
+    /// configuration: the balancer's own connection, to the instance's address.
+    Direct(Option<Tls>),
+    /// Anything else (tonic's TLS configuration, the user's hook): tonic's channel, which
+    /// honours every setting.
     Tonic(Box<Endpoint>),
 }
 
 impl Target {
-    /// The target for a discovered `endpoint`: see `Discovered::plain`.
-    pub(crate) fn new(endpoint: Endpoint, plain: bool) -> Self {
-        match plain {
-            true => Target::Direct,
-            false => Target::Tonic(Box::new(endpoint)),
+    /// The target for a discovered `endpoint`, as `route` says.
+    pub(crate) fn new(endpoint: Endpoint, route: Route) -> Self {
+        match route {
+            Route::Plain => Target::Direct(None),
+            #[cfg(feature = "tls")]
+            Route::Tls(connector) => Target::Direct(Some(connector)),
+            Route::Tonic => Target::Tonic(Box::new(endpoint)),
         }
     }
 
@@ -38,8 +42,10 @@ impl Target {
         keep_alive: Option<KeepAlive>,
     ) -> Result<(Conn, Option<oneshot::Receiver<()>>), tower::BoxError> {
         match self {
-            Target::Direct => {
-                let (direct, driver) = Direct::connect(addr, keep_alive).await?;
+            Target::Direct(tls) => {
+                let (direct, driver) = Direct::connect(addr, keep_alive, tls.as_ref())
+                    .await
+                    .inspect_err(|error| warn_refusal(addr, error))?;
                 let (open, closed) = oneshot::channel::<()>();
                 tokio::spawn(async move {
                     driver.await;
@@ -50,6 +56,20 @@ impl Target {
             Target::Tonic(endpoint) => Ok((Conn::Tonic(endpoint.connect().await?), None)),
         }
     }
+}
+
+/// Warns of a TLS refusal about certificates: a configuration to fix, which debug logs of
+/// failed connections would hide.
+fn warn_refusal(addr: &str, error: &ConnectError) {
+    #[cfg(feature = "tls")]
+    if let ConnectError::Tls {
+        certificate: true, ..
+    } = error
+    {
+        tracing::warn!(addr, error = %crate::error::Chain(error), "endpoint refused over tls");
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = (addr, error);
 }
 
 /// A connection to one endpoint; cheap to clone.

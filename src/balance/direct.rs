@@ -1,14 +1,21 @@
-//! The balancer's own HTTP/2 connection to a plain `http://` endpoint.
+//! The balancer's own HTTP/2 connection to an endpoint, in plain text or over TLS.
 //!
 //! tonic's `Channel` puts a buffer task in front of its connection, so each call crosses two
 //! tasks, and it drops a request it could not send. Here a call goes from the caller's task
 //! straight to the connection's, and a request the connection never took comes back whole
 //! (hyper's `try_send_request`), to be sent elsewhere without a copy.
 //!
-//! It is used for the endpoints with tonic's default settings only (see
-//! `Discovered::plain`): with TLS or the user's endpoint hook, the balancer connects with
-//! tonic's `Channel`, which honours every setting.
+//! It is used for the endpoints with tonic's default settings, in plain text or with the
+//! crate's own TLS configuration (see `discovery::Route`): with tonic's TLS configuration or
+//! the user's endpoint hook, the balancer connects with tonic's `Channel`, which honours
+//! every setting.
 
+#[cfg(feature = "tls")]
+mod tls;
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderValue, USER_AGENT};
@@ -18,6 +25,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::body::Body;
 
@@ -41,6 +49,7 @@ pub(crate) struct KeepAlive {
 pub(crate) struct Direct {
     sender: SendRequest<Body>,
     authority: Authority,
+    scheme: Scheme,
 }
 
 /// Why a connection could not be made.
@@ -56,6 +65,16 @@ pub(crate) enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+    #[cfg(feature = "tls")]
+    #[error("tls handshake with {addr} failed: {reason}")]
+    Tls {
+        addr: String,
+        reason: String,
+        #[source]
+        source: Option<std::io::Error>,
+        /// Whether it is about certificates: a configuration to fix.
+        certificate: bool,
+    },
     #[error("HTTP/2 handshake with {addr} failed")]
     Handshake {
         addr: String,
@@ -65,12 +84,14 @@ pub(crate) enum ConnectError {
 }
 
 impl Direct {
-    /// Connects to `addr` (`host:port`) with TCP_NODELAY, as tonic does, and completes the
-    /// HTTP/2 handshake, both within [`CONNECT_TIMEOUT`]. Returns the handle, and the
-    /// connection's own future: it must be spawned, and ends when the connection closes.
+    /// Connects to `addr` (`host:port`) with TCP_NODELAY, as tonic does, runs the TLS
+    /// handshake if `tls` is given, and completes the HTTP/2 handshake, all within
+    /// [`CONNECT_TIMEOUT`]. Returns the handle, and the connection's own future: it must be
+    /// spawned, and ends when the connection closes.
     pub(crate) async fn connect(
         addr: &str,
         keep_alive: Option<KeepAlive>,
+        tls: Option<&Tls>,
     ) -> Result<(Direct, impl Future<Output = ()> + Send + 'static), ConnectError> {
         let authority: Authority = addr.parse().map_err(|_| ConnectError::Address {
             addr: addr.to_owned(),
@@ -83,6 +104,7 @@ impl Direct {
             let stream = TcpStream::connect(addr).await.map_err(io)?;
             // Small replies would otherwise wait for delayed acknowledgements.
             stream.set_nodelay(true).map_err(io)?;
+            let stream = Stream::new(stream, tls, &authority, addr).await?;
             let mut builder = Builder::new(TokioExecutor::new());
             builder.timer(TokioTimer::new());
             if let Some(keep_alive) = keep_alive {
@@ -108,7 +130,16 @@ impl Direct {
                 tracing::debug!(error = %crate::error::Chain(&error), "connection ended");
             }
         };
-        Ok((Direct { sender, authority }, driver))
+        let scheme = match tls {
+            Some(_) => Scheme::HTTPS,
+            None => Scheme::HTTP,
+        };
+        let direct = Direct {
+            sender,
+            authority,
+            scheme,
+        };
+        Ok((direct, driver))
     }
 
     /// Whether the connection has closed.
@@ -130,7 +161,7 @@ impl Direct {
     /// tonic's channel does.
     fn address(&self, request: &mut Request<Body>) {
         let mut parts = std::mem::take(request.uri_mut()).into_parts();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(PathAndQuery::from_static("/"));
@@ -138,6 +169,108 @@ impl Direct {
         // Scheme, authority and path are all set: this cannot fail.
         *request.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
         request.headers_mut().entry(USER_AGENT).or_insert(AGENT);
+    }
+}
+
+/// The crate's own TLS configuration, or, without the `tls` feature, nothing.
+#[cfg(feature = "tls")]
+pub(crate) type Tls = crate::tls::Connector;
+/// The crate's own TLS configuration, or, without the `tls` feature, nothing.
+#[cfg(not(feature = "tls"))]
+pub(crate) type Tls = std::convert::Infallible;
+
+/// The connection's byte stream: TCP, or TLS over it.
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<tls::Primed>),
+}
+
+impl Stream {
+    /// `tcp`, after the TLS handshake if `tls` is given.
+    #[cfg_attr(not(feature = "tls"), allow(clippy::unused_async))]
+    async fn new(
+        tcp: TcpStream,
+        tls: Option<&Tls>,
+        authority: &Authority,
+        addr: &str,
+    ) -> Result<Stream, ConnectError> {
+        let Some(tls) = tls else {
+            return Ok(Stream::Plain(tcp));
+        };
+        #[cfg(feature = "tls")]
+        {
+            match tls::handshake(tls, authority.host(), tcp).await {
+                Ok(primed) => Ok(Stream::Tls(Box::new(primed))),
+                Err(refusal) => Err(ConnectError::Tls {
+                    addr: addr.to_owned(),
+                    reason: refusal.reason,
+                    source: refusal.source,
+                    certificate: refusal.certificate,
+                }),
+            }
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = (authority, addr);
+            match *tls {}
+        }
+    }
+}
+
+/// Forwards each method to the stream inside.
+macro_rules! forward {
+    ($self:ident, $stream:ident => $call:expr) => {
+        match $self.get_mut() {
+            Stream::Plain($stream) => $call,
+            #[cfg(feature = "tls")]
+            Stream::Tls($stream) => $call,
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        forward!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        forward!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        forward!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        forward!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        forward!(self, s => Pin::new(s).poll_shutdown(cx))
     }
 }
 

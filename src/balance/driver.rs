@@ -234,7 +234,7 @@ impl Pool {
                     Discovered {
                         endpoint,
                         instance,
-                        plain,
+                        route,
                     },
                 ) => {
                     debug!(key, addr = %instance.addr, "endpoint added");
@@ -247,7 +247,7 @@ impl Pool {
                     self.max_weight = self.max_weight.max(weight(&backend));
                     let entry = Entry {
                         backend: backend.clone(),
-                        target: Target::new(endpoint, plain),
+                        target: Target::new(endpoint, route),
                         connector: None,
                         failures: 0,
                         resting: false,

@@ -149,11 +149,11 @@ impl Decoder {
     fn endpoint_for(&self, key: &str, value: &[u8]) -> Result<Discovered, Skip> {
         let instance = self.format.decode_for(&self.service, key, value)?;
         let endpoint = self.recipe.endpoint(&instance)?;
-        let plain = self.recipe.is_plain(&instance);
+        let route = self.recipe.route(&instance);
         Ok(Discovered {
             endpoint,
             instance,
-            plain,
+            route,
         })
     }
 }
@@ -325,7 +325,9 @@ mod tests {
     #[test]
     fn a_tls_configuration_makes_every_endpoint_https() {
         let recipe = EndpointRecipe {
-            tls: Some(tonic::transport::ClientTlsConfig::new()),
+            tls: Some(crate::discovery::recipe::BackendTls::Tonic(
+                tonic::transport::ClientTlsConfig::new(),
+            )),
             ..EndpointRecipe::default()
         };
         let mut d = Decoder::new(Arc::new(EtcdNaming), "s".into(), recipe);

@@ -23,6 +23,8 @@ use tokio::sync::watch;
 use tonic::transport::Endpoint;
 use tower::discover::Change;
 
+#[cfg(feature = "tls")]
+use crate::TlsConfig;
 use crate::format::{EtcdNaming, Format, Instance, check_service};
 use crate::{Backoff, Error};
 use engine::EngineConfig;
@@ -39,9 +41,23 @@ type ChangeStream = Pin<Box<dyn Stream<Item = Result<Change<String, Discovered>,
 pub(crate) struct Discovered {
     pub(crate) endpoint: Endpoint,
     pub(crate) instance: Instance,
-    /// Whether `endpoint` has the default settings: `http://<addr>`, a 5 s connect timeout,
-    /// no TLS and no hook. The balancer then connects by itself, with those settings.
-    pub(crate) plain: bool,
+    /// How the crate's own balancer connects to it.
+    pub(crate) route: Route,
+}
+
+/// How the crate's own balancer connects to an instance.
+#[derive(Debug, Clone)]
+pub(crate) enum Route {
+    /// By itself, in plain text: the endpoint has the default settings (`http://<addr>`,
+    /// a 5 s connect timeout, no TLS, no hook).
+    Plain,
+    /// By itself, over TLS with the crate's own [`TlsConfig`](crate::TlsConfig), and
+    /// otherwise the default settings.
+    #[cfg(feature = "tls")]
+    Tls(crate::tls::Connector),
+    /// Through tonic's `Channel` to the endpoint, which honours every setting: the user's
+    /// hook, or tonic's TLS configuration.
+    Tonic,
 }
 
 /// A [`tower::discover::Discover`] of the servers registered under an etcd prefix.
@@ -158,8 +174,11 @@ impl EtcdDiscover {
 
     /// A hook that adjusts the [`Endpoint`] built for each instance: timeouts, TLS, HTTP/2
     /// settings. It receives the endpoint for `http://<addr>`, or `https://<addr>` with its
-    /// TLS configuration when `tls` (with the `tls` feature) is set or the instance asks for
-    /// TLS, with a connect timeout of 5 s. Default: none.
+    /// TLS configuration when `tls_config` or `tls` (with the `tls` feature) is set or the
+    /// instance asks for TLS, with a connect timeout of 5 s. Default: none.
+    ///
+    /// With a hook, the crate's own balancer connects through tonic's `Channel`, which
+    /// honours every setting of the endpoint, rather than by its own connection.
     ///
     /// ```no_run
     /// # fn f(client: tonic_etcd::etcd_client::Client) {
@@ -176,20 +195,52 @@ impl EtcdDiscover {
         self.configure(|c| c.endpoint_hook.hook = Some(Arc::new(hook)))
     }
 
-    /// Connects to every discovered instance with TLS, configured by `config`: its CA,
-    /// client identity for mutual TLS, and server name. Both balancers use it. Default: only
-    /// the instances that ask for TLS use it, with tonic's default roots.
+    /// Connects to every discovered instance with TLS, configured by `config`: its CA
+    /// certificates, client identity for mutual TLS, and server name (see [`TlsConfig`] for
+    /// the defaults). Both balancers use it; the crate's own
+    /// ([`channel`](EtcdDiscover::channel)) speaks it on its own HTTP/2 connections, over
+    /// rustls. Default: only the instances that ask for TLS use it, through tonic's
+    /// `Channel` with the roots of tonic's `tls-native-roots` or `tls-webpki-roots`
+    /// features, if any is enabled.
     ///
     /// Every endpoint becomes `https://<addr>`, whether or not the instance asks for TLS,
-    /// because most formats (etcd naming, go-zero) have no way to say so. This is needed:
-    /// tonic 0.14 applies a TLS configuration only to `https://` URIs, and connects to an
-    /// `http://` one in plain text, silently. A server that does not speak TLS then fails
-    /// the handshake, and the balancer treats it like any other failing endpoint.
+    /// because most formats (etcd naming, go-zero) have no way to say so. A server that does
+    /// not speak TLS then fails the handshake, and the balancer treats it like any other
+    /// failing endpoint: it is ejected, and probed again with backoff. A server whose
+    /// certificate is not trusted, or that refuses the client certificate, is ejected the
+    /// same way, with a `warn!` that says so.
     ///
-    /// Without a [`domain_name`](tonic::transport::ClientTlsConfig::domain_name), each
-    /// server's certificate must be valid for the host of its registered address, an IP
-    /// address for most registrations. The [`endpoint`](EtcdDiscover::endpoint) hook runs
-    /// after, and can still change the TLS configuration of one endpoint.
+    /// Without a [`domain_name`](TlsConfig::domain_name), each server's certificate must be
+    /// valid for the host of its registered address, an IP address for most registrations.
+    /// With an [`endpoint`](EtcdDiscover::endpoint) hook, which may change anything, the
+    /// crate's balancer connects through tonic's `Channel` instead, with the same settings.
+    ///
+    /// ```no_run
+    /// # fn f(client: tonic_etcd::etcd_client::Client, ca_pem: &[u8]) {
+    /// use tonic_etcd::{EtcdDiscover, TlsConfig};
+    ///
+    /// let channel = EtcdDiscover::new(client, "services/greeter")
+    ///     .tls_config(TlsConfig::new().ca_certificate(ca_pem))
+    ///     .channel();
+    /// # drop(channel);
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_config(self, config: TlsConfig) -> Self {
+        self.configure(|c| c.endpoint_hook.tls = Some(config.into()))
+    }
+
+    /// Connects to every discovered instance with TLS, configured by tonic's `config`, as
+    /// [`tls_config`](EtcdDiscover::tls_config) does. Prefer that one: tonic's configuration
+    /// is opaque, so with this one the crate's own balancer cannot connect by itself and
+    /// goes through tonic's `Channel`, which costs a buffer task per call and a copy of each
+    /// call's head for the retry of calls that never left.
+    ///
+    /// tonic 0.14 applies a TLS configuration only to `https://` URIs, and connects to an
+    /// `http://` one in plain text, silently: so every endpoint becomes `https://<addr>`, as
+    /// with [`tls_config`](EtcdDiscover::tls_config). The [`endpoint`](EtcdDiscover::endpoint)
+    /// hook runs after, and can still change the TLS configuration of one endpoint.
     ///
     /// ```no_run
     /// # fn f(client: tonic_etcd::etcd_client::Client, ca_pem: &[u8]) {
@@ -205,7 +256,7 @@ impl EtcdDiscover {
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(self, config: tonic::transport::ClientTlsConfig) -> Self {
-        self.configure(|c| c.endpoint_hook.tls = Some(config))
+        self.configure(|c| c.endpoint_hook.tls = Some(recipe::BackendTls::Tonic(config)))
     }
 
     /// The backoff between retries while etcd fails. Default: 100 ms doubling to 2 s, with

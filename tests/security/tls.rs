@@ -1,13 +1,20 @@
-//! TLS to etcd (mutual, with certificates made at test time) and TLS to the backends.
+//! TLS to etcd (mutual, with certificates made at test time) and TLS to the backends, on
+//! the balancer's own connection (`TlsConfig`) and through tonic's (`ClientTlsConfig`).
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use tonic::transport::{Certificate, ClientTlsConfig};
-use tonic_etcd::{EtcdConfig, EtcdDiscover, Instance, Kratos, Registrar};
+use tonic_etcd::{
+    BalancedChannel, EndpointState, EtcdConfig, EtcdDiscover, Instance, Kratos, Registrar,
+    TlsConfig,
+};
 
-use super::support::{Etcd, ServerProcess, TestPki, TestServer};
-use super::{PROMPT, SERVICE, assert_refused, first_reply, run_example};
+use super::support::pb::HelloRequest;
+use super::support::pb::greeter_client::GreeterClient;
+use super::support::{Etcd, ServerProcess, TestPki, TestServer, wait_for};
+use super::{DEADLINE, PROMPT, SERVICE, assert_refused, first_reply, run_example};
 use tokio::time::Instant;
 
 /// A client of `etcd` that presents `pki`'s client certificate.
@@ -191,4 +198,259 @@ async fn the_example_pair_works_over_tls_everywhere() {
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains(r#""ok":20,"failed":0"#), "{stdout}");
     assert!(stdout.contains(&server.addr().to_string()), "{stdout}");
+}
+
+fn own_tls(pki: &TestPki) -> TlsConfig {
+    TlsConfig::new().ca_certificate(pki.ca_pem.as_bytes())
+}
+
+/// The warnings logged on this thread, which runs the test's runtime and so every task of
+/// the balancer, while the guard lives.
+#[derive(Clone, Default)]
+struct Warnings(Arc<Mutex<Vec<u8>>>);
+
+impl Warnings {
+    fn capture() -> (Warnings, tracing::subscriber::DefaultGuard) {
+        let warnings = Warnings::default();
+        let writer = warnings.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (warnings, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for Warnings {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Makes `calls` calls one after the other; returns how many each server answered.
+async fn call_many(channel: &BalancedChannel, calls: usize) -> Vec<SocketAddr> {
+    let mut client = GreeterClient::new(channel.clone());
+    let mut answered = Vec::new();
+    for i in 0..calls {
+        let request = HelloRequest {
+            name: format!("call {i}"),
+        };
+        let reply = client
+            .say_hello(request)
+            .await
+            .unwrap_or_else(|status| panic!("call {i} failed: {status}"));
+        answered.push(super::support::greeter::backend_of(
+            &reply.into_inner().message,
+        ));
+    }
+    answered
+}
+
+/// Waits until `addr` is ejected from `channel`, and until the warnings say `why`.
+async fn wait_for_refusal(
+    channel: &BalancedChannel,
+    addr: SocketAddr,
+    warnings: &Warnings,
+    why: &str,
+) {
+    let addr = addr.to_string();
+    wait_for("the endpoint ejected", DEADLINE, || async {
+        channel
+            .endpoints()
+            .iter()
+            .any(|e| e.addr == addr && e.state == EndpointState::Ejected)
+            .then_some(())
+    })
+    .await;
+    wait_for("a warning that says why", DEADLINE, || async {
+        let text = warnings.text();
+        (text.contains(&addr) && text.contains(why)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn calls_over_tls_take_the_balancers_own_connection() {
+    let pki = TestPki::new();
+    let etcd = Etcd::start().await;
+    let servers = [
+        TestServer::start_tls(&pki).await,
+        TestServer::start_tls(&pki).await,
+    ];
+    let registrar = Registrar::new(etcd.client().await);
+    let registration = registrar
+        .register(SERVICE, servers[0].addr())
+        .await
+        .expect("register");
+    registration
+        .add(SERVICE, servers[1].addr())
+        .await
+        .expect("register the second");
+    let discover = EtcdDiscover::new(etcd.client().await, SERVICE).tls_config(own_tls(&pki));
+    let channel = discover.channel();
+    first_reply(channel.clone()).await;
+    wait_for("both endpoints up", DEADLINE, || async {
+        let up = channel
+            .endpoints()
+            .iter()
+            .filter(|e| e.state == EndpointState::Up)
+            .count();
+        (up == 2).then_some(())
+    })
+    .await;
+    let answered = call_many(&channel, 40).await;
+    for server in &servers {
+        assert!(answered.contains(&server.addr()), "{answered:?}");
+    }
+
+    // tonic's balancer takes the same configuration.
+    let discover = EtcdDiscover::new(etcd.client().await, SERVICE).tls_config(own_tls(&pki));
+    let (channel, _handle) = discover.balance_channel();
+    first_reply(channel).await;
+    registration.shutdown().await.expect("deregister");
+}
+
+#[tokio::test]
+async fn mutual_tls_presents_the_client_identity_and_a_refusal_ejects_with_a_reason() {
+    let pki = TestPki::new();
+    let etcd = Etcd::start().await;
+    let mutual = TestServer::start_mutual_tls(&pki).await;
+    let registration = Registrar::new(etcd.client().await)
+        .register(SERVICE, mutual.addr())
+        .await
+        .expect("register");
+
+    let identity = own_tls(&pki).identity(
+        pki.client.cert_pem.as_bytes(),
+        pki.client.key_pem.as_bytes(),
+    );
+    let channel = EtcdDiscover::new(etcd.client().await, SERVICE)
+        .tls_config(identity)
+        .channel();
+    first_reply(channel.clone()).await;
+    assert!(
+        call_many(&channel, 10)
+            .await
+            .iter()
+            .all(|a| *a == mutual.addr())
+    );
+
+    // Without a client certificate, or with one from another CA, the server refuses:
+    // the endpoint is ejected, a warning says why, and calls go to a server that accepts.
+    let (warnings, _guard) = Warnings::capture();
+    let open = TestServer::start_tls(&pki).await;
+    registration
+        .add(SERVICE, open.addr())
+        .await
+        .expect("register");
+    let channel = EtcdDiscover::new(etcd.client().await, SERVICE)
+        .tls_config(own_tls(&pki))
+        .channel();
+    wait_for_refusal(
+        &channel,
+        mutual.addr(),
+        &warnings,
+        "requires a client certificate",
+    )
+    .await;
+    assert!(
+        call_many(&channel, 10)
+            .await
+            .iter()
+            .all(|a| *a == open.addr())
+    );
+
+    let stranger = TestPki::new();
+    let foreign = own_tls(&pki).identity(
+        stranger.client.cert_pem.as_bytes(),
+        stranger.client.key_pem.as_bytes(),
+    );
+    let channel = EtcdDiscover::new(etcd.client().await, SERVICE)
+        .tls_config(foreign)
+        .channel();
+    wait_for_refusal(
+        &channel,
+        mutual.addr(),
+        &warnings,
+        "rejected the client certificate",
+    )
+    .await;
+    assert!(
+        call_many(&channel, 10)
+            .await
+            .iter()
+            .all(|a| *a == open.addr())
+    );
+    registration.shutdown().await.expect("deregister");
+}
+
+#[tokio::test]
+async fn a_server_signed_by_another_ca_is_ejected_with_a_reason() {
+    let pki = TestPki::new();
+    let stranger = TestPki::new();
+    let etcd = Etcd::start().await;
+    let trusted = TestServer::start_tls(&pki).await;
+    let untrusted = TestServer::start_tls(&stranger).await;
+    let registration = Registrar::new(etcd.client().await)
+        .register(SERVICE, trusted.addr())
+        .await
+        .expect("register");
+    registration
+        .add(SERVICE, untrusted.addr())
+        .await
+        .expect("register");
+    let (warnings, _guard) = Warnings::capture();
+    let channel = EtcdDiscover::new(etcd.client().await, SERVICE)
+        .tls_config(own_tls(&pki))
+        .channel();
+    wait_for_refusal(
+        &channel,
+        untrusted.addr(),
+        &warnings,
+        "certificate is not trusted",
+    )
+    .await;
+    assert!(
+        call_many(&channel, 20)
+            .await
+            .iter()
+            .all(|a| *a == trusted.addr())
+    );
+    assert_eq!(untrusted.calls(), 0);
+
+    // With only the untrusted server, a call fails with a status, and nothing panics.
+    const ALONE: &str = "services/untrusted";
+    registration
+        .add(ALONE, untrusted.addr())
+        .await
+        .expect("register");
+    let channel = EtcdDiscover::new(etcd.client().await, ALONE)
+        .tls_config(own_tls(&pki))
+        .channel();
+    wait_for_refusal(
+        &channel,
+        untrusted.addr(),
+        &warnings,
+        "certificate is not trusted",
+    )
+    .await;
+    let status = GreeterClient::new(channel)
+        .say_hello(HelloRequest { name: "x".into() })
+        .await
+        .expect_err("no server is trusted");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(untrusted.calls(), 0);
+    registration.shutdown().await.expect("deregister");
 }

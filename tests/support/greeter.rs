@@ -132,6 +132,21 @@ impl TestServer {
         Self::serve(loopback_any(), Duration::ZERO, builder).await
     }
 
+    /// Starts a server like [`TestServer::start_tls`] that also requires a client
+    /// certificate signed by `pki`'s CA (mutual TLS).
+    #[cfg(feature = "tls")]
+    pub async fn start_mutual_tls(pki: &super::tls::TestPki) -> TestServer {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let identity = Identity::from_pem(&pki.server.cert_pem, &pki.server.key_pem);
+        let tls = ServerTlsConfig::new()
+            .identity(identity)
+            .client_ca_root(Certificate::from_pem(&pki.ca_pem));
+        let builder = Server::builder()
+            .tls_config(tls)
+            .expect("the test server certificate is valid");
+        Self::serve(loopback_any(), Duration::ZERO, builder).await
+    }
+
     /// Binds `addr` and serves a [`Greeter`] on it in a task.
     async fn start_on(addr: SocketAddr, delay: Duration) -> TestServer {
         Self::serve(addr, delay, Server::builder()).await
