@@ -18,10 +18,10 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use tonic_etcd::{EtcdDiscover, etcd_client::Client};
+//! use tonic_etcd::{EtcdConfig, EtcdDiscover};
 //!
-//! let etcd = Client::connect(["http://127.0.0.1:2379"], None).await?;
-//! let channel = EtcdDiscover::new(etcd, "services/greeter").channel();
+//! let etcd = EtcdConfig::new(["http://127.0.0.1:2379"]).connect().await?;
+//! let channel = EtcdDiscover::new(etcd, "greeter").channel();
 //! // let mut client = GreeterClient::new(channel);
 //! # drop(channel);
 //! # Ok(())
@@ -30,15 +30,20 @@
 //!
 //! # Server
 //!
+//! Register the address clients should dial, serve with the registration's layer and stop
+//! signal, and shut down on SIGTERM as well as SIGINT: a server that ignores SIGTERM
+//! (systemd, Kubernetes) dies without deregistering.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use tokio::signal::unix::{SignalKind, signal};
 //! use tonic::transport::{Server, server::TcpIncoming};
-//! use tonic_etcd::{Registrar, etcd_client::Client};
+//! use tonic_etcd::{EtcdConfig, Registrar};
 //!
-//! let etcd = Client::connect(["http://127.0.0.1:2379"], None).await?;
-//! let incoming = TcpIncoming::bind("127.0.0.1:0".parse()?)?.with_nodelay(Some(true));
+//! let etcd = EtcdConfig::new(["http://127.0.0.1:2379"]).connect().await?;
+//! let incoming = TcpIncoming::bind("127.0.0.1:50051".parse()?)?.with_nodelay(Some(true));
 //! let registration = Registrar::new(etcd)
-//!     .register("services/greeter", incoming.local_addr()?)
+//!     .register("greeter", incoming.local_addr()?)
 //!     .await?;
 //! let server = Server::builder()
 //!     .layer(registration.layer())
@@ -46,12 +51,21 @@
 //! #   .add_routes(tonic::service::Routes::default())
 //!     .serve_with_incoming_shutdown(incoming, registration.stop_signal());
 //! let server = tokio::spawn(server);
-//! tokio::signal::ctrl_c().await?;
+//! let mut terminate = signal(SignalKind::terminate())?;
+//! tokio::select! {
+//!     _ = terminate.recv() => {}
+//!     _ = tokio::signal::ctrl_c() => {}
+//! }
 //! registration.shutdown().await?; // deregister, wait, stop accepting, drain
 //! server.await??;
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The library logs through `tracing`; install a subscriber (for example
+//! `tracing_subscriber::fmt::init()`) to see its warnings. A dependent needs `protoc` with
+//! the standard includes for etcd-client's build; this crate has no build script. The guide
+//! is in the repository's `docs/`.
 //!
 //! # Layout
 //!
@@ -100,6 +114,11 @@ pub use registrar::{
 };
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;
+
+/// The README's snippets, compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// The etcd client this crate is built on; its [`Client`](etcd_client::Client) appears in
 /// this crate's signatures.

@@ -1,0 +1,59 @@
+//! The README's server, verbatim (`tests/readme.rs` checks that they match, and that SIGTERM
+//! removes its key): a greeter registered in etcd as `greeter`, deregistered on SIGTERM or
+//! SIGINT.
+//!
+//! ```text
+//! ETCD_ENDPOINTS=http://127.0.0.1:2379 LISTEN_ADDR=127.0.0.1:50051 cargo run --example readme_server
+//! ```
+
+use std::time::Duration;
+
+use hello_world::greeter_server::{Greeter, GreeterServer};
+use hello_world::{HelloReply, HelloRequest};
+use tokio::signal::unix::{SignalKind, signal};
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+use tonic_etcd::{EtcdConfig, Registrar};
+
+struct MyGreeter;
+
+#[tonic::async_trait]
+impl Greeter for MyGreeter {
+    async fn say_hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
+        let message = format!("Hello, {}!", request.into_inner().name);
+        Ok(Response::new(HelloReply { message }))
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt::init();
+    let etcd_urls = std::env::var("ETCD_ENDPOINTS").unwrap_or("http://127.0.0.1:2379".into());
+    // The address clients dial: a real one (0.0.0.0 would be refused), port 0 for any.
+    let addr = std::env::var("LISTEN_ADDR").unwrap_or("127.0.0.1:50051".into());
+    let etcd = EtcdConfig::new(etcd_urls.split(',')).connect().await?;
+    let incoming = TcpIncoming::bind(addr.parse()?)?.with_nodelay(Some(true));
+    let registration = Registrar::new(etcd)
+        .ttl(Duration::from_secs(10)) // a crashed server's key lives this long
+        .register("greeter", incoming.local_addr()?) // the bound address, so port 0 works
+        .await?;
+    let server = tokio::spawn(
+        Server::builder()
+            .layer(registration.layer()) // counts calls in flight, for the drain
+            .add_service(GreeterServer::new(MyGreeter))
+            .serve_with_incoming_shutdown(incoming, registration.stop_signal()),
+    );
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    // Deregister (the key goes at once), wait the grace period, stop accepting, drain.
+    registration.shutdown().await?;
+    server.await??;
+    Ok(())
+}
