@@ -51,6 +51,7 @@ pub(crate) const ALPN_H2: &[u8] = b"h2";
 /// ```
 #[derive(Clone, Default)]
 #[must_use]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub struct TlsConfig {
     ca: Vec<Vec<u8>>,
     identity: Option<(Vec<u8>, Vec<u8>)>,
