@@ -77,6 +77,8 @@
 //! - `registrar`: [`Registrar`], the lease task, the in-flight layer, health following.
 //! - `etcd`: [`EtcdConfig`], connecting to etcd with TLS and authentication.
 //! - `format`: wire formats and the instance model.
+//! - `target`: [`Target`], endpoints, service and format from one string such as
+//!   `etcd://10.0.0.1:2379/greeter?format=kratos`, for configuration files.
 //! - `tls` (with the `tls` feature): `TlsConfig`, TLS to the discovered servers.
 //! - `backoff`, `error`, `inflight`.
 
@@ -98,6 +100,7 @@ mod etcd;
 pub mod format;
 mod inflight;
 mod registrar;
+mod target;
 #[cfg(feature = "tls")]
 mod tls;
 
@@ -112,6 +115,7 @@ pub use registrar::{
     CountedBody, InFlight, InFlightLayer, MIN_TTL, Registrar, Registration, RegistrationStatus,
     ResponseFuture,
 };
+pub use target::{DEFAULT_ETCD_PORT, Target, TargetError, TargetFormat};
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;
 
