@@ -92,6 +92,9 @@ pub fn check_instance(instance: &Instance) -> Result<(), Error> {
             reason,
         })
     };
+    if instance.addr.contains("://") {
+        return invalid("it has a scheme: give host:port alone, without http:// or grpc://");
+    }
     if let Ok(socket) = instance.addr.parse::<SocketAddr>() {
         if socket.port() == 0 {
             return invalid(
@@ -188,6 +191,7 @@ mod tests {
             ("[::1]:0", "local_addr()"),
             ("host:0", "1..=65535"),
             ("10.0.0.1", "no port"),
+            ("grpc://10.0.0.1:50051", "scheme"),
             ("", "no port"),
         ] {
             let error = check_instance(&Instance::new(addr)).expect_err(addr);

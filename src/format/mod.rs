@@ -32,7 +32,9 @@
 //!
 //! No format can tell apart two services whose names differ only in leading or trailing
 //! slashes: they are one service. A value written in another format under the same prefix
-//! does not decode, and is skipped with a warning that names its key.
+//! does not decode, and is skipped with a warning that names its key, with one exception:
+//! [`GoZero`] and [`PlainAddr`] values are both a bare address, so under one prefix each
+//! reads the other's keys.
 
 mod blog;
 mod check;
