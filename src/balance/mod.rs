@@ -437,13 +437,15 @@ struct Owner {
 /// - **A bounded subset.** Up to [`Balancer::subset`] endpoints (32) are connected; with
 ///   more, a random subset is, and a failed member makes room for another endpoint. The
 ///   others are known but cost no connection ([`EndpointState::Idle`]).
-/// - **Its own connections.** To a plain `http://` endpoint (no TLS, no
-///   [`endpoint`](EtcdDiscover::endpoint) hook) it opens its own HTTP/2 connection, with
-///   tonic's default settings, TCP_NODELAY, the call's `grpc-timeout` as its deadline, and
-///   the user agent `tonic-etcd/<version>` unless the call sets one: a call crosses no buffer
-///   task, a closed connection ejects its endpoint at once, and a request the connection did
-///   not take comes back whole to go elsewhere. With TLS or a hook it uses tonic's `Channel`,
-///   which honours every setting of the endpoint.
+/// - **Its own connections.** To an endpoint without an
+///   [`endpoint`](EtcdDiscover::endpoint) hook, in plain text or over TLS with the crate's
+///   own `TlsConfig` (rustls, ALPN `h2`), it opens its own HTTP/2 connection, with tonic's
+///   default settings, TCP_NODELAY, the call's `grpc-timeout` as its deadline, and the user
+///   agent `tonic-etcd/<version>` unless the call sets one: a call crosses no buffer task, a
+///   closed connection ejects its endpoint at once, and a request the connection did not
+///   take comes back whole to go elsewhere. With a hook, or tonic's `ClientTlsConfig`
+///   (`EtcdDiscover::tls`), it uses tonic's `Channel`, which honours every setting of the
+///   endpoint.
 ///
 /// # What a caller sees
 ///

@@ -8,10 +8,11 @@ use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 use tokio::io::AsyncReadExt;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_rustls::rustls::{self, AlertDescription, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use super::EtcdConfig;
 use crate::Error;
+use crate::tls::is_certificate_alert;
 
 /// How long the diagnosis waits for etcd's verdict on the client certificate, which TLS 1.3
 /// sends after the handshake.
@@ -189,21 +190,6 @@ impl TlsSettings {
         config.alpn_protocols = vec![b"h2".to_vec()];
         Some(config)
     }
-}
-
-/// Whether the server's alert is about the client certificate. Go sends `BadCertificate`
-/// both for a missing one (before Go 1.21) and for one it cannot verify.
-fn is_certificate_alert(alert: AlertDescription) -> bool {
-    matches!(
-        alert,
-        AlertDescription::BadCertificate
-            | AlertDescription::CertificateRequired
-            | AlertDescription::UnknownCA
-            | AlertDescription::CertificateUnknown
-            | AlertDescription::CertificateExpired
-            | AlertDescription::CertificateRevoked
-            | AlertDescription::UnsupportedCertificate
-    )
 }
 
 /// Checks that `pem` holds a PEM block whose label ends with `label`.
