@@ -239,11 +239,30 @@ impl Error {
             Error::LeaseLost { .. } => true,
             Error::Put { source, .. }
             | Error::KeepAlive { source, .. }
-            | Error::Revoke { source, .. } => {
-                status_of(source).is_some_and(|s| s.message().contains("requested lease not found"))
-            }
+            | Error::Revoke { source, .. } => match &**source {
+                // etcd-client's own word for a keepalive answered with TTL 0.
+                etcd_client::Error::LeaseKeepAliveError(m) => m == "lease not found",
+                other => status_of(other)
+                    .is_some_and(|s| s.message().contains("requested lease not found")),
+            },
             _ => false,
         }
+    }
+
+    /// Returns `true` if the error may be one member's alone (refused, unavailable, frozen,
+    /// without a leader), so that the same request sent again may well succeed on another
+    /// member; `false` for an answer every member would give (permanent errors, a lost
+    /// lease, a compacted revision) and for the crate's own state.
+    pub(crate) fn is_member_local(&self) -> bool {
+        let compacted = match self {
+            Error::List { source, .. } | Error::Watch { source, .. } => status_of(source)
+                .is_some_and(|s| s.message().contains("required revision has been compacted")),
+            _ => false,
+        };
+        !(self.is_permanent()
+            || self.is_lease_not_found()
+            || compacted
+            || matches!(self, Error::Stopped | Error::WatchCancelled { .. }))
     }
 }
 

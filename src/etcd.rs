@@ -1,17 +1,19 @@
 //! Connecting to etcd: endpoints, TLS, credentials and timeouts, checked before use.
 
+pub(crate) mod request;
 #[cfg(feature = "tls")]
 mod tls;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use tokio::time::Instant;
 
-use crate::backoff::Retry;
-use crate::{Backoff, Error};
+use crate::Error;
+use request::request_until;
 
 /// The key the probe reads (count only) to learn whether etcd wants credentials.
 const PROBE_KEY: &str = "tonic-etcd/probe";
@@ -138,40 +140,30 @@ impl EtcdConfig {
     /// Connects, authenticates if a user is set, and checks that etcd answers, retrying
     /// for up to the [`deadline`](EtcdConfig::deadline) while it does not. Errors that
     /// retrying cannot fix are returned at once.
+    ///
+    /// A member that is down or frozen does not fail the connect while another answers:
+    /// each try goes through the crate's one-shot request path (a refused try is made again
+    /// at once, an unanswered one gets a second one alongside after 300 ms).
     pub async fn connect(self) -> Result<Client, Error> {
         check_endpoints(&self.endpoints)?;
         let options = self.options()?;
         let end = Instant::now() + self.deadline;
-        let mut retry = Retry::new(Backoff::default().max(Duration::from_secs(1)));
-        let mut diagnosed = false;
-        let mut last = None;
-        loop {
-            let attempt = tokio::time::timeout_at(end, self.attempt(options.clone())).await;
-            let error = match attempt {
-                Ok(Ok(client)) => return Ok(client),
-                Ok(Err(error)) if error.is_permanent() => return Err(error),
-                Ok(Err(error)) => error,
-                Err(_) => {
-                    return Err(last.unwrap_or(Error::Timeout {
-                        operation: "connecting to etcd",
-                        after: self.deadline,
-                    }));
-                }
+        let diagnosed = AtomicBool::new(false);
+        request_until("connecting to etcd", end, || async {
+            let error = match self.attempt(options.clone()).await {
+                Ok(client) => return Ok(client),
+                Err(error) => error,
             };
-            if !diagnosed {
-                diagnosed = true;
-                if let Some(rejected) = self.diagnose().await {
-                    return Err(rejected);
-                }
+            if !error.is_permanent()
+                && !diagnosed.swap(true, Ordering::Relaxed)
+                && let Some(rejected) = self.diagnose().await
+            {
+                return Err(rejected);
             }
-            let delay = retry.next_delay();
-            if Instant::now() + delay >= end {
-                return Err(error);
-            }
-            tracing::debug!(endpoints = %self.endpoints.join(","), ?delay, error = %crate::error::Chain(&error), "etcd not ready, retrying");
-            last = Some(error);
-            tokio::time::sleep(delay).await;
-        }
+            tracing::debug!(endpoints = %self.endpoints.join(","), error = %crate::error::Chain(&error), "etcd not ready");
+            Err(error)
+        })
+        .await
     }
 
     /// One try: connect (which authenticates), then ask etcd for its status and, without

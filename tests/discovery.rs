@@ -19,10 +19,12 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
-use tonic_etcd::{DiscoveryHandle, DiscoveryStatus, EtcdDiscover, Registrar};
+use tonic_etcd::{DiscoveryHandle, DiscoveryStatus, EtcdConfig, EtcdDiscover, Registrar};
 use tower::discover::Change;
 
+use support::etcd::{EtcdCluster, MemberFault};
 use support::greeter::backend_of;
+use support::observe::StatusLog;
 use support::pb::HelloRequest;
 use support::pb::greeter_client::GreeterClient;
 use support::{Etcd, ServerProcess, TestServer, wait_until};
@@ -35,6 +37,9 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 /// How long one call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many times the tests with a faulty member repeat what must succeed every time.
+const FAULT_ROUNDS: usize = 12;
 
 /// How long a `greeter_client` run may take.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
@@ -621,6 +626,90 @@ async fn calls(client: &GreeterClient<Channel>, n: usize) -> Tally {
         }
     }
     tally
+}
+
+/// One dead member of three: every first listing succeeds, with no retry.
+#[tokio::test]
+async fn first_listing_succeeds_every_time_with_one_member_dead() {
+    list_through(MemberFault::Dead).await;
+}
+
+/// One frozen member of three: every first listing succeeds, with no retry.
+#[tokio::test]
+async fn first_listing_succeeds_every_time_with_one_member_frozen() {
+    list_through(MemberFault::Frozen).await;
+}
+
+/// Starts a discovery [`FAULT_ROUNDS`] times, each on a new client given all three members
+/// while one has `fault`: its first item is the registered endpoint, and it never reports
+/// `Retrying` on the way.
+async fn list_through(fault: MemberFault) {
+    let (cluster, faulty) = EtcdCluster::start_with_fault(fault).await;
+    let mut kv = cluster.client_without(faulty).await;
+    let key = format!("{SERVICE}/127.0.0.1:50051");
+    kv.put(key.as_str(), r#"{"Addr":"127.0.0.1:50051"}"#, None)
+        .await
+        .expect("put");
+    for round in 0..FAULT_ROUNDS {
+        let etcd = EtcdConfig::new(cluster.endpoints())
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: connect: {e:?}"));
+        let mut discover = EtcdDiscover::new(etcd, SERVICE);
+        let log = StatusLog::start(discover.status());
+        let first = tokio::time::timeout(DEADLINE, discover.next()).await;
+        assert!(
+            matches!(&first, Ok(Some(Ok(Change::Insert(k, _)))) if *k == key),
+            "round {round}: {first:?}"
+        );
+        assert_eq!(log.retrying(), 0, "round {round}: {}", log.summary());
+    }
+}
+
+/// One dead member of three: two `greeter_server`s start, and every `greeter_client` run
+/// serves all its calls.
+#[tokio::test]
+async fn greeter_client_serves_every_run_with_one_member_dead() {
+    serve_through(MemberFault::Dead).await;
+}
+
+/// One frozen member of three: the same.
+#[tokio::test]
+async fn greeter_client_serves_every_run_with_one_member_frozen() {
+    serve_through(MemberFault::Frozen).await;
+}
+
+/// Runs two `greeter_server`s and [`FAULT_ROUNDS`] `greeter_client`s of 50 calls, all
+/// given the three members while one has `fault`: no call fails.
+async fn serve_through(fault: MemberFault) {
+    let (cluster, _) = EtcdCluster::start_with_fault(fault).await;
+    let endpoints = cluster.endpoints_arg();
+    let _servers = [
+        ServerProcess::spawn(&endpoints, SERVICE, 10).await,
+        ServerProcess::spawn(&endpoints, SERVICE, 10).await,
+    ];
+    let args = [
+        "--etcd",
+        &endpoints,
+        "--service",
+        SERVICE,
+        "--requests",
+        "50",
+    ];
+    for round in 0..FAULT_ROUNDS {
+        let output = run_greeter_client(&args).await;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "round {round}: exit status {}\nstdout: {stdout}\nstderr: {stderr}",
+            output.status
+        );
+        let summary: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("round {round}: no JSON summary: {e}: {stdout}"));
+        assert_eq!(summary["ok"], 50, "round {round}: {summary}");
+    }
 }
 
 /// Runs the `greeter_client` example with `args` and the default log filter, and returns

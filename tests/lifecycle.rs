@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic_etcd::{EtcdDiscover, Registrar, Registration, RegistrationStatus};
 
+use support::etcd::{EtcdCluster, MemberFault};
 use support::leases::{
     lease_ids, lease_of, present_lease, ttl_left, wait_for_absent, wait_for_key,
 };
@@ -55,6 +56,9 @@ const LOST_LEASE_DEADLINE: Duration = Duration::from_secs(25);
 /// How long granting a new lease and putting the key may take once etcd has said that the
 /// old lease is gone: a short jittered pause and two requests.
 const PROMPT_GRANT: Duration = Duration::from_secs(2);
+
+/// How many times the tests with a faulty member repeat what must succeed every time.
+const FAULT_ROUNDS: usize = 12;
 
 /// The servers of the rolling restart, and the repetitions of it.
 const SERVERS: usize = 3;
@@ -554,6 +558,54 @@ async fn roll(server: &mut ServerProcess, endpoint: &str, load: &Load) {
     let what = format!("calls reach the replacement {addr} of {old}");
     wait_until(&what, DEADLINE, || async { load.calls_to(addr) > 0 }).await;
     *server = replacement;
+}
+
+// ---------------------------------------------------------------------------------------
+// One faulty member of three
+// ---------------------------------------------------------------------------------------
+
+/// One dead member of three: `greeter_server` starts, registers, deregisters and exits 0
+/// every time.
+#[tokio::test]
+async fn greeter_server_starts_and_stops_every_time_with_one_member_dead() {
+    start_and_stop_through(MemberFault::Dead).await;
+}
+
+/// One frozen member of three: the same.
+#[tokio::test]
+async fn greeter_server_starts_and_stops_every_time_with_one_member_frozen() {
+    start_and_stop_through(MemberFault::Frozen).await;
+}
+
+/// Starts and stops `greeter_server` [`FAULT_ROUNDS`] times, given the three members while
+/// one has `fault`: its key is in etcd once it is ready, and gone once it has exited 0.
+async fn start_and_stop_through(fault: MemberFault) {
+    let (cluster, faulty) = EtcdCluster::start_with_fault(fault).await;
+    let endpoints = cluster.endpoints_arg();
+    let client = cluster.client_without(faulty).await;
+    let no_grace = [std::ffi::OsStr::new("--grace"), std::ffi::OsStr::new("0")];
+    for round in 0..FAULT_ROUNDS {
+        let at = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut server =
+            ServerProcess::spawn_with(&endpoints, SERVICE, LONG_TTL.as_secs(), at, &no_grace).await;
+        let key = key_of(server.addr());
+        assert!(
+            revision_of(&client, &key).await.is_some(),
+            "round {round}: {key} is registered once the server is ready"
+        );
+        server.terminate();
+        let status = server.wait_exit(EXIT_DEADLINE).await;
+        assert!(
+            status.success(),
+            "round {round}: exit {status}\n{}",
+            server.stderr_tail()
+        );
+        assert!(
+            revision_of(&client, &key).await.is_none(),
+            "round {round}: {key} is gone once the server has exited\n{}",
+            server.stderr_tail()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ use tokio::time::Instant;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
-use tonic_etcd::{Backoff, Error, MIN_TTL, Registrar, RegistrationStatus};
+use tonic_etcd::{Backoff, Error, EtcdConfig, MIN_TTL, Registrar, RegistrationStatus};
 
+use support::etcd::{EtcdCluster, MemberFault};
 use support::greeter::{backend_of, greeting};
 use support::pb::greeter_client::GreeterClient;
 use support::pb::greeter_server::{Greeter, GreeterServer};
@@ -31,6 +32,9 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 /// How soon a deregistered key must be gone: well under any lease TTL used here.
 const REMOVED_AT_ONCE: Duration = Duration::from_secs(1);
+
+/// How many times the tests with a faulty member repeat what must succeed every time.
+const FAULT_ROUNDS: usize = 12;
 
 /// etcd checks for expired leases every 500 ms; this leaves room for that and the revoke.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(1500);
@@ -305,6 +309,44 @@ async fn killed_server_key_expires_within_its_ttl() {
         gone_after <= TTL + EXPIRY_MARGIN,
         "gone after {gone_after:?}"
     );
+}
+
+/// One dead member of three: every registration and every revoke succeeds.
+#[tokio::test]
+async fn registers_and_revokes_every_time_with_one_member_dead() {
+    register_and_revoke_through(MemberFault::Dead).await;
+}
+
+/// One frozen member of three: every registration and every revoke succeeds.
+#[tokio::test]
+async fn registers_and_revokes_every_time_with_one_member_frozen() {
+    register_and_revoke_through(MemberFault::Frozen).await;
+}
+
+/// Registers and shuts down [`FAULT_ROUNDS`] times, each on a new client given all three
+/// members, while one has `fault`; the key is in etcd after each registration and gone
+/// after each shutdown.
+async fn register_and_revoke_through(fault: MemberFault) {
+    let (cluster, faulty) = EtcdCluster::start_with_fault(fault).await;
+    let mut kv = cluster.client_without(faulty).await;
+    for round in 0..FAULT_ROUNDS {
+        let etcd = EtcdConfig::new(cluster.endpoints())
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: connect: {e:?}"));
+        let registration = Registrar::new(etcd)
+            .grace(Duration::ZERO)
+            .register(SERVICE, loopback(50000 + round as u16))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: register: {e:?}"));
+        let key = registration.key().to_owned();
+        assert!(get(&mut kv, &key).await.is_some(), "round {round}: {key}");
+        registration
+            .shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: revoke: {e:?}"));
+        assert!(get(&mut kv, &key).await.is_none(), "round {round}: {key}");
+    }
 }
 
 /// A greeter that takes `delay` to answer and records that it has answered.

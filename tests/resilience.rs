@@ -748,7 +748,7 @@ impl<'a> History<'a> {
                 self.restarts += 1;
                 self.trace.push("kill -9 and restart".to_owned());
             }
-            85..91 => self.toggle_cut(),
+            85..91 => self.toggle_cut(feed).await,
             // A pause until discovery has caught up, so that some changes land on a live
             // watch and others on a resumed or re-listed one.
             _ if !self.is_cut && self.revision > 0 => {
@@ -804,15 +804,20 @@ impl<'a> History<'a> {
         self.revision = txn(self.admin, &ops).await;
     }
 
-    /// Cuts the watcher off etcd, or lets it back.
-    fn toggle_cut(&mut self) {
+    /// Cuts the watcher off etcd until discovery reports it, or lets it back. (A cut shorter
+    /// than that may go unseen: a one-shot request, such as the first listing, retries a
+    /// refused attempt at once for up to about a second, as it would on another member.)
+    async fn toggle_cut(&mut self, feed: &Feed) {
         if self.is_cut {
             self.relay.open();
             self.trace.push("reconnect".to_owned());
         } else {
+            let before = feed.status.retrying();
             self.relay.close();
             self.cuts += 1;
             self.trace.push("cut".to_owned());
+            let what = format!("seed {}: Retrying reported after a cut", self.seed);
+            feed.status.wait_retrying_after(before, &what).await;
         }
         self.is_cut = !self.is_cut;
     }

@@ -23,6 +23,7 @@ use super::diff::{RawChange, diff};
 use super::entries::{Entries, Entry};
 use crate::Error;
 use crate::backoff::{Backoff, Retry};
+use crate::etcd::request::request;
 
 /// What one step of the machine announces.
 pub(super) type Output = Result<Vec<RawChange>, Error>;
@@ -93,29 +94,20 @@ impl Engine {
     }
 
     async fn list(&mut self) -> (Output, State) {
-        let mut kv = self.config.client.kv_client();
-        let options = GetOptions::new().with_prefix();
-        let result = self
-            .with_timeout(
-                "listing the prefix",
-                kv.get(self.prefix.as_str(), Some(options)),
-            )
-            .await;
-        let response = match result {
-            Ok(Ok(response)) => response,
-            Ok(Err(source)) => {
-                let prefix = self.prefix.clone();
-                return self
-                    .fail(
-                        Error::List {
-                            prefix,
-                            source: Arc::new(source),
-                        },
-                        State::List,
-                    )
-                    .await;
-            }
-            Err(timeout) => return self.fail(timeout, State::List).await,
+        let list = || async {
+            let mut kv = self.config.client.kv_client();
+            let options = GetOptions::new().with_prefix();
+            kv.get(self.prefix.as_str(), Some(options))
+                .await
+                .map_err(|source| Error::List {
+                    prefix: self.prefix.clone(),
+                    source: Arc::new(source),
+                })
+        };
+        let response = match request("listing the prefix", self.config.request_timeout, list).await
+        {
+            Ok(response) => response,
+            Err(error) => return self.fail(error, State::List).await,
         };
         let revision = response.header().map_or(0, |h| h.revision());
         let listing: Entries = response
@@ -137,20 +129,24 @@ impl Engine {
     }
 
     async fn open(&mut self, from: i64) -> (Output, State) {
-        let mut client = self
-            .config
-            .client
-            .watch_client()
-            .max_decoding_message_size(MAX_WATCH_MESSAGE);
-        let options = WatchOptions::new().with_prefix().with_start_revision(from);
-        let result = self
-            .with_timeout(
-                "opening a watch",
-                client.watch(self.prefix.as_str(), Some(options)),
-            )
-            .await;
+        let open = || async {
+            let mut client = self
+                .config
+                .client
+                .watch_client()
+                .max_decoding_message_size(MAX_WATCH_MESSAGE);
+            let options = WatchOptions::new().with_prefix().with_start_revision(from);
+            client
+                .watch(self.prefix.as_str(), Some(options))
+                .await
+                .map_err(|source| Error::Watch {
+                    prefix: self.prefix.clone(),
+                    source: Arc::new(source),
+                })
+        };
+        let result = request("opening a watch", self.config.request_timeout, open).await;
         match result {
-            Ok(Ok(stream)) => {
+            Ok(stream) => {
                 debug!(prefix = %self.prefix, from, "watching");
                 let now = Instant::now();
                 let mut progress = tokio::time::interval_at(
@@ -167,18 +163,7 @@ impl Engine {
                 };
                 (Ok(Vec::new()), State::Streaming(Box::new(streaming)))
             }
-            Ok(Err(source)) => {
-                let prefix = self.prefix.clone();
-                self.fail(
-                    Error::Watch {
-                        prefix,
-                        source: Arc::new(source),
-                    },
-                    State::Watch { from },
-                )
-                .await
-            }
-            Err(timeout) => self.fail(timeout, State::Watch { from }).await,
+            Err(error) => self.fail(error, State::Watch { from }).await,
         }
     }
 
@@ -344,16 +329,5 @@ impl Engine {
             }
             !same
         });
-    }
-
-    async fn with_timeout<F: Future>(
-        &self,
-        operation: &'static str,
-        f: F,
-    ) -> Result<F::Output, Error> {
-        let after = self.config.request_timeout;
-        tokio::time::timeout(after, f)
-            .await
-            .map_err(|_| Error::Timeout { operation, after })
     }
 }

@@ -14,6 +14,7 @@ use super::hub::{Hub, Message, Subscription};
 use super::{ChangeStream, Config, Discovered, DiscoveryStatus};
 use crate::Error;
 use crate::backoff::Retry;
+use crate::etcd::request::request;
 
 /// Starts a subscriber: validates the prefix, finds the cluster, joins (or starts) the
 /// shared engine of its prefix, then turns the engine's raw changes into endpoint changes.
@@ -135,14 +136,20 @@ impl Subscriber {
     /// `seen` is what an earlier engine had sent, when joining again: it is reconciled with
     /// the new engine's listing by diff, at once if the listing is complete, else when it is.
     async fn join(&mut self, seen: Entries) -> (Output, Step) {
-        let mut kv = self.config.client.kv_client();
-        let options = etcd_client::GetOptions::new()
-            .with_prefix()
-            .with_count_only();
-        let after = self.config.request_timeout;
-        let get = tokio::time::timeout(after, kv.get(self.prefix.as_str(), Some(options)));
-        let error = match get.await {
-            Ok(Ok(response)) => {
+        let count = || async {
+            let mut kv = self.config.client.kv_client();
+            let options = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only();
+            kv.get(self.prefix.as_str(), Some(options))
+                .await
+                .map_err(|source| Error::List {
+                    prefix: self.prefix.clone(),
+                    source: Arc::new(source),
+                })
+        };
+        let error = match request("reaching etcd", self.config.request_timeout, count).await {
+            Ok(response) => {
                 let cluster_id = response.header().map_or(0, |h| h.cluster_id());
                 let (subscription, snapshot) =
                     Hub::join(cluster_id, &self.prefix, || self.config.engine_config());
@@ -154,14 +161,7 @@ impl Subscriber {
                 tokio::spawn(status);
                 return (Ok(changes), Step::Follow { subscription, seen });
             }
-            Ok(Err(source)) => Error::List {
-                prefix: self.prefix.clone(),
-                source: Arc::new(source),
-            },
-            Err(_) => Error::Timeout {
-                operation: "reaching etcd",
-                after,
-            },
+            Err(error) => error,
         };
         self.retry_join(error, seen).await
     }

@@ -27,6 +27,7 @@ use super::RegistrationStatus;
 use crate::Error;
 use crate::backoff::Retry;
 use crate::error::Chain;
+use crate::etcd::request::{request, timed};
 use crate::format::{Format, Instance};
 
 /// What the registration asks of its lease task.
@@ -152,14 +153,17 @@ impl LeaseTask {
 
     pub(super) async fn grant(&mut self) -> Result<i64, Error> {
         let ttl_secs = ttl_secs(self.ttl);
-        let mut lease = self.client.lease_client();
-        let response = self
-            .timed("granting a lease", lease.grant(ttl_secs, None))
-            .await?
-            .map_err(|source| Error::LeaseGrant {
-                ttl_secs,
-                source: Arc::new(source),
-            })?;
+        let response = request("granting a lease", self.request_timeout, || async {
+            let mut lease = self.client.lease_client();
+            lease
+                .grant(ttl_secs, None)
+                .await
+                .map_err(|source| Error::LeaseGrant {
+                    ttl_secs,
+                    source: Arc::new(source),
+                })
+        })
+        .await?;
         self.lease.store(response.id(), Ordering::Release);
         Ok(response.id())
     }
@@ -187,29 +191,33 @@ impl LeaseTask {
 
     async fn put(&self, entry: &Entry, lease_id: i64) -> Result<i64, Error> {
         let value = self.format.value(&entry.service, &entry.instance);
-        let mut kv = self.client.kv_client();
-        let options = PutOptions::new().with_lease(lease_id);
-        let put = kv.put(entry.key.as_str(), value, Some(options));
-        let response = self
-            .timed("putting a key", put)
-            .await?
-            .map_err(|source| Error::Put {
-                key: entry.key.clone(),
-                lease_id,
-                source: Arc::new(source),
-            })?;
+        let response = request("putting a key", self.request_timeout, || async {
+            let mut kv = self.client.kv_client();
+            let options = PutOptions::new().with_lease(lease_id);
+            kv.put(entry.key.as_str(), value.clone(), Some(options))
+                .await
+                .map_err(|source| Error::Put {
+                    key: entry.key.clone(),
+                    lease_id,
+                    source: Arc::new(source),
+                })
+        })
+        .await?;
         Ok(response.header().map_or(0, |h| h.revision()))
     }
 
     async fn delete_all(&self) -> Result<(), Error> {
-        let mut kv = self.client.kv_client();
         for entry in &self.entries {
-            self.timed("deleting a key", kv.delete(entry.key.as_str(), None))
-                .await?
-                .map_err(|source| Error::Delete {
-                    key: entry.key.clone(),
-                    source: Arc::new(source),
-                })?;
+            request("deleting a key", self.request_timeout, || async {
+                let mut kv = self.client.kv_client();
+                kv.delete(entry.key.as_str(), None)
+                    .await
+                    .map_err(|source| Error::Delete {
+                        key: entry.key.clone(),
+                        source: Arc::new(source),
+                    })
+            })
+            .await?;
         }
         Ok(())
     }
@@ -238,15 +246,14 @@ impl LeaseTask {
             lease_id,
             source: Arc::new(source),
         };
-        let mut lease = self.client.lease_client();
-        let (mut keeper, mut responses) = self
-            .timed("opening a keepalive stream", lease.keep_alive(lease_id))
-            .await?
-            .map_err(wrap)?;
-        let mut keys = match self.watch_keys(from).await {
-            Ok(keys) => keys,
-            Err(source) => return Err(wrap(source)),
+        let open = || async {
+            let mut lease = self.client.lease_client();
+            lease.keep_alive(lease_id).await.map_err(wrap)
         };
+        let (mut keeper, mut responses) =
+            request("opening a keepalive stream", self.request_timeout, open).await?;
+        let open = || async { self.watch_keys(from).await.map_err(wrap) };
+        let mut keys = request("watching the keys", self.request_timeout, open).await?;
         let interval = self.ttl / 3;
         let opened = Instant::now();
         let mut next_keepalive = Instant::now();
@@ -256,8 +263,8 @@ impl LeaseTask {
                 biased;
                 _ = tokio::time::sleep_until(next_keepalive) => {
                     keeper.keep_alive().await.map_err(wrap)?;
-                    let response = self
-                        .timed("keeping the lease alive", responses.message())
+                    let after = self.request_timeout;
+                    let response = timed("keeping the lease alive", after, responses.message())
                         .await?
                         .map_err(wrap)?
                         .ok_or_else(|| wrap(etcd_client::Error::LeaseKeepAliveError("stream ended".into())))?;
@@ -342,10 +349,7 @@ impl LeaseTask {
         };
         let options = || Some(WatchOptions::new().with_start_revision(from.max(1)));
         let mut client = self.client.watch_client();
-        let open = client.watch(first.key.as_str(), options());
-        let mut stream = tokio::time::timeout(self.request_timeout, open)
-            .await
-            .map_err(|_| etcd_client::Error::WatchError("opening a watch timed out".into()))??;
+        let mut stream = client.watch(first.key.as_str(), options()).await?;
         for entry in &self.entries[1..] {
             stream.watch(entry.key.as_str(), options()).await?;
         }
@@ -389,13 +393,6 @@ impl LeaseTask {
             .send_replace(RegistrationStatus::Retrying { attempt, error });
         tokio::time::sleep(delay).await;
         next
-    }
-
-    async fn timed<F: Future>(&self, operation: &'static str, f: F) -> Result<F::Output, Error> {
-        let after = self.request_timeout;
-        tokio::time::timeout(after, f)
-            .await
-            .map_err(|_| Error::Timeout { operation, after })
     }
 }
 

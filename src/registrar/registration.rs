@@ -13,6 +13,7 @@ use tracing::{debug, info};
 use super::lease::Command;
 use super::{InFlightLayer, RegistrationStatus};
 use crate::Error;
+use crate::etcd::request::request;
 use crate::format::{Format, Instance, check_instance, check_service};
 use crate::inflight::InFlightCounter;
 
@@ -191,19 +192,17 @@ impl Registration {
             0 => return Ok(()),
             lease_id => lease_id,
         };
-        let mut lease = self.client.lease_client();
-        let after = self.request_timeout;
-        let result = match tokio::time::timeout(after, lease.revoke(lease_id)).await {
-            Err(_) => Err(Error::Timeout {
-                operation: "revoking the lease",
-                after,
-            }),
-            Ok(Err(source)) => Err(Error::Revoke {
-                lease_id,
-                source: Arc::new(source),
-            }),
-            Ok(Ok(_)) => Ok(()),
+        let revoke = || async {
+            let mut lease = self.client.lease_client();
+            match lease.revoke(lease_id).await {
+                Ok(_) => Ok(()),
+                Err(source) => Err(Error::Revoke {
+                    lease_id,
+                    source: Arc::new(source),
+                }),
+            }
         };
+        let result = request("revoking the lease", self.request_timeout, revoke).await;
         match &result {
             Ok(()) => {
                 info!(key = %self.key, lease_id, "deregistered");

@@ -107,6 +107,15 @@ impl Etcd {
     }
 }
 
+/// A fault on one member of a healthy cluster, which the other two outlive as a quorum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberFault {
+    /// Killed with SIGKILL: its port refuses connections.
+    Dead,
+    /// Frozen with SIGSTOP: its port accepts connections and nothing answers.
+    Frozen,
+}
+
 /// A three-member etcd cluster (`n0`, `n1`, `n2`), owned by the test.
 #[derive(Debug)]
 pub struct EtcdCluster {
@@ -127,6 +136,33 @@ impl EtcdCluster {
         EtcdCluster {
             group: Group::start(Self::SIZE).await,
         }
+    }
+
+    /// Starts a cluster, then puts `fault` on a follower (so that no election follows),
+    /// and returns the cluster with the index of that member.
+    pub async fn start_with_fault(fault: MemberFault) -> (EtcdCluster, usize) {
+        let mut cluster = EtcdCluster::start().await;
+        let faulty = cluster.follower_index().await;
+        match fault {
+            MemberFault::Dead => cluster.kill(faulty),
+            MemberFault::Frozen => cluster.freeze(faulty),
+        }
+        (cluster, faulty)
+    }
+
+    /// The client URLs of all members, comma-separated, as the examples' `--etcd` takes them.
+    pub fn endpoints_arg(&self) -> String {
+        self.endpoints().join(",")
+    }
+
+    /// A new client connected to every member but `i`, for the test's own reads while
+    /// member `i` is faulty.
+    pub async fn client_without(&self, i: usize) -> Client {
+        let others: Vec<String> = (0..Self::SIZE)
+            .filter(|&j| j != i)
+            .map(|j| self.endpoint(j))
+            .collect();
+        connect(&others, None).await
     }
 
     /// The client URLs of all members, in member order.
@@ -163,6 +199,25 @@ impl EtcdCluster {
     /// Kills member `i` with SIGKILL and reaps it.
     pub fn kill(&mut self, i: usize) {
         self.group.members[i].kill();
+    }
+
+    /// Freezes member `i` with SIGSTOP: its ports stay open and it answers nothing, like a
+    /// hung machine. [`EtcdCluster::thaw`] undoes it; `Drop` kills it all the same.
+    pub fn freeze(&self, i: usize) {
+        self.group.members[i].freeze();
+    }
+
+    /// Lets member `i` run again after [`EtcdCluster::freeze`].
+    pub fn thaw(&self, i: usize) {
+        self.group.members[i].thaw();
+    }
+
+    /// The index of a running member that is not the leader.
+    pub async fn follower_index(&self) -> usize {
+        let leader = self.leader_index().await;
+        (0..Self::SIZE)
+            .find(|&i| i != leader && self.group.members[i].is_running())
+            .expect("a running follower")
     }
 
     /// Stops member `i` with SIGTERM and waits for it to exit (SIGKILL after

@@ -119,10 +119,25 @@ impl Member {
         args
     }
 
-    /// Kills the process with SIGKILL and reaps it, if it runs.
+    /// Kills the process with SIGKILL and reaps it, if it runs (a frozen one too).
     pub(super) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             process::kill9(&mut child);
+        }
+    }
+
+    /// Freezes the process with SIGSTOP, if it runs: its sockets stay open, and nothing
+    /// answers on them.
+    pub(super) fn freeze(&self) {
+        if let Some(child) = &self.child {
+            process::send_signal(child.id(), "STOP");
+        }
+    }
+
+    /// Lets a frozen process run again with SIGCONT, if it runs.
+    pub(super) fn thaw(&self) {
+        if let Some(child) = &self.child {
+            process::send_signal(child.id(), "CONT");
         }
     }
 

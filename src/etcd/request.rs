@@ -1,0 +1,270 @@
+//! One request to etcd that succeeds while a quorum of members answers.
+//!
+//! etcd-client spreads its requests over every endpoint it was given (tonic's balanced
+//! channel: lazy connections, a random pick) and keeps giving a share to a member that is
+//! dead or frozen. A request that lands there fails at once (connection refused) or never
+//! answers, though the other members would have served it. So every one-shot request of the
+//! crate goes through [`request`]:
+//!
+//! - an attempt that fails in a way another member would not (refused, unavailable, no
+//!   leader, timed out) is sent again at once, and most likely reaches another member; after
+//!   two such failures in a row the next attempts are spaced by a short jittered backoff
+//!   (10 ms doubling to 250 ms), so an etcd that is down altogether is not hammered;
+//! - an attempt with no answer after [`HEDGE_AFTER`] gets a second one alongside it, the way
+//!   gRPC's hedging policy (gRFC A6) does, and the first answer wins: a frozen member costs
+//!   that delay, not the deadline (another every [`HEDGE_AFTER`] while none answers, at most
+//!   [`MAX_IN_FLIGHT`] at a time);
+//! - after [`MAX_FAILURES`] failed attempts in a row (about 0.8 s when every member refuses)
+//!   the last error is returned, so that the caller's retry path reports an etcd that is
+//!   down; a dead member among three is picked that many times in a row once in 59,049;
+//! - an answer that every member would give (permission denied, lease not found, compacted)
+//!   is returned as it is;
+//! - at the deadline, the last error is returned, or [`Error::Timeout`] if none came.
+//!
+//! Every request the crate retries or hedges this way is idempotent (reads, puts of the
+//! same value under the same lease, deletes, revokes, keepalives, watches), except a lease
+//! grant: a grant whose answer is lost leaves a lease with no key, which expires after its
+//! TTL.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::time::Instant;
+
+use crate::Error;
+use crate::backoff::{Backoff, Retry};
+
+/// How long an attempt may go unanswered before a second one is sent alongside it.
+pub(crate) const HEDGE_AFTER: Duration = Duration::from_millis(300);
+
+/// The most attempts of one request in flight at once. Each hedge has the same chance of
+/// landing on the frozen member again (etcd-client picks at random), so a few are needed: all
+/// eight on one frozen member of three happens once in 6,561 requests.
+pub(crate) const MAX_IN_FLIGHT: usize = 8;
+
+/// Failed attempts in a row after which the request gives up before its deadline.
+pub(crate) const MAX_FAILURES: u32 = 10;
+
+/// Failures in a row that are retried at once, before the backoff starts.
+const AT_ONCE: u32 = 2;
+
+/// The spacing of attempts after [`AT_ONCE`] failures in a row.
+fn backoff() -> Backoff {
+    Backoff::default()
+        .initial(Duration::from_millis(10))
+        .max(Duration::from_millis(250))
+}
+
+/// Runs `attempt` until it succeeds, returns an error that retrying cannot change, or
+/// `deadline` passes; see the [module](self) docs. `operation` names it in a timeout.
+pub(crate) async fn request<T, F, Fut>(
+    operation: &'static str,
+    deadline: Duration,
+    attempt: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    request_until(operation, Instant::now() + deadline, attempt).await
+}
+
+/// [`request`] with the deadline as an instant.
+pub(crate) async fn request_until<T, F, Fut>(
+    operation: &'static str,
+    end: Instant,
+    mut attempt: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    in_flight.push(attempt());
+    let mut hedge_at = started + HEDGE_AFTER;
+    // When the next attempt may start after a failure; `None` while none is due.
+    let mut retry_at: Option<Instant> = None;
+    let mut retry = Retry::new(backoff());
+    let mut last = None;
+    loop {
+        let can_start = in_flight.len() < MAX_IN_FLIGHT;
+        tokio::select! {
+            // Biased: an answer that is in wins over starting another attempt.
+            biased;
+            Some(result) = in_flight.next() => match result {
+                Ok(value) => return Ok(value),
+                Err(error) if !error.is_member_local() => return Err(error),
+                Err(error) if retry.attempt() + 1 >= MAX_FAILURES => return Err(error),
+                Err(error) => {
+                    tracing::debug!(operation, error = %crate::error::Chain(&error), "etcd request failed, trying another member");
+                    last = Some(error);
+                    let delay = match retry.attempt() < AT_ONCE {
+                        true => {
+                            retry.next_delay();
+                            Duration::ZERO
+                        }
+                        false => retry.next_delay(),
+                    };
+                    retry_at = Some(Instant::now() + delay);
+                }
+            },
+            _ = sleep_until(retry_at), if can_start => {
+                // Yields first, so that a request failing at once never spins.
+                tokio::task::yield_now().await;
+                retry_at = None;
+                hedge_at = Instant::now() + HEDGE_AFTER;
+                in_flight.push(attempt());
+            }
+            _ = tokio::time::sleep_until(hedge_at), if can_start && !in_flight.is_empty() => {
+                hedge_at = Instant::now() + HEDGE_AFTER;
+                in_flight.push(attempt());
+            }
+            _ = tokio::time::sleep_until(end) => {
+                return Err(last.unwrap_or(Error::Timeout {
+                    operation,
+                    after: end.saturating_duration_since(started),
+                }));
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`; never, without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Bounds `f` by `after`: its output, or [`Error::Timeout`] naming `operation`.
+pub(crate) async fn timed<F: Future>(
+    operation: &'static str,
+    after: Duration,
+    f: F,
+) -> Result<F::Output, Error> {
+    tokio::time::timeout(after, f)
+        .await
+        .map_err(|_| Error::Timeout { operation, after })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn unavailable() -> Error {
+        Error::Connect {
+            endpoints: "http://127.0.0.1:1".into(),
+            source: Arc::new(etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+                "tcp connect error",
+            ))),
+        }
+    }
+
+    fn denied() -> Error {
+        Error::List {
+            prefix: "p/".into(),
+            source: Arc::new(etcd_client::Error::GRpcStatus(
+                tonic::Status::permission_denied("etcdserver: permission denied"),
+            )),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_attempt_is_retried_at_once() {
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let result = request("test", Duration::from_secs(5), || async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(unavailable()),
+                n => Ok(n),
+            }
+        })
+        .await;
+        assert_eq!(result.expect("the second attempt succeeds"), 1);
+        assert_eq!(start.elapsed(), Duration::ZERO, "no wait before the retry");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_attempt_gets_a_hedge() {
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let result = request("test", Duration::from_secs(5), || async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => std::future::pending().await,
+                n => Ok(n),
+            }
+        })
+        .await;
+        assert_eq!(result.expect("the hedge succeeds"), 1);
+        assert_eq!(start.elapsed(), HEDGE_AFTER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_every_member_would_give_is_final() {
+        let calls = AtomicU32::new(0);
+        let result: Result<(), _> = request("test", Duration::from_secs(5), || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(denied())
+        })
+        .await;
+        assert!(result.expect_err("denied").is_permanent());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_etcd_that_refuses_everywhere_gets_the_last_error_within_a_second() {
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let result: Result<(), _> = request("test", Duration::from_secs(5), || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(unavailable())
+        })
+        .await;
+        assert!(matches!(result, Err(Error::Connect { .. })), "{result:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), MAX_FAILURES);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_failure_ends_at_the_deadline() {
+        let start = Instant::now();
+        let result: Result<(), _> = request("test", Duration::from_secs(2), || async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Err(unavailable())
+        })
+        .await;
+        assert!(matches!(result, Err(Error::Connect { .. })), "{result:?}");
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_etcd_that_never_answers_times_out() {
+        let calls = AtomicU32::new(0);
+        let result: Result<(), _> = request("listing", Duration::from_secs(5), || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::pending().await
+        })
+        .await;
+        assert!(
+            matches!(
+                result,
+                Err(Error::Timeout {
+                    operation: "listing",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), MAX_IN_FLIGHT as u32);
+    }
+}
