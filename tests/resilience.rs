@@ -743,7 +743,11 @@ impl<'a> History<'a> {
                 self.trace.push(format!("compact @{at}"));
             }
             81..85 if self.restarts < MAX_RESTARTS_PER_SEED => {
+                // Down until discovery reports it: see `toggle_cut`.
+                let before = feed.status.retrying();
                 self.etcd.kill();
+                let what = format!("seed {}: Retrying reported while etcd is down", self.seed);
+                feed.status.wait_retrying_after(before, &what).await;
                 self.etcd.restart().await;
                 self.restarts += 1;
                 self.trace.push("kill -9 and restart".to_owned());
