@@ -14,7 +14,7 @@
 //!   gRPC's hedging policy (gRFC A6) does, and the first answer wins: a frozen member costs
 //!   that delay, not the deadline (another every [`HEDGE_AFTER`] while none answers, at most
 //!   [`MAX_IN_FLIGHT`] at a time);
-//! - after [`MAX_FAILURES`] failed attempts in a row (about 0.8 s when every member refuses)
+//! - after [`MAX_FAILURES`] failed attempts in a row (at most 0.81 s when every member refuses)
 //!   the last error is returned, so that the caller's retry path reports an etcd that is
 //!   down; a dead member among three is picked that many times in a row once in 59,049;
 //! - an answer that every member would give (permission denied, lease not found, compacted)
@@ -33,7 +33,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
 
 use crate::Error;
-use crate::backoff::{Backoff, Retry};
+use crate::backoff::Backoff;
 
 /// How long an attempt may go unanswered before a second one is sent alongside it.
 pub(crate) const HEDGE_AFTER: Duration = Duration::from_millis(300);
@@ -86,7 +86,8 @@ where
     let mut hedge_at = started + HEDGE_AFTER;
     // When the next attempt may start after a failure; `None` while none is due.
     let mut retry_at: Option<Instant> = None;
-    let mut retry = Retry::new(backoff());
+    // Failed attempts in a row.
+    let mut failures = 0;
     let mut last = None;
     loop {
         let can_start = in_flight.len() < MAX_IN_FLIGHT;
@@ -96,16 +97,14 @@ where
             Some(result) = in_flight.next() => match result {
                 Ok(value) => return Ok(value),
                 Err(error) if !error.is_member_local() => return Err(error),
-                Err(error) if retry.attempt() + 1 >= MAX_FAILURES => return Err(error),
+                Err(error) if failures + 1 >= MAX_FAILURES => return Err(error),
                 Err(error) => {
                     tracing::debug!(operation, error = %crate::error::Chain(&error), "etcd request failed, trying another member");
                     last = Some(error);
-                    let delay = match retry.attempt() < AT_ONCE {
-                        true => {
-                            retry.next_delay();
-                            Duration::ZERO
-                        }
-                        false => retry.next_delay(),
+                    failures += 1;
+                    let delay = match failures.checked_sub(AT_ONCE) {
+                        None | Some(0) => Duration::ZERO,
+                        Some(n) => backoff().delay(n),
                     };
                     retry_at = Some(Instant::now() + delay);
                 }
