@@ -149,38 +149,53 @@ impl EtcdConfig {
         let options = self.options()?;
         let end = Instant::now() + self.deadline;
         let diagnosed = AtomicBool::new(false);
-        request_until("connecting to etcd", end, || async {
-            let error = match self.attempt(options.clone()).await {
-                Ok(client) => return Ok(client),
-                Err(error) => error,
-            };
+        let diagnose = async |error: Error| {
             if !error.is_permanent()
                 && !diagnosed.swap(true, Ordering::Relaxed)
                 && let Some(rejected) = self.diagnose().await
             {
-                return Err(rejected);
+                return rejected;
             }
             tracing::debug!(endpoints = %self.endpoints.join(","), error = %crate::error::Chain(&error), "etcd not ready");
-            Err(error)
+            error
+        };
+        // One client for every probe: a new one sends its first request to whichever member
+        // is ready first, and a dead member, refusing at once, is.
+        let client = request_until("connecting to etcd", end, || async {
+            match self.client(options.clone()).await {
+                Ok(client) => Ok(client),
+                Err(error) => Err(diagnose(error).await),
+            }
         })
-        .await
+        .await?;
+        request_until("connecting to etcd", end, || async {
+            match self.probe(client.clone()).await {
+                Ok(()) => Ok(()),
+                Err(error) => Err(diagnose(error).await),
+            }
+        })
+        .await?;
+        Ok(client)
     }
 
-    /// One try: connect (which authenticates), then ask etcd for its status and, without
-    /// a user, whether it wants one.
-    async fn attempt(&self, options: ConnectOptions) -> Result<Client, Error> {
-        let mut client = match Client::connect(&self.endpoints, Some(options.clone())).await {
-            Ok(client) => client,
+    /// The client, which authenticates if a user is set.
+    async fn client(&self, options: ConnectOptions) -> Result<Client, Error> {
+        match Client::connect(&self.endpoints, Some(options)).await {
+            Ok(client) => Ok(client),
             Err(error) if auth_not_enabled(&error) => {
                 // What etcd's Go client does too: credentials for an etcd without auth.
                 tracing::warn!(endpoints = %self.endpoints.join(","), "etcd has authentication disabled: ignoring the user");
                 let options = self.base_options()?;
                 Client::connect(&self.endpoints, Some(options))
                     .await
-                    .map_err(|e| self.connect_error(e))?
+                    .map_err(|e| self.connect_error(e))
             }
-            Err(error) => return Err(self.classify(error)),
-        };
+            Err(error) => Err(self.classify(error)),
+        }
+    }
+
+    /// Asks etcd for its status and, without a user, whether it wants one.
+    async fn probe(&self, mut client: Client) -> Result<(), Error> {
         client.status().await.map_err(|e| self.connect_error(e))?;
         if self.user.is_none() {
             let options = GetOptions::new().with_count_only();
@@ -199,7 +214,7 @@ impl EtcdConfig {
                 Err(error) => return Err(self.connect_error(error)),
             }
         }
-        Ok(client)
+        Ok(())
     }
 
     /// An error from `Client::connect`: with a user set, a refusal is about the credentials.

@@ -213,12 +213,13 @@ async fn shutdown_deregisters_then_stops_then_drains() {
 #[tokio::test]
 async fn shutdown_removes_the_key_while_keepalive_is_retrying() {
     let mut etcd = Etcd::start().await;
-    // A long first backoff keeps the lease task in `Retrying` well after etcd is back.
+    // A long first backoff keeps the lease task in `Retrying` well after etcd is back: 8 to
+    // 16 s, under the cap of a third of the TTL (20 s).
     let backoff = Backoff::default()
-        .initial(Duration::from_secs(8))
-        .max(Duration::from_secs(8));
+        .initial(Duration::from_secs(16))
+        .max(Duration::from_secs(16));
     let registration = Registrar::new(etcd.client().await)
-        .ttl(Duration::from_secs(10))
+        .ttl(Duration::from_secs(60))
         .grace(Duration::ZERO)
         .backoff(backoff)
         .register(SERVICE, loopback(50051))
