@@ -29,6 +29,15 @@ use super::{
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EtcdNaming;
 
+impl EtcdNaming {
+    /// The etcd naming format, the same value as the unit struct `EtcdNaming`: both forms work, like the
+    /// `new()` of the other formats.
+    #[must_use]
+    pub const fn new() -> Self {
+        EtcdNaming
+    }
+}
+
 #[derive(Serialize)]
 struct Encoded<'a> {
     #[serde(rename = "Op")]
@@ -99,6 +108,13 @@ fn metadata_from(value: &Value) -> Metadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_is_the_unit_struct() {
+        let by_new = EtcdNaming::new();
+        assert_eq!(format!("{by_new:?}"), format!("{:?}", EtcdNaming));
+        assert_eq!(by_new.prefix("greeter"), EtcdNaming.prefix("greeter"));
+    }
 
     fn decode(value: &str) -> Result<Instance, DecodeError> {
         EtcdNaming.decode("services/greeter/x", value.as_bytes())

@@ -20,6 +20,15 @@ use super::{DecodeError, Format, Instance, one_segment_below, slash_prefix, vali
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlainAddr;
 
+impl PlainAddr {
+    /// The plain address format, the same value as the unit struct `PlainAddr`: both forms work, like the
+    /// `new()` of the other formats.
+    #[must_use]
+    pub const fn new() -> Self {
+        PlainAddr
+    }
+}
+
 impl Format for PlainAddr {
     fn prefix(&self, service: &str) -> String {
         slash_prefix(service)
@@ -57,6 +66,13 @@ pub(super) fn decode_addr_text(value: &[u8]) -> Result<Instance, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_is_the_unit_struct() {
+        let by_new = PlainAddr::new();
+        assert_eq!(format!("{by_new:?}"), format!("{:?}", PlainAddr));
+        assert_eq!(by_new.prefix("greeter"), PlainAddr.prefix("greeter"));
+    }
 
     #[test]
     fn decodes_a_bare_address() {
