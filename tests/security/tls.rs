@@ -315,10 +315,16 @@ async fn calls_over_tls_take_the_balancers_own_connection() {
         assert!(answered.contains(&server.addr()), "{answered:?}");
     }
 
-    // tonic's balancer takes the same configuration.
+    // tonic's balancer takes the same configuration, and so does tonic's `Channel` behind a
+    // hook.
     let discover = EtcdDiscover::new(etcd.client().await, SERVICE).tls_config(own_tls(&pki));
     let (channel, _handle) = discover.balance_channel();
     first_reply(channel).await;
+    let hooked = EtcdDiscover::new(etcd.client().await, SERVICE)
+        .tls_config(own_tls(&pki))
+        .endpoint(|endpoint, _| endpoint)
+        .channel();
+    first_reply(hooked).await;
     registration.shutdown().await.expect("deregister");
 }
 
