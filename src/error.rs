@@ -43,13 +43,28 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// A lease TTL below etcd's practical minimum was asked for.
-    #[error("invalid lease ttl {}: it must be at least {}", Secs(*ttl), Secs(*min))]
+    /// A lease TTL below etcd's practical minimum, or above etcd's maximum lease TTL, was
+    /// asked for.
+    #[error("invalid lease ttl {}: it must be from {} to {}", Secs(*ttl), Secs(*min), Secs(*max))]
     InvalidTtl {
         /// The TTL as given.
         ttl: Duration,
         /// The smallest TTL accepted.
         min: Duration,
+        /// The largest TTL accepted: etcd's `MaxLeaseTTL`, 9,000,000,000 s.
+        max: Duration,
+    },
+
+    /// A timeout or interval was set to a value that would make every operation fail, such
+    /// as a request timeout of zero.
+    #[error("invalid {setting} {}: {reason}", Secs(*value))]
+    InvalidDuration {
+        /// The setting, as its setter is named: `request timeout`.
+        setting: &'static str,
+        /// The value as given.
+        value: Duration,
+        /// Why it was rejected.
+        reason: &'static str,
     },
 
     /// Listing the keys under a prefix failed.
@@ -212,7 +227,8 @@ impl Error {
             Error::InvalidPrefix { .. }
             | Error::InvalidAddress { .. }
             | Error::InvalidEndpoint { .. }
-            | Error::InvalidTtl { .. } => true,
+            | Error::InvalidTtl { .. }
+            | Error::InvalidDuration { .. } => true,
             Error::WatchCancelled { reason, .. } => reason_is_permanent(reason),
             Error::List { source, .. }
             | Error::Watch { source, .. }
@@ -416,16 +432,17 @@ mod tests {
             Error::InvalidTtl {
                 ttl,
                 min: Duration::from_secs(2),
+                max: Duration::from_secs(9_000_000_000),
             }
             .to_string()
         };
         assert_eq!(
             ttl(Duration::ZERO),
-            "invalid lease ttl 0 s: it must be at least 2 s"
+            "invalid lease ttl 0 s: it must be from 2 s to 9000000000 s"
         );
         assert_eq!(
             ttl(Duration::from_millis(1500)),
-            "invalid lease ttl 1.5 s: it must be at least 2 s"
+            "invalid lease ttl 1.5 s: it must be from 2 s to 9000000000 s"
         );
         assert_eq!(Secs(Duration::from_millis(20)).to_string(), "0.02 s");
         assert_eq!(Secs(Duration::from_micros(500)).to_string(), "0.0005 s");

@@ -110,7 +110,7 @@ async fn rejects_a_ttl_below_two_seconds() {
             .register(SERVICE, loopback(50051))
             .await;
         match result {
-            Err(Error::InvalidTtl { ttl: got, min }) => {
+            Err(Error::InvalidTtl { ttl: got, min, .. }) => {
                 assert_eq!(got, ttl);
                 assert_eq!(min, MIN_TTL);
             }

@@ -291,3 +291,50 @@ async fn greeter_server_registers_the_advertised_address() {
         server.stderr_tail()
     );
 }
+
+#[tokio::test]
+async fn zero_timeouts_and_a_ttl_beyond_etcds_maximum_are_refused_before_any_io() {
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let server = TestServer::start().await;
+    let before = all_keys(&mut client).await;
+    let zero_timeout = Registrar::new(client.clone())
+        .request_timeout(Duration::ZERO)
+        .register("greeter", server.addr())
+        .await;
+    assert!(
+        matches!(zero_timeout, Err(Error::InvalidDuration { .. })),
+        "{zero_timeout:?}"
+    );
+    let endless = Registrar::new(client.clone())
+        .ttl(Duration::from_secs(9_000_000_001))
+        .register("greeter", server.addr())
+        .await;
+    assert!(
+        matches!(endless, Err(Error::InvalidTtl { .. })),
+        "{endless:?}"
+    );
+    assert_eq!(all_keys(&mut client).await, before, "nothing written");
+    assert_eq!(leases(&mut client).await, 0, "no lease granted");
+    for discover in [
+        EtcdDiscover::new(client.clone(), "greeter").request_timeout(Duration::ZERO),
+        EtcdDiscover::new(client.clone(), "greeter").idle_timeout(Duration::ZERO),
+    ] {
+        let status = discover.status().borrow().clone();
+        assert!(
+            matches!(
+                status,
+                DiscoveryStatus::Failed {
+                    error: Error::InvalidDuration { .. }
+                }
+            ),
+            "{status:?}"
+        );
+        let mut discover = discover;
+        let first = tokio::time::timeout(PROMPTLY, discover.next()).await;
+        assert!(
+            matches!(first, Ok(Some(Err(Error::InvalidDuration { .. })))),
+            "{first:?}"
+        );
+    }
+}

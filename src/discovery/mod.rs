@@ -265,7 +265,10 @@ impl EtcdDiscover {
         self.configure(|c| c.backoff = backoff)
     }
 
-    /// How long a list or a watch request to etcd may take. Default: 5 s.
+    /// How long a list or a watch request to etcd may take. Default: 5 s. Zero, with which
+    /// every request would fail, makes the [`status`](EtcdDiscover::status) `Failed` with
+    /// [`Error::InvalidDuration`] and the first poll yield that error, as an invalid service
+    /// does.
     pub fn request_timeout(self, timeout: Duration) -> Self {
         self.configure(|c| c.request_timeout = timeout)
     }
@@ -276,7 +279,9 @@ impl EtcdDiscover {
     }
 
     /// How long a watch may stay silent, progress notifications included, before it is
-    /// taken for dead, dropped and resumed. Default: 15 s.
+    /// taken for dead, dropped and resumed. Default: 15 s. Zero, with which every watch
+    /// would be dropped at once, fails like a zero
+    /// [`request_timeout`](EtcdDiscover::request_timeout).
     pub fn idle_timeout(self, timeout: Duration) -> Self {
         self.configure(|c| c.idle_timeout = timeout)
     }
@@ -304,7 +309,8 @@ impl Config {
     /// Checks the service in the format, before any I/O: while it is invalid, the status is
     /// `Failed` with the reason, and the first poll yields the error.
     fn check(&self) -> Result<(), Error> {
-        let checked = check_service(&self.format, &self.service);
+        let checked =
+            check_service(&self.format, &self.service).and_then(|()| self.check_durations());
         let status = match &checked {
             Ok(()) => DiscoveryStatus::Syncing,
             Err(error) => DiscoveryStatus::Failed {
@@ -313,6 +319,31 @@ impl Config {
         };
         self.status.send_replace(status);
         checked
+    }
+
+    /// Refuses the durations with which discovery could never sync.
+    fn check_durations(&self) -> Result<(), Error> {
+        let zero = |setting, value: Duration, reason| {
+            if value.is_zero() {
+                Err(Error::InvalidDuration {
+                    setting,
+                    value,
+                    reason,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        zero(
+            "request timeout",
+            self.request_timeout,
+            "every request to etcd would time out at once",
+        )?;
+        zero(
+            "idle timeout",
+            self.idle_timeout,
+            "every watch would be taken for dead at once",
+        )
     }
 
     /// The configuration of a new shared engine, with its own status channel.

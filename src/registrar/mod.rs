@@ -27,6 +27,14 @@ use lease::{LeaseTask, State};
 /// The smallest lease TTL accepted: etcd's own minimum is about 2 s.
 pub const MIN_TTL: Duration = Duration::from_secs(2);
 
+/// The largest lease TTL accepted: etcd's `MaxLeaseTTL`, 9,000,000,000 s, above which etcd
+/// refuses to grant the lease.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
+
+/// Above this TTL (5 min), registering warns: after a crash (kill -9, power loss), clients
+/// keep calling the dead server's address until its lease expires.
+pub(crate) const LONG_TTL: Duration = Duration::from_secs(300);
+
 /// Registers a server in etcd under a lease. Built once, consumed by
 /// [`register`](Registrar::register).
 ///
@@ -85,8 +93,14 @@ impl Registrar {
         }
     }
 
-    /// The lease TTL: how long the key outlives a crashed server. At least [`MIN_TTL`];
-    /// rounded up to whole seconds. The lease is kept alive every TTL/3. Default: 10 s.
+    /// The lease TTL: how long the key outlives a crashed server. At least [`MIN_TTL`] and at
+    /// most etcd's maximum lease TTL, 9,000,000,000 s, else [`register`](Registrar::register)
+    /// fails with [`Error::InvalidTtl`]; rounded up to whole seconds. The lease is kept alive
+    /// every TTL/3. Default: 10 s.
+    ///
+    /// Above 5 min, `register` logs a warning: after a crash (kill -9, power loss) clients
+    /// keep calling the dead server's address until the lease expires. A clean
+    /// [`shutdown`](Registration::shutdown) revokes the lease at once, whatever its TTL.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -118,7 +132,9 @@ impl Registrar {
         self
     }
 
-    /// How long one request to etcd may take. Default: 5 s.
+    /// How long one request to etcd may take. Default: 5 s. Zero, with which every request
+    /// would fail, makes [`register`](Registrar::register) fail with
+    /// [`Error::InvalidDuration`].
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -137,24 +153,22 @@ impl Registrar {
     ///
     /// Before any I/O, with nothing written to etcd:
     ///
-    /// - [`Error::InvalidTtl`] for a TTL below [`MIN_TTL`];
+    /// - [`Error::InvalidTtl`] for a TTL below [`MIN_TTL`] or above etcd's maximum,
+    ///   9,000,000,000 s;
+    /// - [`Error::InvalidDuration`] for a zero [`request_timeout`](Registrar::request_timeout);
     /// - [`Error::InvalidPrefix`] for an empty or root-only service name, or another that
     ///   [`check_service`](crate::format::check_service) refuses;
     /// - [`Error::InvalidAddress`] for an address clients cannot dial: port 0, or the
     ///   unspecified `0.0.0.0` or `::` ([`check_instance`](crate::format::check_instance)).
     ///
     /// Then the errors of granting the lease and putting the key.
+    #[must_use = "dropping the registration stops its keep-alives: the key expires after the TTL"]
     pub async fn register(
         self,
         service: impl Into<String>,
         instance: impl Into<Instance>,
     ) -> Result<Registration, Error> {
-        if self.ttl < MIN_TTL {
-            return Err(Error::InvalidTtl {
-                ttl: self.ttl,
-                min: MIN_TTL,
-            });
-        }
+        check_settings(self.ttl, self.request_timeout)?;
         let (service, instance) = (service.into(), instance.into());
         check_service(&self.format, &service)?;
         check_instance(&instance)?;
@@ -198,8 +212,36 @@ impl Registrar {
             grace: self.grace,
             drain_timeout: self.drain_timeout,
             request_timeout: self.request_timeout,
+            ttl: self.ttl,
+            shut_down: false,
         })
     }
+}
+
+/// Checks the TTL and the request timeout before any I/O, and warns about a TTL so long
+/// that a crashed server stays registered for a long time.
+fn check_settings(ttl: Duration, request_timeout: Duration) -> Result<(), Error> {
+    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        return Err(Error::InvalidTtl {
+            ttl,
+            min: MIN_TTL,
+            max: MAX_TTL,
+        });
+    }
+    if request_timeout.is_zero() {
+        return Err(Error::InvalidDuration {
+            setting: "request timeout",
+            value: request_timeout,
+            reason: "every request to etcd would time out at once",
+        });
+    }
+    if ttl > LONG_TTL {
+        tracing::warn!(
+            ttl = %crate::error::Secs(ttl),
+            "lease ttl over 5 min: after a crash, clients keep calling the dead server's address until the lease expires"
+        );
+    }
+    Ok(())
 }
 
 impl From<std::net::SocketAddr> for Instance {
@@ -239,7 +281,31 @@ pub enum RegistrationStatus {
 #[cfg(test)]
 mod tests {
     use super::lease::ttl_secs;
+    use super::{MAX_TTL, MIN_TTL, check_settings};
+    use crate::Error;
     use std::time::Duration;
+
+    #[test]
+    fn ttls_and_timeouts_are_checked_before_any_io() {
+        let ok = Duration::from_secs(5);
+        assert!(check_settings(MIN_TTL, ok).is_ok());
+        assert!(
+            check_settings(Duration::from_secs(100_000), ok).is_ok(),
+            "long: warns only"
+        );
+        assert!(check_settings(MAX_TTL, ok).is_ok());
+        for ttl in [Duration::from_secs(1), MAX_TTL + Duration::from_secs(1)] {
+            let error = check_settings(ttl, ok).expect_err("out of range");
+            assert!(matches!(error, Error::InvalidTtl { .. }), "{error}");
+            assert!(error.to_string().contains("9000000000 s"), "{error}");
+        }
+        let error = check_settings(MIN_TTL, Duration::ZERO).expect_err("zero timeout");
+        assert!(matches!(error, Error::InvalidDuration { .. }), "{error}");
+        assert_eq!(
+            error.to_string(),
+            "invalid request timeout 0 s: every request to etcd would time out at once"
+        );
+    }
 
     #[test]
     fn ttl_rounds_up_to_whole_seconds() {

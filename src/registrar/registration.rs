@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::lease::Command;
 use super::{InFlightLayer, RegistrationStatus};
@@ -20,7 +20,21 @@ use crate::inflight::InFlightCounter;
 /// A live registration: owns the lease task, and shuts the server down in order.
 ///
 /// Dropping it stops keeping the lease alive, so the keys expire after the TTL; it does no
-/// I/O. Call [`shutdown`](Registration::shutdown) to remove the keys at once.
+/// I/O, and logs that it happened (`warn!` if nothing took its
+/// [`stop_signal`](Registration::stop_signal), so the server may still be serving while it
+/// disappears from etcd; else `info!`). Call [`shutdown`](Registration::shutdown) to remove
+/// the keys at once.
+///
+/// Dropping it at once is a mistake the compiler points out:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// # async fn run(registrar: tonic_etcd::Registrar) -> Result<(), tonic_etcd::Error> {
+/// registrar.register("greeter", "127.0.0.1:50051").await?; // dropped: deregisters
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "dropping a registration stops its keep-alives: the key expires after the TTL"]
 pub struct Registration {
     pub(super) key: String,
     pub(super) client: etcd_client::Client,
@@ -38,6 +52,10 @@ pub struct Registration {
     pub(super) grace: Duration,
     pub(super) drain_timeout: Duration,
     pub(super) request_timeout: Duration,
+    /// The lease TTL, for the log line of a drop without shutdown.
+    pub(super) ttl: Duration,
+    /// Whether [`shutdown`](Registration::shutdown) ran, so a drop after it says nothing.
+    pub(super) shut_down: bool,
 }
 
 impl fmt::Debug for Registration {
@@ -164,6 +182,7 @@ impl Registration {
     /// If etcd cannot be reached, the server still drains and stops, the key expires with
     /// its lease, and the revoke error is returned.
     pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.shut_down = true;
         self.stop.send_replace(true);
         for task in self.tasks.drain(..) {
             if let Err(e) = task.await {
@@ -223,5 +242,52 @@ impl Drop for Registration {
     fn drop(&mut self) {
         // Only signals: the tasks stop, and the keys expire with the lease.
         self.stop.send_replace(true);
+        let ttl = crate::error::Secs(self.ttl);
+        match dropped(self.shut_down, self.serving.receiver_count() > 0) {
+            Dropped::Quietly => {}
+            Dropped::ServerStops => info!(
+                key = %self.key,
+                %ttl,
+                "registration dropped without shutdown: the server stops, its key stays in etcd until the lease expires"
+            ),
+            Dropped::ServerMayServe => warn!(
+                key = %self.key,
+                %ttl,
+                "registration dropped without shutdown: its key expires with the lease while the server may still be serving; keep the registration and call shutdown()"
+            ),
+        }
+    }
+}
+
+/// What dropping a registration means for its server.
+#[derive(Debug, PartialEq, Eq)]
+enum Dropped {
+    /// After [`Registration::shutdown`]: everything was done in order.
+    Quietly,
+    /// The server waits on the stop signal, which the drop fires: it stops while its key
+    /// stays in etcd until the lease expires.
+    ServerStops,
+    /// Nothing waits on the stop signal: the server may go on serving, soon unregistered.
+    ServerMayServe,
+}
+
+fn dropped(shut_down: bool, stop_signal_taken: bool) -> Dropped {
+    match (shut_down, stop_signal_taken) {
+        (true, _) => Dropped::Quietly,
+        (false, true) => Dropped::ServerStops,
+        (false, false) => Dropped::ServerMayServe,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drop_without_shutdown_is_logged_by_what_the_server_does() {
+        assert_eq!(dropped(true, true), Dropped::Quietly);
+        assert_eq!(dropped(true, false), Dropped::Quietly);
+        assert_eq!(dropped(false, true), Dropped::ServerStops);
+        assert_eq!(dropped(false, false), Dropped::ServerMayServe);
     }
 }
