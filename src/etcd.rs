@@ -97,14 +97,16 @@ impl EtcdConfig {
         self
     }
 
-    /// How long opening one connection to a member may take. Default: 2 s.
+    /// How long opening one connection to a member may take. Default: 2 s. Zero makes
+    /// [`connect`](EtcdConfig::connect) fail with [`Error::InvalidDuration`].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// How long any one request to etcd may take. Watches and lease keep-alives are
-    /// streams, which this does not cut short. Default: 5 s.
+    /// streams, which this does not cut short. Default: 5 s. Zero makes
+    /// [`connect`](EtcdConfig::connect) fail with [`Error::InvalidDuration`].
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -112,7 +114,8 @@ impl EtcdConfig {
 
     /// HTTP/2 pings every `interval`, and a connection that does not answer one within
     /// `timeout` is dropped. Default: every 10 s, 5 s timeout. etcd refuses pings more
-    /// frequent than every 5 s.
+    /// frequent than every 5 s. A zero interval or timeout makes
+    /// [`connect`](EtcdConfig::connect) fail with [`Error::InvalidDuration`].
     pub fn keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.keep_alive = Some((interval, timeout));
         self
@@ -146,6 +149,7 @@ impl EtcdConfig {
     /// at once, an unanswered one gets a second one alongside after 300 ms).
     pub async fn connect(self) -> Result<Client, Error> {
         check_endpoints(&self.endpoints)?;
+        self.check_durations()?;
         let options = self.options()?;
         let end = Instant::now() + self.deadline;
         let diagnosed = AtomicBool::new(false);
@@ -176,6 +180,43 @@ impl EtcdConfig {
         })
         .await?;
         Ok(client)
+    }
+
+    /// Refuses the zero timeouts and intervals with which every connection or request would
+    /// fail. A zero [`deadline`](EtcdConfig::deadline) is fine: one try, no retry.
+    fn check_durations(&self) -> Result<(), Error> {
+        let (interval, timeout) = self.keep_alive.unwrap_or((Duration::MAX, Duration::MAX));
+        for (setting, value, reason) in [
+            (
+                "connect timeout",
+                self.connect_timeout,
+                "every connection would time out at once",
+            ),
+            (
+                "request timeout",
+                self.request_timeout,
+                "every request would time out at once",
+            ),
+            (
+                "keep-alive interval",
+                interval,
+                "etcd closes a connection pinged that often",
+            ),
+            (
+                "keep-alive timeout",
+                timeout,
+                "every connection would be dropped at the first ping",
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(Error::InvalidDuration {
+                    setting,
+                    value,
+                    reason,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The client, which authenticates if a user is set.
@@ -300,31 +341,60 @@ impl EtcdConfig {
 }
 
 /// Checks, before any I/O, that each endpoint is a URL etcd-client can connect to:
-/// `http://` or `https://` (in lower case, as etcd-client matches them) and an authority, or
-/// an authority alone. etcd-client would prefix anything else with `http://`, so that
-/// `htp://10.0.0.1:2379` became a lookup of the host `htp` that fails after the deadline.
+/// `http://` or `https://` (in lower case, as etcd-client matches them) and `host:port`, or
+/// `host:port` alone, with a numeric port and nothing after it but an optional `/`.
+/// etcd-client would prefix anything else with `http://`, so that `htp://10.0.0.1:2379`
+/// became a lookup of the host `htp` that fails after the deadline, and would dial port 80
+/// for `http://10.0.0.1:2380x` or `http://10.0.0.1`.
 fn check_endpoints(endpoints: &[String]) -> Result<(), Error> {
-    let invalid = |endpoint: &str, reason| {
-        Err(Error::InvalidEndpoint {
-            endpoint: endpoint.to_owned(),
-            reason,
-        })
-    };
     if endpoints.is_empty() {
-        return invalid("", "no etcd endpoint was given");
+        return Err(Error::InvalidEndpoint {
+            endpoint: String::new(),
+            reason: "no etcd endpoint was given",
+        });
     }
     for endpoint in endpoints {
-        let authority = match endpoint.split_once("://") {
-            Some(("http" | "https", rest)) => rest.split('/').next().unwrap_or_default(),
-            Some(_) => return invalid(endpoint, "its scheme is not http:// or https://"),
-            None => endpoint.as_str(),
-        };
-        let parsed = authority.parse::<http::uri::Authority>();
-        if authority.is_empty() || authority.contains('@') || parsed.is_err() {
-            return invalid(endpoint, "it does not name a host and port");
+        if let Err(reason) = check_endpoint(endpoint) {
+            return Err(Error::InvalidEndpoint {
+                endpoint: endpoint.to_owned(),
+                reason,
+            });
         }
     }
     Ok(())
+}
+
+/// Why `endpoint` is not `[http[s]://]host:port[/]`, if it is not.
+fn check_endpoint(endpoint: &str) -> Result<(), &'static str> {
+    let rest = match endpoint.split_once("://") {
+        Some(("http" | "https", rest)) => rest,
+        Some(_) => return Err("its scheme is not http:// or https://"),
+        None => endpoint,
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(end);
+    if authority.is_empty()
+        || authority.contains('@')
+        || authority.parse::<http::uri::Authority>().is_err()
+    {
+        return Err("it does not name a host and port");
+    }
+    if !after.is_empty() && after != "/" {
+        return Err("it has a path or query: give only scheme://host:port");
+    }
+    // `[::1]:2379`, `host:2379`: the port follows the last colon, outside the brackets.
+    let port = match authority.rsplit_once(':') {
+        Some((host, port))
+            if !port.contains(']') && (!host.contains(':') || host.ends_with(']')) =>
+        {
+            port
+        }
+        _ => return Err("its port is missing (etcd's client port is usually 2379)"),
+    };
+    match port.parse::<u16>() {
+        Ok(1..) if port.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        _ => Err("its port is not a number from 1 to 65535"),
+    }
 }
 
 /// Whether etcd turned down the user name or password.
@@ -385,6 +455,15 @@ mod tests {
             assert!(ok(&[good]).is_ok(), "{good}");
         }
         for (bad, says) in [
+            ("http://127.0.0.1:2380x", "port is not a number"),
+            ("http://127.0.0.1:0", "port is not a number"),
+            ("http://127.0.0.1:99999", "port is not a number"),
+            ("http://127.0.0.1:+2379", "port is not a number"),
+            ("http://127.0.0.1", "port is missing"),
+            ("http://[::1]", "port is missing"),
+            ("etcd-0.etcd", "port is missing"),
+            ("http://127.0.0.1:2379/v3", "path or query"),
+            ("http://127.0.0.1:2379?x=1", "path or query"),
             ("htp://127.0.0.1:2379", "scheme"),
             ("HTTP://127.0.0.1:2379", "scheme"),
             ("unix:///tmp/etcd.sock", "scheme"),
@@ -399,6 +478,35 @@ mod tests {
             assert!(error.is_permanent());
         }
         assert!(ok(&[]).is_err(), "no endpoint");
+    }
+
+    #[tokio::test]
+    async fn zero_timeouts_fail_before_any_io() {
+        let config = || EtcdConfig::new(["http://127.0.0.1:9"]);
+        let zero = Duration::ZERO;
+        for (config, says) in [
+            (config().connect_timeout(zero), "connect timeout"),
+            (config().request_timeout(zero), "request timeout"),
+            (
+                config().keep_alive(zero, Duration::from_secs(1)),
+                "keep-alive interval",
+            ),
+            (
+                config().keep_alive(Duration::from_secs(10), zero),
+                "keep-alive timeout",
+            ),
+        ] {
+            let Err(error) = config.connect().await else {
+                panic!("{says}: connected");
+            };
+            assert!(matches!(error, Error::InvalidDuration { .. }), "{error}");
+            assert!(
+                error
+                    .to_string()
+                    .starts_with(&format!("invalid {says} 0 s")),
+                "{error}"
+            );
+        }
     }
 
     #[tokio::test]
