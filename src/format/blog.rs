@@ -4,6 +4,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{DecodeError, Format, Instance, decode_json, one_segment_below, validate_addr};
 
+/// What a value that does not parse was expected to be.
+const EXPECTED: &str = r#"a blog-format JSON value {"ID":..,"IP":"host:port"}"#;
+
 /// The blog post's format: values `{"ID":1,"IP":"127.0.0.1:8080"}`.
 ///
 /// The `service` is the name under `services/`. The original code wrote a single key,
@@ -83,7 +86,7 @@ impl Format for Blog {
     }
 
     fn decode(&self, _key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
-        let decoded: Decoded = decode_json(value)?;
+        let decoded: Decoded = decode_json(value, EXPECTED)?;
         let addr = decoded.ip.ok_or(DecodeError::MissingAddress)?;
         validate_addr(&addr)?;
         Ok(Instance::new(addr))

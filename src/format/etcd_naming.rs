@@ -8,6 +8,9 @@ use super::{
     validate_addr,
 };
 
+/// What a value that does not parse was expected to be.
+const EXPECTED: &str = r#"an etcd-naming JSON value {"Op":0,"Addr":"host:port","Metadata":..}"#;
+
 /// The wire format of etcd's Go naming package, the `etcd:///` resolver of grpc-go.
 ///
 /// Keys are `<target>/<addr>`; values are
@@ -77,7 +80,7 @@ impl Format for EtcdNaming {
     }
 
     fn decode(&self, _key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
-        let decoded: Decoded = decode_json(value)?;
+        let decoded: Decoded = decode_json(value, EXPECTED)?;
         let addr = decoded.addr.ok_or(DecodeError::MissingAddress)?;
         validate_addr(&addr)?;
         Ok(Instance {

@@ -7,6 +7,10 @@ use serde_json::{Map, Value};
 
 use super::{DecodeError, Format, Instance, Metadata, decode_json, validate_addr};
 
+/// What a value that does not parse was expected to be.
+const EXPECTED: &str =
+    r#"a Kratos JSON instance {"id":..,"name":..,"endpoints":["grpc://host:port"]}"#;
+
 /// The namespace Kratos registers under by default.
 const DEFAULT_NAMESPACE: &str = "/microservices";
 
@@ -131,14 +135,14 @@ impl Format for Kratos {
     }
 
     fn decode(&self, _key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
-        decode_json::<Decoded>(value)?.into_instance()
+        decode_json::<Decoded>(value, EXPECTED)?.into_instance()
     }
 
     /// Takes only the instances whose `name` is `service` (give or take surrounding
     /// slashes), like Kratos's registry: its listing of `/microservices/greeter` also holds
     /// the instances of `greeter/admin`.
     fn decode_for(&self, service: &str, _key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
-        let decoded: Decoded = decode_json(value)?;
+        let decoded: Decoded = decode_json(value, EXPECTED)?;
         let service = service.trim_matches('/');
         let name = decoded.name.as_deref().unwrap_or_default();
         if name != service {

@@ -179,9 +179,16 @@ pub enum DecodeError {
     /// The value is not UTF-8 text.
     #[error("value is not utf-8")]
     NotUtf8,
-    /// The value is not the JSON the format expects.
-    #[error("value is not valid json for this format")]
-    Json(#[source] serde_json::Error),
+    /// The value is not the JSON the format expects: another format's value, or none.
+    #[error("not {expected}")]
+    Json {
+        /// What the format expects, with its shape: `an etcd-naming JSON value
+        /// {"Addr":"host:port",..}`.
+        expected: &'static str,
+        /// What the JSON parser says is wrong.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The value names no address.
     #[error("value has no address")]
     MissingAddress,
@@ -242,9 +249,12 @@ pub(crate) fn one_segment_below(prefix: &str, key: &str) -> Result<(), DecodeErr
 }
 
 /// Parses a JSON value, telling text that is not UTF-8 from text that is not the JSON wanted.
-pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, DecodeError> {
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(
+    value: &[u8],
+    expected: &'static str,
+) -> Result<T, DecodeError> {
     let text = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8)?;
-    serde_json::from_str(text).map_err(DecodeError::Json)
+    serde_json::from_str(text).map_err(|source| DecodeError::Json { expected, source })
 }
 
 /// Checks that `addr` is `host:port`, with a non-empty host and a port in 1..=65535.
@@ -328,6 +338,24 @@ mod tests {
                 Some(instance.clone())
             );
             assert!(format.decode_for("s", "s/x/y", b"10.0.0.1:1").is_err());
+        }
+    }
+
+    #[test]
+    fn a_value_of_another_format_says_what_was_expected() {
+        let go_zero = b"127.0.0.1:8080";
+        for (format, expected) in [
+            (&EtcdNaming as &dyn Format, "not an etcd-naming JSON value"),
+            (&Kratos::new(), "not a Kratos JSON instance"),
+            (&Blog::new(), "not a blog-format JSON value"),
+        ] {
+            let error = format.decode("s/1", go_zero).expect_err("not json");
+            let chain = crate::error::Chain(&error).to_string();
+            assert!(chain.starts_with(expected), "{format:?}: {chain}");
+            assert!(
+                chain.contains("127.0"),
+                "{format:?}: the parser's reason too: {chain}"
+            );
         }
     }
 
