@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tonic::transport::{Certificate, ClientTlsConfig};
@@ -458,5 +459,79 @@ async fn a_server_signed_by_another_ca_is_ejected_with_a_reason() {
         .expect_err("no server is trusted");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert_eq!(untrusted.calls(), 0);
+    registration.shutdown().await.expect("deregister");
+}
+
+/// The retry of calls that never left works on the balancer's own TLS connection as on a
+/// plain one: a stopped server whose key stays (as after a crash, before its lease expires)
+/// and an address where nothing listens cost no failed call.
+#[tokio::test]
+async fn a_stopped_tls_server_costs_no_failed_call() {
+    let pki = TestPki::new();
+    let etcd = Etcd::start().await;
+    let (a, b) = (
+        TestServer::start_tls(&pki).await,
+        TestServer::start_tls(&pki).await,
+    );
+    let b_addr = b.addr();
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("an address")
+    };
+    let registration = Registrar::new(etcd.client().await)
+        .register(SERVICE, a.addr())
+        .await
+        .expect("register");
+    for addr in [b_addr, dead] {
+        registration.add(SERVICE, addr).await.expect("register");
+    }
+    let channel = EtcdDiscover::new(etcd.client().await, SERVICE)
+        .tls_config(own_tls(&pki))
+        .channel();
+    wait_for("both servers up", DEADLINE, || async {
+        let up = channel
+            .endpoints()
+            .iter()
+            .filter(|e| e.state == EndpointState::Up)
+            .count();
+        (up == 2).then_some(())
+    })
+    .await;
+    // Callers keep calling while the server stops: calls that meet its closing connection
+    // before they left go to the other server.
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let (channel, stop) = (channel.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut calls = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    call_many(&channel, 1).await;
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    wait_for("calls on the server to stop", DEADLINE, || async {
+        (b.calls() > 50).then_some(())
+    })
+    .await;
+    b.shutdown().await;
+    let before = a.calls();
+    wait_for("calls on the other server", DEADLINE, || async {
+        (a.calls() > before + 200).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        // A failed call panics its caller.
+        assert!(caller.await.expect("no call failed") > 0);
+    }
+    let answered = call_many(&channel, 20).await;
+    assert!(
+        answered.iter().all(|addr| *addr == a.addr()),
+        "{answered:?}"
+    );
     registration.shutdown().await.expect("deregister");
 }
