@@ -797,6 +797,88 @@ async fn collect_recoveries(
     recovered
 }
 
+/// Times of the crate's one-shot operations with one member of three dead, then frozen:
+/// `EtcdConfig::connect`, `Registrar::register`, the first item of an `EtcdDiscover`,
+/// `Registration::shutdown` (the revoke; no grace, nothing in flight) and a
+/// `greeter_server` start (spawn to ready line), each on a new client given all three
+/// members; and the lowest time to live a 3 s lease shows over 6 s of keepalives.
+///
+/// ```text
+/// cargo test --all-features --test lifecycle -- --ignored --nocapture measures_one_faulty
+/// ```
+#[tokio::test]
+#[ignore = "a measurement; takes about a minute"]
+async fn measures_one_faulty_member_of_three() {
+    const ROUNDS: usize = 20;
+    for fault in [MemberFault::Dead, MemberFault::Frozen] {
+        let (cluster, faulty) = EtcdCluster::start_with_fault(fault).await;
+        let reader = cluster.client_without(faulty).await;
+        let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let mut record = |what, since: Instant| {
+            let ms = since.elapsed().as_secs_f64() * 1e3;
+            times.entry(what).or_default().push(ms);
+        };
+        for round in 0..ROUNDS {
+            let at = Instant::now();
+            let etcd = tonic_etcd::EtcdConfig::new(cluster.endpoints())
+                .connect()
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"));
+            record("connect", at);
+            let at = Instant::now();
+            let registration = register(&etcd, fake_addr(round as u16), LONG_TTL).await;
+            record("register", at);
+            let fresh = tonic_etcd::EtcdConfig::new(cluster.endpoints())
+                .connect()
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"));
+            let at = Instant::now();
+            let mut discover = EtcdDiscover::new(fresh, SERVICE);
+            let first = futures_util::StreamExt::next(&mut discover).await;
+            assert!(matches!(first, Some(Ok(_))), "{first:?}");
+            record("first listing", at);
+            drop(discover);
+            let at = Instant::now();
+            registration.shutdown().await.expect("revoke");
+            record("revoke (shutdown)", at);
+        }
+        let endpoints = cluster.endpoints_arg();
+        // Untimed: the first spawn builds the example.
+        drop(ServerProcess::spawn(&endpoints, SERVICE, 10).await);
+        for _ in 0..5 {
+            let at = Instant::now();
+            let server = ServerProcess::spawn(&endpoints, SERVICE, 10).await;
+            record("greeter_server start", at);
+            drop(server);
+        }
+        let etcd = tonic_etcd::EtcdConfig::new(cluster.endpoints())
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        let registration = register(&etcd, fake_addr(999), SHORT_TTL + SHORT_TTL / 2).await;
+        let lease = registration.lease_id().expect("registered");
+        let mut lowest = i64::MAX;
+        let end = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < end {
+            lowest = lowest.min(ttl_left(&reader, lease).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for (what, ms) in &mut times {
+            ms.sort_by(f64::total_cmp);
+            let pick = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+            eprintln!(
+                "{fault:?} member: {what}: n {}, min {:.1} ms, p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+                ms.len(),
+                pick(0.0),
+                pick(0.5),
+                pick(0.9),
+                pick(1.0)
+            );
+        }
+        eprintln!("{fault:?} member: keepalive, TTL 3 s: lowest TTL left over 6 s: {lowest} s");
+    }
+}
+
 /// Prints re-registration times in milliseconds after etcd was back: min, p50, p90, max,
 /// and a histogram per 500 ms.
 fn report(what: &str, ms: &mut [f64]) {
