@@ -1,5 +1,6 @@
 //! Connecting to etcd: endpoints, TLS, credentials and timeouts, checked before use.
 
+pub(crate) mod list;
 pub(crate) mod request;
 #[cfg(feature = "tls")]
 mod tls;

@@ -712,6 +712,98 @@ async fn serve_through(fault: MemberFault) {
     }
 }
 
+/// 100,000 keys (about 7 MB of values, over the client's 4 MiB decode limit in one response)
+/// sync: discovery lists them in pages and announces every one.
+#[tokio::test]
+async fn syncs_a_prefix_of_100000_keys() {
+    let etcd = Etcd::start().await;
+    fill(&etcd.client().await, 100_000).await;
+    let mut discover = EtcdDiscover::new(etcd.client().await, SERVICE);
+    let inserts = count_inserts(&mut discover, 100_000, Duration::from_secs(300)).await;
+    assert_eq!(inserts, 100_000);
+    assert!(discover.status().borrow().is_synced());
+}
+
+/// Sync time and memory for 10,000 and 100,000 keys: from the first poll to the last insert,
+/// and the growth of the process's resident set (the discovery and its balancer-less
+/// stream consumer only).
+///
+/// ```text
+/// cargo test --all-features --test discovery -- --ignored --nocapture measures_sync
+/// ```
+#[tokio::test]
+#[ignore = "a measurement; takes about a minute"]
+async fn measures_sync_of_large_prefixes() {
+    for n in [10_000, 100_000] {
+        let etcd = Etcd::start().await;
+        fill(&etcd.client().await, n).await;
+        let client = etcd.client().await;
+        let before = resident_kib();
+        let started = tokio::time::Instant::now();
+        let mut discover = EtcdDiscover::new(client, SERVICE);
+        let inserts = count_inserts(&mut discover, n, Duration::from_secs(600)).await;
+        let elapsed = started.elapsed();
+        let grown = resident_kib().saturating_sub(before);
+        eprintln!(
+            "{n} keys: synced in {elapsed:?}; resident set grew {} KiB ({} bytes per key)",
+            grown,
+            grown * 1024 / n
+        );
+        assert_eq!(inserts, n);
+        drop(discover);
+    }
+}
+
+/// Puts `n` etcd naming keys under [`SERVICE`], 128 to a transaction (etcd's limit).
+async fn fill(client: &Client, n: usize) {
+    let mut kv = client.clone();
+    let metadata = "m".repeat(40);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(128) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|i| {
+                let addr = format!(
+                    "127.{}.{}.{}:{}",
+                    i >> 16 & 255,
+                    i >> 8 & 255,
+                    i & 255,
+                    1000 + i % 50000
+                );
+                let value = format!(r#"{{"Op":0,"Addr":"{addr}","Metadata":"{metadata}"}}"#);
+                TxnOp::put(format!("{SERVICE}/{addr}"), value, None)
+            })
+            .collect();
+        kv.txn(Txn::new().and_then(ops)).await.expect("txn");
+    }
+}
+
+/// Counts inserts from `discover` until `n` have come, failing after `deadline`.
+async fn count_inserts(discover: &mut EtcdDiscover, n: usize, deadline: Duration) -> usize {
+    let mut inserts = 0;
+    let count = async {
+        while inserts < n {
+            match discover.next().await {
+                Some(Ok(Change::Insert(..))) => inserts += 1,
+                other => panic!("after {inserts} inserts: {other:?}"),
+            }
+        }
+    };
+    if tokio::time::timeout(deadline, count).await.is_err() {
+        panic!("only {inserts} of {n} inserts within {deadline:?}");
+    }
+    inserts
+}
+
+/// The process's resident set, in KiB, from /proc/self/status.
+fn resident_kib() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs the `greeter_client` example with `args` and the default log filter, and returns
 /// its output once it exits.
 async fn run_greeter_client(args: &[&str]) -> Output {

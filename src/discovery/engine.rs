@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use etcd_client::{EventType, GetOptions, WatchOptions, WatchResponse, WatchStream};
+use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
@@ -23,6 +23,7 @@ use super::diff::{RawChange, diff};
 use super::entries::{Entries, Entry};
 use crate::Error;
 use crate::backoff::{Backoff, Retry};
+use crate::etcd::list::list_prefix;
 use crate::etcd::request::request;
 
 /// What one step of the machine announces.
@@ -94,27 +95,19 @@ impl Engine {
     }
 
     async fn list(&mut self) -> (Output, State) {
-        let list = || async {
-            let mut kv = self.config.client.kv_client();
-            let options = GetOptions::new().with_prefix();
-            kv.get(self.prefix.as_str(), Some(options))
-                .await
-                .map_err(|source| Error::List {
-                    prefix: self.prefix.clone(),
-                    source: Arc::new(source),
-                })
-        };
-        let response = match request("listing the prefix", self.config.request_timeout, list).await
-        {
-            Ok(response) => response,
+        let mut listing = Entries::new();
+        let (client, prefix) = (&self.config.client, self.prefix.as_str());
+        let pages = list_prefix(client, prefix, self.config.request_timeout, |kvs| {
+            for kv in kvs {
+                if let Some(key) = key_of(prefix, kv.key()) {
+                    listing.insert(Entry::new(key, kv.value()));
+                }
+            }
+        });
+        let revision = match pages.await {
+            Ok(revision) => revision,
             Err(error) => return self.fail(error, State::List).await,
         };
-        let revision = response.header().map_or(0, |h| h.revision());
-        let listing: Entries = response
-            .kvs()
-            .iter()
-            .filter_map(|kv| Some(Entry::new(self.key_of(kv.key())?, kv.value())))
-            .collect();
         let diff = diff(&self.announced, &listing);
         let mut changes = Vec::with_capacity(diff.removed.len() + diff.upserted.len());
         for key in diff.removed {
@@ -243,7 +236,7 @@ impl Engine {
                 continue;
             }
             s.revision = s.revision.max(kv.mod_revision());
-            let Some(key) = self.key_of(kv.key()) else {
+            let Some(key) = key_of(&self.prefix, kv.key()) else {
                 continue;
             };
             changes.extend(match event.event_type() {
@@ -273,21 +266,6 @@ impl Engine {
     fn delete(&mut self, key: String) -> Option<RawChange> {
         self.announced.remove(&key)?;
         Some(RawChange::Delete(key))
-    }
-
-    /// The key as text, if it is UTF-8 and under the prefix.
-    fn key_of(&self, raw: &[u8]) -> Option<String> {
-        match std::str::from_utf8(raw) {
-            Ok(key) if key.starts_with(&self.prefix) => Some(key.to_owned()),
-            Ok(key) => {
-                warn!(key, prefix = %self.prefix, "skipping key outside the prefix");
-                None
-            }
-            Err(_) => {
-                warn!(key = %String::from_utf8_lossy(raw), "skipping key that is not utf-8");
-                None
-            }
-        }
     }
 
     /// Handles a failed step: a permanent error ends the stream; a transient one is logged,
@@ -329,5 +307,20 @@ impl Engine {
             }
             !same
         });
+    }
+}
+
+/// The key as text, if it is UTF-8 and under `prefix`.
+fn key_of(prefix: &str, raw: &[u8]) -> Option<String> {
+    match std::str::from_utf8(raw) {
+        Ok(key) if key.starts_with(prefix) => Some(key.to_owned()),
+        Ok(key) => {
+            warn!(key, prefix, "skipping key outside the prefix");
+            None
+        }
+        Err(_) => {
+            warn!(key = %String::from_utf8_lossy(raw), "skipping key that is not utf-8");
+            None
+        }
     }
 }
