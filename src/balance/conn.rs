@@ -1,6 +1,8 @@
 //! How the balancer reaches one endpoint: by a connection of its own, or by tonic's channel.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -17,7 +19,7 @@ use crate::discovery::Route;
 pub(crate) enum Target {
     /// An endpoint with tonic's defaults, in plain text or with the crate's own TLS
     /// configuration: the balancer's own connection, to the instance's address.
-    Direct(Option<Tls>),
+    Direct(Option<Arc<OwnTls>>),
     /// Anything else (tonic's TLS configuration, the user's hook): tonic's channel, which
     /// honours every setting.
     Tonic(Box<Endpoint>),
@@ -29,7 +31,10 @@ impl Target {
         match route {
             Route::Plain => Target::Direct(None),
             #[cfg(feature = "tls")]
-            Route::Tls(connector) => Target::Direct(Some(connector)),
+            Route::Tls(connector) => Target::Direct(Some(Arc::new(OwnTls {
+                connector,
+                warned: AtomicBool::new(false),
+            }))),
             Route::Tonic => Target::Tonic(Box::new(endpoint)),
         }
     }
@@ -43,9 +48,12 @@ impl Target {
     ) -> Result<(Conn, Option<oneshot::Receiver<()>>), tower::BoxError> {
         match self {
             Target::Direct(tls) => {
-                let (direct, driver) = Direct::connect(addr, keep_alive, tls.as_ref())
-                    .await
-                    .inspect_err(|error| warn_refusal(addr, error))?;
+                let connector = tls.as_ref().map(|tls| &tls.connector);
+                let result = Direct::connect(addr, keep_alive, connector).await;
+                if let Some(tls) = tls {
+                    tls.report(addr, result.as_ref().err());
+                }
+                let (direct, driver) = result?;
                 let (open, closed) = oneshot::channel::<()>();
                 tokio::spawn(async move {
                     driver.await;
@@ -58,18 +66,34 @@ impl Target {
     }
 }
 
-/// Warns of a TLS refusal about certificates: a configuration to fix, which debug logs of
-/// failed connections would hide.
-fn warn_refusal(addr: &str, error: &ConnectError) {
-    #[cfg(feature = "tls")]
-    if let ConnectError::Tls {
-        certificate: true, ..
-    } = error
-    {
-        tracing::warn!(addr, error = %crate::error::Chain(error), "endpoint refused over tls");
+/// The crate's own TLS configuration for one endpoint.
+#[derive(Debug)]
+pub(crate) struct OwnTls {
+    connector: Tls,
+    /// Whether a refusal has been warned of since the endpoint last connected.
+    warned: AtomicBool,
+}
+
+impl OwnTls {
+    /// Warns of the first TLS refusal about certificates since the endpoint last connected:
+    /// a configuration to fix, which the debug logs of failed connections would hide. The
+    /// probes that follow are refused the same way, and only logged at debug level.
+    fn report(&self, addr: &str, error: Option<&ConnectError>) {
+        let Some(error) = error else {
+            self.warned.store(false, Ordering::Relaxed);
+            return;
+        };
+        #[cfg(feature = "tls")]
+        if let ConnectError::Tls {
+            certificate: true, ..
+        } = error
+            && !self.warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(addr, error = %crate::error::Chain(error), "endpoint refused over tls");
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = (addr, error);
     }
-    #[cfg(not(feature = "tls"))]
-    let _ = (addr, error);
 }
 
 /// A connection to one endpoint; cheap to clone.
