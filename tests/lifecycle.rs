@@ -608,6 +608,63 @@ async fn start_and_stop_through(fault: MemberFault) {
     }
 }
 
+/// A frozen member under the lease (issue 12.4): each member in turn is frozen for 4 s, so
+/// one of them holds the keepalive stream; a TTL 3 s key is never absent longer than 1.5 s.
+#[tokio::test]
+async fn keeps_the_key_while_the_keepalive_member_is_frozen() {
+    let absent =
+        absent_while_each_member_freezes(SHORT_TTL + SHORT_TTL / 2, Duration::from_secs(4)).await;
+    for (member, longest) in absent.iter().enumerate() {
+        assert!(
+            *longest <= Duration::from_millis(1500),
+            "the key was absent {longest:?} while member {member} was frozen: {absent:?}"
+        );
+    }
+}
+
+/// Registers a key with `ttl` through all three members, then freezes each member in turn
+/// for `freeze`, and returns the longest time the key was absent during each freeze, read
+/// every 50 ms from the other two members.
+async fn absent_while_each_member_freezes(ttl: Duration, freeze: Duration) -> Vec<Duration> {
+    let cluster = EtcdCluster::start().await;
+    let etcd = tonic_etcd::EtcdConfig::new(cluster.endpoints())
+        .connect()
+        .await
+        .expect("connect");
+    let registration = register(&etcd, fake_addr(1), ttl).await;
+    let key = registration.key().to_owned();
+    let mut absent = Vec::new();
+    for member in 0..EtcdCluster::SIZE {
+        let mut reader = cluster.client_without(member).await;
+        cluster.freeze(member);
+        let end = Instant::now() + freeze;
+        let (mut longest, mut since) = (Duration::ZERO, None::<Instant>);
+        while Instant::now() < end {
+            let options = GetOptions::new().with_serializable();
+            let read = reader.get(key.as_str(), Some(options));
+            match tokio::time::timeout(Duration::from_millis(500), read).await {
+                Ok(Ok(response)) if response.kvs().is_empty() => {
+                    let from = *since.get_or_insert_with(Instant::now);
+                    longest = longest.max(from.elapsed());
+                }
+                Ok(Ok(_)) => since = None,
+                _ => {} // unknown: the other members are electing a leader
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster.thaw(member);
+        cluster.leader_index().await;
+        let what = format!("{key} back after member {member} thawed");
+        wait_until(&what, DEADLINE, || async {
+            revision_of(&reader, &key).await.is_some()
+        })
+        .await;
+        absent.push(longest);
+    }
+    registration.shutdown().await.expect("revoke");
+    absent
+}
+
 // ---------------------------------------------------------------------------------------
 // Measurements for the closing note
 // ---------------------------------------------------------------------------------------
@@ -876,6 +933,21 @@ async fn measures_one_faulty_member_of_three() {
             );
         }
         eprintln!("{fault:?} member: keepalive, TTL 3 s: lowest TTL left over 6 s: {lowest} s");
+    }
+}
+
+/// Key-absent time across a 12 s freeze of each member in turn (one holds the keepalive
+/// stream), TTL 3 s and TTL 10 s.
+///
+/// ```text
+/// cargo test --all-features --test lifecycle -- --ignored --nocapture measures_key_absence
+/// ```
+#[tokio::test]
+#[ignore = "a measurement; takes about 90 s"]
+async fn measures_key_absence_across_a_frozen_member() {
+    for ttl in [Duration::from_secs(3), Duration::from_secs(10)] {
+        let absent = absent_while_each_member_freezes(ttl, Duration::from_secs(12)).await;
+        eprintln!("TTL {ttl:?}, 12 s freeze of member 0, 1, 2 in turn: longest absence {absent:?}");
     }
 }
 

@@ -138,17 +138,6 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Bounds `f` by `after`: its output, or [`Error::Timeout`] naming `operation`.
-pub(crate) async fn timed<F: Future>(
-    operation: &'static str,
-    after: Duration,
-    f: F,
-) -> Result<F::Output, Error> {
-    tokio::time::timeout(after, f)
-        .await
-        .map_err(|_| Error::Timeout { operation, after })
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

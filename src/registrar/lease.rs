@@ -27,7 +27,7 @@ use super::RegistrationStatus;
 use crate::Error;
 use crate::backoff::Retry;
 use crate::error::Chain;
-use crate::etcd::request::{request, timed};
+use crate::etcd::request::request;
 use crate::format::{Format, Instance};
 
 /// What the registration asks of its lease task.
@@ -64,6 +64,9 @@ enum Interrupt {
     Failed(Error),
     /// A key is missing, or must be written again.
     Rewrite,
+    /// A keepalive went unanswered for a third of the TTL: its member may be frozen, so the
+    /// stream is opened again at once, most likely on another member.
+    Stalled,
 }
 
 pub(super) struct Entry {
@@ -141,6 +144,10 @@ impl LeaseTask {
             State::KeepAlive { lease_id, from } => {
                 match self.keep_alive(lease_id, from, commands).await {
                     Interrupt::Rewrite => State::Put { lease_id },
+                    Interrupt::Stalled => {
+                        debug!(lease_id, "keepalive unanswered, opening the stream again");
+                        State::KeepAlive { lease_id, from }
+                    }
                     Interrupt::Failed(error) if error.is_lease_not_found() => {
                         warn!(lease_id, "lease lost, registering again");
                         self.fail(error, State::Grant).await
@@ -263,9 +270,13 @@ impl LeaseTask {
                 biased;
                 _ = tokio::time::sleep_until(next_keepalive) => {
                     keeper.keep_alive().await.map_err(wrap)?;
-                    let after = self.request_timeout;
-                    let response = timed("keeping the lease alive", after, responses.message())
-                        .await?
+                    // Unanswered for a third of the TTL: one more such wait on another member
+                    // still comes before the lease expires.
+                    let after = interval.min(self.request_timeout);
+                    let Ok(response) = tokio::time::timeout(after, responses.message()).await else {
+                        return Ok(Interrupt::Stalled);
+                    };
+                    let response = response
                         .map_err(wrap)?
                         .ok_or_else(|| wrap(etcd_client::Error::LeaseKeepAliveError("stream ended".into())))?;
                     if response.ttl() <= 0 {
