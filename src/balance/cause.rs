@@ -4,7 +4,8 @@
 //! discovery is not in sync with etcd, why:
 //!
 //! ```text
-//! no endpoint of service "echo": none registered
+//! no endpoint of service "echo": none registered under etcd prefix "echo/"
+//! no endpoint of service "echo": none registered under etcd prefix "echo/" (2 keys skipped, last echo/1: not an etcd-naming JSON value ...)
 //! no endpoint of service "echo": 3 known, none up (2 ejected, 1 connecting)
 //! no endpoint of service "echo": discovery has not listed etcd yet
 //! no endpoint of service "echo": etcd at 127.0.0.1:41358 unreachable: connection refused, retrying (attempt 6)
@@ -36,8 +37,18 @@ pub(super) fn no_endpoint(
         if !synced {
             message.push_str("; ");
         }
-    } else if synced {
-        message.push_str("none registered");
+    } else if let DiscoveryStatus::Synced {
+        prefix,
+        skipped,
+        skip_reason,
+        ..
+    } = discovery
+    {
+        let _ = write!(message, "none registered under etcd prefix {prefix:?}");
+        if let (1.., Some(reason)) = (skipped, skip_reason) {
+            let keys = if *skipped == 1 { "key" } else { "keys" };
+            let _ = write!(message, " ({skipped} {keys} skipped, last {reason})");
+        }
     }
     match discovery {
         DiscoveryStatus::Synced { .. } => {}
@@ -135,6 +146,23 @@ fn peer_in(debug: &str) -> Option<SocketAddr> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn says_when_keys_under_the_prefix_were_skipped() {
+        let synced = DiscoveryStatus::Synced {
+            revision: 3,
+            endpoints: 0,
+            prefix: "echo/".into(),
+            skipped: 2,
+            skip_reason: Some("echo/1: not an etcd-naming JSON value".into()),
+        };
+        let message = no_endpoint("echo", &[], &synced).message().to_owned();
+        assert_eq!(
+            message,
+            "no endpoint of service \"echo\": none registered under etcd prefix \"echo/\" \
+             (2 keys skipped, last echo/1: not an etcd-naming JSON value)"
+        );
+    }
+
     fn refused() -> Error {
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         Error::List {
@@ -176,9 +204,15 @@ mod tests {
         let synced = DiscoveryStatus::Synced {
             revision: 3,
             endpoints: 0,
+            prefix: "echo/".into(),
+            skipped: 0,
+            skip_reason: None,
         };
         let message = no_endpoint("echo", &[], &synced).message().to_owned();
-        assert_eq!(message, "no endpoint of service \"echo\": none registered");
+        assert_eq!(
+            message,
+            "no endpoint of service \"echo\": none registered under etcd prefix \"echo/\""
+        );
         let syncing = no_endpoint("echo", &[], &DiscoveryStatus::Syncing);
         assert!(
             syncing.message().ends_with("not listed etcd yet"),

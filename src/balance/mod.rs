@@ -459,7 +459,8 @@ struct Owner {
 /// - **while an endpoint is connecting**, or a subset has endpoints left to try, waits
 ///   for the first one up, up to [`Balancer::startup_wait`] after the call started;
 /// - **otherwise** (none registered, every endpoint ejected) fails at once with
-///   `Unavailable`: `no endpoint of service "echo": none registered`, or
+///   `Unavailable`: `no endpoint of service "echo": none registered under etcd prefix
+///   "echo/"` (followed by how many keys under it were skipped, and why, if any were), or
 ///   `no endpoint of service "echo": 3 known, none up (3 ejected)`;
 /// - with [`Balancer::wait_for_ready`], waits up to that long in every case;
 /// - never waits past its own deadline (`grpc-timeout`): it then fails as tonic's

@@ -1,5 +1,6 @@
 //! Turning raw registry changes into endpoint changes, per subscriber.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tower::discover::Change;
@@ -25,6 +26,19 @@ pub(super) struct Decoder {
     good: Entries,
     /// Which of those keys hold each address, and which one it is announced under.
     addresses: Addresses,
+    /// The keys under the prefix that are not endpoints: their values do not decode, or
+    /// they are another service's. Counted in the status, so that a call that finds no
+    /// endpoint can say that keys exist but were skipped.
+    skipped: BTreeSet<String>,
+    /// Why the last key skipped was, with its key.
+    skip_reason: Option<String>,
+}
+
+/// The keys a decoder skipped: how many, and why the last one was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Skipped {
+    pub(super) keys: usize,
+    pub(super) reason: Option<String>,
 }
 
 impl Decoder {
@@ -35,7 +49,25 @@ impl Decoder {
             recipe,
             good: Entries::new(),
             addresses: Addresses::default(),
+            skipped: BTreeSet::new(),
+            skip_reason: None,
         }
+    }
+
+    /// The keys under the prefix skipped so far and still there.
+    pub(super) fn skipped(&self) -> Skipped {
+        Skipped {
+            keys: self.skipped.len(),
+            reason: self
+                .skip_reason
+                .clone()
+                .filter(|_| !self.skipped.is_empty()),
+        }
+    }
+
+    fn skip(&mut self, key: &str, reason: String) {
+        self.skipped.insert(key.to_owned());
+        self.skip_reason = Some(format!("{key}: {reason}"));
     }
 
     /// How many endpoints are announced: one per address.
@@ -60,18 +92,25 @@ impl Decoder {
                     return Vec::new();
                 }
                 match self.endpoint_for(entry.key(), entry.value()) {
-                    Ok(discovered) => self.put(entry, discovered),
+                    Ok(discovered) => {
+                        self.skipped.remove(entry.key());
+                        self.put(entry, discovered)
+                    }
                     Err(Skip::Decode(error)) if error.is_other_service() => {
                         debug!(key = entry.key(), service = %self.service, reason = %error, "skipping another service's instance");
+                        self.skip(entry.key(), error.to_string());
                         Vec::new()
                     }
                     Err(error) => {
-                        warn!(key = entry.key(), error = %crate::error::Chain(&error), "skipping undecodable value");
+                        let reason = crate::error::Chain(&error).to_string();
+                        warn!(key = entry.key(), error = %reason, "skipping undecodable value");
+                        self.skip(entry.key(), reason);
                         Vec::new()
                     }
                 }
             }
             RawChange::Delete(key) => {
+                self.skipped.remove(&key);
                 let Some(old) = self.good.remove(&key) else {
                     return Vec::new();
                 };
@@ -203,6 +242,37 @@ mod tests {
         let mut d = Decoder::new(Arc::new(EtcdNaming), "s".into(), EndpointRecipe::default());
         assert!(apply1(&mut d, put("s/bad", "{}")).is_none());
         assert!(apply1(&mut d, RawChange::Delete("s/bad".into())).is_none());
+    }
+
+    #[test]
+    fn skipped_keys_are_counted_until_they_decode_or_go() {
+        let mut d = Decoder::new(Arc::new(EtcdNaming), "s".into(), EndpointRecipe::default());
+        assert_eq!(d.skipped(), Skipped::default());
+        d.apply(put("s/a", "127.0.0.1:1"));
+        d.apply(put("s/admin/127.0.0.1:2", GOOD));
+        d.apply(put("s/b", GOOD));
+        let skipped = d.skipped();
+        assert_eq!(skipped.keys, 2, "{skipped:?}");
+        let reason = skipped.reason.expect("a reason");
+        assert!(
+            reason.starts_with("s/admin/127.0.0.1:2: key is not one segment"),
+            "{reason}"
+        );
+        // Fixed in place: no longer skipped.
+        d.apply(put("s/a", OTHER));
+        assert_eq!(d.skipped().keys, 1);
+        d.apply(RawChange::Delete("s/admin/127.0.0.1:2".into()));
+        assert_eq!(
+            d.skipped(),
+            Skipped::default(),
+            "no reason once none is skipped"
+        );
+        d.apply(put("s/c", "127.0.0.1:8080"));
+        let reason = d.skipped().reason.expect("a reason");
+        assert!(
+            reason.starts_with("s/c: not an etcd-naming JSON value"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -299,8 +299,11 @@ impl Engine {
             let current = DiscoveryStatus::Synced {
                 revision,
                 endpoints,
+                prefix: self.prefix.clone(),
+                skipped: 0,
+                skip_reason: None,
             };
-            let same = matches!(status, DiscoveryStatus::Synced { revision: r, endpoints: e }
+            let same = matches!(status, DiscoveryStatus::Synced { revision: r, endpoints: e, .. }
                 if *r == revision && *e == endpoints);
             if !same {
                 *status = current;

@@ -15,6 +15,16 @@ pub enum DiscoveryStatus {
         revision: i64,
         /// How many endpoints are announced.
         endpoints: usize,
+        /// The etcd prefix listed and watched, with its trailing slash: `greeter/` for the
+        /// service `greeter` in the default format.
+        prefix: String,
+        /// How many keys under the prefix are not endpoints: their values do not decode in
+        /// the format (another format's, say), or they are another service's (a nested
+        /// service's keys under the same prefix).
+        skipped: usize,
+        /// Why the last key skipped was, with its key, while any is: `greeter/1: not an
+        /// etcd-naming JSON value ...`.
+        skip_reason: Option<String>,
     },
     /// etcd cannot be reached or refused a request; the last known endpoints stay in use
     /// ("fail static") while discovery retries with backoff.

@@ -1,13 +1,13 @@
 //! One discovery's view of the shared engine: joins it, then decodes its raw changes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tower::discover::Change;
 
-use super::decode::Decoder;
+use super::decode::{Decoder, Skipped};
 use super::diff::{self, RawChange};
 use super::entries::Entries;
 use super::hub::{Hub, Message, Subscription};
@@ -39,7 +39,7 @@ pub(super) fn run(config: Config) -> ChangeStream {
         retry: Retry::new(config.backoff),
         config,
         prefix,
-        endpoints: Arc::default(),
+        counts: Arc::default(),
     };
     let steps = futures_util::stream::unfold(
         (subscriber, Step::Join),
@@ -116,8 +116,29 @@ struct Subscriber {
     prefix: String,
     decoder: Decoder,
     retry: Retry,
-    /// How many endpoints this subscriber has announced, for its status.
-    endpoints: Arc<AtomicUsize>,
+    /// What this subscriber has announced and skipped, for its status.
+    counts: Arc<Mutex<Counts>>,
+}
+
+/// A subscriber's own counts, which its status carries in place of the shared engine's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Counts {
+    endpoints: usize,
+    skipped: Skipped,
+}
+
+impl Subscriber {
+    /// Takes the decoder's counts; `true` if they changed.
+    fn update_counts(&self) -> bool {
+        let counts = Counts {
+            endpoints: self.decoder.len(),
+            skipped: self.decoder.skipped(),
+        };
+        let mut current = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = *current != counts;
+        *current = counts;
+        changed
+    }
 }
 
 impl Subscriber {
@@ -155,9 +176,9 @@ impl Subscriber {
                     Hub::join(cluster_id, &self.prefix, || self.config.engine_config());
                 let (seen, raw) = catch_up(seen, &snapshot.entries, snapshot.listed);
                 let changes = self.apply(raw);
-                self.endpoints.store(self.decoder.len(), Ordering::Release);
+                self.update_counts();
                 let to = self.config.status.clone();
-                let status = forward_status(subscription.hub.status(), to, self.endpoints.clone());
+                let status = forward_status(subscription.hub.status(), to, self.counts.clone());
                 tokio::spawn(status);
                 return (Ok(changes), Step::Follow { subscription, seen });
             }
@@ -216,11 +237,15 @@ impl Subscriber {
             apply_raw(&mut seen, change);
         }
         let changes = self.apply(raw);
-        let endpoints = self.decoder.len();
-        if self.endpoints.swap(endpoints, Ordering::AcqRel) != endpoints {
+        if self.update_counts() {
+            let counts = self
+                .counts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             self.config
                 .status
-                .send_modify(|status| set_endpoints(status, endpoints));
+                .send_modify(|status| set_counts(status, &counts));
         }
         (Ok(changes), Step::Follow { subscription, seen })
     }
@@ -272,26 +297,35 @@ fn apply_raw(seen: &mut Entries, change: &RawChange) {
     }
 }
 
-fn set_endpoints(status: &mut DiscoveryStatus, count: usize) {
+fn set_counts(status: &mut DiscoveryStatus, counts: &Counts) {
     match status {
-        DiscoveryStatus::Synced { endpoints, .. } | DiscoveryStatus::Retrying { endpoints, .. } => {
-            *endpoints = count
+        DiscoveryStatus::Synced {
+            endpoints,
+            skipped,
+            skip_reason,
+            ..
+        } => {
+            *endpoints = counts.endpoints;
+            *skipped = counts.skipped.keys;
+            skip_reason.clone_from(&counts.skipped.reason);
         }
+        DiscoveryStatus::Retrying { endpoints, .. } => *endpoints = counts.endpoints,
         DiscoveryStatus::Syncing | DiscoveryStatus::Failed { .. } => {}
     }
 }
 
-/// Copies the shared engine's status to one subscriber's, with the subscriber's own count
-/// of endpoints (values that do not decode in its format are not endpoints), until either
-/// side is gone.
+/// Copies the shared engine's status to one subscriber's, with the subscriber's own counts
+/// of endpoints and skipped keys (values that do not decode in its format are not
+/// endpoints), until either side is gone.
 async fn forward_status(
     mut from: watch::Receiver<DiscoveryStatus>,
     to: Arc<watch::Sender<DiscoveryStatus>>,
-    endpoints: Arc<AtomicUsize>,
+    counts: Arc<Mutex<Counts>>,
 ) {
     loop {
         let mut status = from.borrow_and_update().clone();
-        set_endpoints(&mut status, endpoints.load(Ordering::Acquire));
+        let current = counts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        set_counts(&mut status, &current);
         to.send_replace(status);
         tokio::select! {
             changed = from.changed() => if changed.is_err() { return },

@@ -103,3 +103,43 @@ async fn a_client_started_before_etcd_loses_no_call() {
     assert_eq!(failed, 0, "{failed} calls failed, {ok} succeeded");
     assert!(ok > 0, "no call succeeded");
 }
+
+/// Two go-zero values (a bare address) under `echo/`, read in the default etcd naming
+/// format: the call's status names the prefix watched, and says that its keys were skipped
+/// and why, rather than only "none registered".
+#[tokio::test]
+async fn a_call_says_which_keys_under_the_prefix_were_skipped() {
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    for id in ["1", "2"] {
+        client
+            .put(format!("echo/{id}"), "127.0.0.1:8080", None)
+            .await
+            .expect("put a go-zero value");
+    }
+    let channel = Balancer::new()
+        .startup_wait(Duration::from_millis(200))
+        .channel(EtcdDiscover::new(client, "echo"));
+    let mut status = channel.status();
+    tokio::time::timeout(
+        DEADLINE,
+        status.wait_for(|s| matches!(s, DiscoveryStatus::Synced { skipped: 2, .. })),
+    )
+    .await
+    .expect("discovery syncs and counts both keys as skipped")
+    .expect("status");
+    let status = GreeterClient::new(channel)
+        .say_hello(HelloRequest { name: "x".into() })
+        .await
+        .expect_err("no endpoint decodes");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let message = status.message();
+    assert!(
+        message.contains("none registered under etcd prefix \"echo/\" (2 keys skipped, last echo/"),
+        "{message}"
+    );
+    assert!(
+        message.contains("not an etcd-naming JSON value"),
+        "{message}"
+    );
+}
