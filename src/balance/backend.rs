@@ -20,14 +20,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info};
+use tracing::info;
 
-use super::Balancer;
-use super::conn::{Conn, Target};
-use super::direct::KeepAlive;
-use super::health::{self, HealthCheck};
-use super::pick::Load;
-use crate::backoff::{Backoff, Retry};
+use super::conn::Conn;
+use super::pick::{Ewma, Load};
 use crate::format::Instance;
 use crate::inflight::{Counted, InFlightCounter};
 
@@ -169,7 +165,7 @@ impl Backend {
     /// and is not counted.
     ///
     /// `reference` is the channel-wide latency: no sample counts for more than
-    /// [`PEAK_STEP`] times it, so a backend's first samples are bounded too.
+    /// [`PEAK_STEP`](super::pick::PEAK_STEP) times it, so a backend's first samples are bounded too.
     pub(crate) fn observe(&self, latency: Duration, now: Instant, reference: f64) {
         // A load first: the swap writes the shared line on every call otherwise.
         if !self.warm.load(Ordering::Acquire) && !self.warm.swap(true, Ordering::AcqRel) {
@@ -211,7 +207,19 @@ impl Backend {
             .ok()
     }
 
-    fn set_up(&self, conn: Conn) {
+    /// Waits until the current connection is ejected. A permit left by an earlier
+    /// ejection must not end a healthy connection: only an ejection of this one does.
+    pub(super) async fn ejected(&self) {
+        loop {
+            self.ejected.notified().await;
+            if !self.is_up() {
+                return;
+            }
+        }
+    }
+
+    /// Puts a new connection in rotation, unless the endpoint has left the subset.
+    pub(super) fn set_up(&self, conn: Conn) {
         self.warm.store(false, Ordering::Release);
         let mut connection = self.lock_connection();
         // Under the lock: `deactivate` cannot slip in between.
@@ -229,7 +237,7 @@ impl Backend {
     }
 
     /// Marks a failed attempt, so callers stop waiting for it.
-    fn set_ejected(&self) {
+    pub(super) fn set_ejected(&self) {
         if self.swap_unless_idle(EJECTED).is_some() {
             self.signals.notify();
         }
@@ -272,191 +280,9 @@ struct Connection {
 /// The most idle channel handles kept per endpoint: about the calls sent at once.
 const MAX_IDLE_HANDLES: usize = 1024;
 
-/// Connects, and reconnects after every ejection, for as long as the backend is discovered.
-/// With a health check, an endpoint must also report `SERVING` to come up, and is ejected
-/// when a later check fails. The returned handle's owner aborts it on removal.
-pub(crate) fn spawn_connector(
-    backend: Arc<Backend>,
-    target: Target,
-    config: &Balancer,
-) -> tokio::task::JoinHandle<()> {
-    let span = tracing::debug_span!("tonic_etcd::connect", key = %backend.key);
-    let (backoff, check, keep_alive) = (
-        config.probe_backoff,
-        config.health_check.clone(),
-        config.keep_alive,
-    );
-    tokio::spawn(connect_loop(backend, target, backoff, check, keep_alive).instrument(span))
-}
-
-async fn connect_loop(
-    backend: Arc<Backend>,
-    target: Target,
-    backoff: Backoff,
-    check: Option<HealthCheck>,
-    keep_alive: Option<KeepAlive>,
-) {
-    let mut retry = Retry::new(backoff);
-    // An endpoint that never answered is most likely a stale registration: probe it more
-    // and more rarely, so thousands of them do not keep a core busy.
-    let mut stale = Retry::new(backoff.max(NEVER_CONNECTED_MAX));
-    let mut ever_connected = false;
-    loop {
-        match target.connect(&backend.instance.addr, keep_alive).await {
-            Ok((conn, closed)) if healthy(&conn, check.as_ref()).await => {
-                ever_connected = true;
-                if retry.attempt() > 0 {
-                    info!(key = %backend.key, addr = %backend.instance.addr, "endpoint readmitted");
-                }
-                backend.set_up(conn.clone());
-                let connected = Instant::now();
-                let closed = async {
-                    match closed {
-                        Some(closed) => {
-                            let _ = closed.await;
-                        }
-                        None => std::future::pending().await,
-                    }
-                };
-                // A permit left by an earlier ejection (this task's own, below) must not end
-                // a healthy connection: only an ejection of this one does.
-                let ejected = async {
-                    loop {
-                        backend.ejected.notified().await;
-                        if !backend.is_up() {
-                            break;
-                        }
-                    }
-                };
-                tokio::select! {
-                    () = ejected => {}
-                    _ = health::until_unhealthy(&conn, check.as_ref()) => backend.eject(),
-                    // Our own connection tells when it closes, before any call fails on it.
-                    () = closed => {
-                        debug!(key = %backend.key, "connection closed");
-                        backend.eject();
-                    }
-                }
-                // A connection that stayed up for a while resets the probe backoff.
-                if connected.elapsed() >= Duration::from_secs(10) {
-                    retry.reset();
-                }
-            }
-            Ok(_) => {
-                ever_connected = true;
-                debug!(key = %backend.key, "endpoint is not serving");
-                backend.set_ejected();
-            }
-            Err(error) => {
-                debug!(key = %backend.key, error = %crate::error::Chain(&*error), "connect failed");
-                backend.set_ejected();
-            }
-        }
-        let delay = match ever_connected {
-            true => retry.next_delay(),
-            false => stale.next_delay(),
-        };
-        tokio::time::sleep(delay).await;
-    }
-}
-
-async fn healthy(conn: &Conn, check: Option<&HealthCheck>) -> bool {
-    match check {
-        Some(check) => health::passes(conn, check).await,
-        None => true,
-    }
-}
-
-/// The longest wait between probes of an endpoint that has never been reached.
-const NEVER_CONNECTED_MAX: Duration = Duration::from_secs(60);
-
-/// How far one sample can raise the latency estimate.
-const PEAK_STEP: f64 = 4.0;
-
-/// The weight of a new sample.
-const SMOOTHING: f64 = 0.3;
-
-/// An exponentially weighted moving average of latency, in seconds. Each sample moves it by
-/// [`SMOOTHING`], and counts for at most [`PEAK_STEP`] times the estimate, so one outlier
-/// cannot bench a backend while a lasting slowdown shows within a few calls. The estimate
-/// decays toward zero while no sample arrives, so a backend that was avoided is tried again.
-#[derive(Debug)]
-pub(crate) struct Ewma {
-    value: f64,
-    stamp: Instant,
-    decay: f64,
-}
-
-impl Ewma {
-    pub(crate) fn new(decay: Duration) -> Self {
-        Ewma {
-            value: 0.0,
-            stamp: Instant::now(),
-            decay: decay.as_secs_f64().max(1e-3),
-        }
-    }
-
-    pub(crate) fn get(&self, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
-        self.value * (-elapsed / self.decay).exp()
-    }
-
-    /// Adds a sample, bounded by [`PEAK_STEP`] times the larger of this estimate and
-    /// `reference` (when there is one); returns the estimate before the sample.
-    pub(crate) fn observe(&mut self, sample: Duration, now: Instant, reference: f64) -> f64 {
-        let current = self.get(now);
-        let bound = current.max(reference) * PEAK_STEP;
-        let mut sample = sample.as_secs_f64();
-        if bound > 0.0 {
-            sample = sample.min(bound);
-        }
-        self.value = if current > 0.0 {
-            current + SMOOTHING * (sample - current)
-        } else {
-            sample
-        };
-        self.stamp = now;
-        current
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ewma_follows_samples_bounds_outliers_and_decays() {
-        let start = Instant::now();
-        let mut e = Ewma::new(Duration::from_secs(1));
-        e.observe(Duration::from_millis(10), start, 0.0);
-        assert!(
-            (e.get(start) - 0.010).abs() < 1e-9,
-            "the first sample sets it"
-        );
-        e.observe(Duration::from_secs(5), start, 0.0);
-        let after_outlier = e.get(start);
-        assert!(
-            after_outlier < 0.020,
-            "one outlier moves it little: {after_outlier}"
-        );
-        for _ in 0..5 {
-            e.observe(Duration::from_millis(100), start, 0.0);
-        }
-        assert!(
-            e.get(start) > 0.040,
-            "a lasting slowdown shows within a few calls"
-        );
-        let later = start + Duration::from_secs(3);
-        assert!(e.get(later) < e.get(start) * 0.06, "decays while idle");
-    }
-
-    #[test]
-    fn a_first_sample_is_bounded_by_the_reference() {
-        let start = Instant::now();
-        let mut e = Ewma::new(Duration::from_secs(1));
-        e.observe(Duration::from_millis(40), start, 0.001);
-        assert!((e.get(start) - 0.004).abs() < 1e-9, "{}", e.get(start));
-    }
 
     #[test]
     fn states_round_trip() {

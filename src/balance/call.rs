@@ -13,10 +13,10 @@ use tonic::transport::Channel;
 use tower::{Service, ServiceExt};
 use tracing::debug;
 
-use super::State;
 use super::backend::Backend;
 use super::conn::Conn;
 use super::direct::{Direct, grpc_timeout};
+use super::state::State;
 use crate::inflight::{CountedBody, Guard};
 use hyper::body::Incoming;
 
@@ -52,20 +52,8 @@ pub(super) async fn call(
             continue;
         };
         let last = retries >= MAX_RETRIES;
-        let guard = Guard::enter(backend.clone());
         let started = Instant::now();
-        let (result, unsent) = match conn {
-            Conn::Direct(direct) => {
-                let (result, unsent) =
-                    send_direct(&backend, direct, generation, request, timeout).await;
-                (result.map(|response| counted(response, guard)), unsent)
-            }
-            Conn::Tonic(channel) => {
-                let (result, unsent) =
-                    send_tonic(&backend, channel, generation, request, last).await;
-                (result.map(|response| counted(response, guard)), unsent)
-            }
-        };
+        let (result, unsent) = attempt(&backend, conn, generation, request, timeout, last).await;
         match result {
             Ok(response) => {
                 let now = Instant::now();
@@ -86,6 +74,29 @@ pub(super) async fn call(
                     _ => return Err(error),
                 }
             }
+        }
+    }
+}
+
+/// One attempt on `backend`'s connection `conn`: the response, counted as the endpoint's
+/// load until its body ends, or the error, with the request if it never left.
+async fn attempt(
+    backend: &Arc<Backend>,
+    conn: Conn,
+    generation: u64,
+    request: http::Request<Body>,
+    timeout: Option<Instant>,
+    last: bool,
+) -> Attempt<Body> {
+    let guard = Guard::enter(backend.clone());
+    match conn {
+        Conn::Direct(direct) => {
+            let (result, unsent) = send_direct(backend, direct, generation, request, timeout).await;
+            (result.map(|response| counted(response, guard)), unsent)
+        }
+        Conn::Tonic(channel) => {
+            let (result, unsent) = send_tonic(backend, channel, generation, request, last).await;
+            (result.map(|response| counted(response, guard)), unsent)
         }
     }
 }

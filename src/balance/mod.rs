@@ -1,10 +1,40 @@
 //! The crate's own balancer: health- and load-aware, with no proxy.
+//!
+//! # Layout
+//!
+//! Decisions are pure and unit-tested; a thin shell carries them out.
+//!
+//! - `mod.rs`: the public types, [`Balancer`] and [`BalancedChannel`].
+//! - `state`: what the driver and the channels share: the published [`Snapshot`] of the
+//!   endpoints, whether discovery has synced, the channel-wide latency reference.
+//! - `wait`: picking an endpoint that is up, and waiting for one; `cause`: the message of a
+//!   call that found none.
+//! - `pick`: power of two choices over weights, and the latency estimate it compares (pure).
+//! - `subset`: which endpoints are connected, as a pure state machine that returns actions.
+//! - `driver`: the channel's own task: feeds discovery changes and events to the subset and
+//!   carries out its actions through a `connect::Connector`.
+//! - `connect`: the connector task of a member: connect, probe with backoff, health checks.
+//! - `backend`: one endpoint's state, connection and load; `conn`, `direct`, `health`: the
+//!   ways to reach it.
+//! - `call`: one call: pick, send, retry what never left, yield on an immediate error.
+//!
+//! Where the next parts plug in:
+//!
+//! - outlier detection (a per-endpoint status observer): `call::attempt` sees every
+//!   response and error of an endpoint, and `counted` wraps the body whose trailers carry
+//!   the status; an ejection goes through `Backend::eject`, readmission through the
+//!   connector's probe, and the subset drops an ejected member as today;
+//! - slow start (a weight factor in the pick): `Snapshot::pick` (in `wait`) gives the
+//!   load of each candidate to `pick::Weighted::pick`, where a factor scales it;
+//! - a retry policy (around the call): `BalancedChannel::call` wraps `call::call`, the
+//!   transparent retry of unsent calls stays inside it and outside any budget.
 
 mod backend;
 mod call;
 mod cause;
 mod codes;
 mod conn;
+mod connect;
 mod direct;
 mod driver;
 mod health;
@@ -14,27 +44,27 @@ mod retry_decision;
 mod retry_policy;
 mod retry_throttle;
 mod slow_start;
+mod state;
 mod status_observer;
+mod subset;
+mod wait;
 
 pub use backend::EndpointState;
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
-use tokio::time::Instant;
-use tonic::Status;
 use tonic::body::Body;
 use tower_service::Service;
 use tracing::Instrument;
 
 use crate::{Backoff, DiscoveryStatus, EtcdDiscover};
-use backend::Backend;
-use pick::Weighted;
+use connect::{Connect, Settings};
+use state::{Snapshot, State};
 
 /// Configures the crate's own balancer; [`channel`](Balancer::channel) starts it.
 ///
@@ -198,21 +228,11 @@ impl Balancer {
     pub fn channel(self, discover: EtcdDiscover) -> BalancedChannel {
         let service = discover.service().to_owned();
         let status = discover.status();
-        let state = Arc::new(State {
-            service,
-            latency: std::sync::Mutex::new(backend::Ewma::new(self.latency_decay)),
-            snapshot: RwLock::new(Arc::default()),
-            version: AtomicU64::new(0),
-            reference: AtomicU64::new(0),
-            signals: Arc::default(),
-            synced: AtomicBool::new(false),
-            created: Instant::now(),
-            status: status.clone(),
-            config: self,
-        });
+        let connector = Connect(Settings::new(&self));
+        let state = Arc::new(State::new(service, status.clone(), self));
         let (stop, stopped) = oneshot::channel();
         let span = tracing::info_span!("tonic_etcd::balance", service = %state.service);
-        let driver = driver::drive(state.clone(), discover, stopped);
+        let driver = driver::drive(state.clone(), discover, status.clone(), connector, stopped);
         tokio::spawn(driver.instrument(span));
         BalancedChannel {
             snapshot: Arc::default(),
@@ -233,182 +253,8 @@ impl EtcdDiscover {
     }
 }
 
-/// What the driver and the channels share.
-pub(crate) struct State {
-    service: String,
-    /// The latency of calls through the channel, sampled.
-    latency: std::sync::Mutex<backend::Ewma>,
-    /// The last estimate of `latency`, as `f64` bits, read without the lock.
-    reference: AtomicU64,
-    snapshot: RwLock<Arc<Snapshot>>,
-    /// Counts the snapshots written, so a channel can tell when its cached one is stale. The
-    /// driver writes a snapshot first and counts it after.
-    version: AtomicU64,
-    signals: Arc<backend::Signals>,
-    /// Set once discovery has listed etcd successfully, failed for good or ended: no
-    /// endpoint is on its way from etcd any more.
-    synced: AtomicBool,
-    /// When the channel was made: the start of the [`Balancer::startup_wait`].
-    created: Instant,
-    status: watch::Receiver<DiscoveryStatus>,
-    config: Balancer,
-}
-
-/// The endpoints at one moment, with the sets to sample from.
-struct Snapshot {
-    /// The connected subset, to pick from.
-    backends: Vec<Arc<Backend>>,
-    /// Every endpoint discovery knows, sorted by key.
-    known: Arc<[Arc<Backend>]>,
-    all: Weighted,
-    local: Weighted,
-    /// Whether the subset has endpoints left to try in place of failed members.
-    candidates: bool,
-}
-
-impl Default for Snapshot {
-    fn default() -> Self {
-        Snapshot::new(Vec::new(), Arc::new([]), None, false)
-    }
-}
-
-impl Snapshot {
-    fn new(
-        backends: Vec<Arc<Backend>>,
-        known: Arc<[Arc<Backend>]>,
-        zone: Option<&str>,
-        candidates: bool,
-    ) -> Self {
-        let weight = |b: &Backend| b.instance.metadata.weight.unwrap_or(1);
-        let all = Weighted::new(backends.iter().enumerate().map(|(i, b)| (i, weight(b))));
-        let local = Weighted::new(
-            backends
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| zone.is_some() && b.instance.metadata.zone.as_deref() == zone)
-                .map(|(i, b)| (i, weight(b))),
-        );
-        Snapshot {
-            backends,
-            known,
-            all,
-            local,
-            candidates,
-        }
-    }
-}
-
-impl State {
-    fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn try_pick(&self) -> Option<Arc<Backend>> {
-        Self::try_pick_in(&self.snapshot())
-    }
-
-    /// An endpoint of `snapshot` that is up, by power of two choices.
-    fn try_pick_in(snapshot: &Snapshot) -> Option<Arc<Backend>> {
-        let now = Instant::now();
-        let up = |i: usize| snapshot.backends[i].is_up();
-        let load = |i: usize| snapshot.backends[i].load(now);
-        let mut rng = fastrand::Rng::new();
-        let local = (!snapshot.local.is_empty())
-            .then(|| snapshot.local.pick(&mut rng, up, load))
-            .flatten();
-        let index = local.or_else(|| snapshot.all.pick(&mut rng, up, load))?;
-        Some(snapshot.backends[index].clone())
-    }
-
-    /// Until when a call that started at `started` and finds no endpoint up waits for one,
-    /// without [`Balancer::wait_for_ready`]:
-    ///
-    /// - while discovery has not listed etcd successfully, until `startup_wait` after the
-    ///   channel was made;
-    /// - while an endpoint is connecting, or the subset has endpoints left to try in place
-    ///   of failed members, until `startup_wait` after the call started;
-    /// - otherwise not at all.
-    fn startup_until(&self, started: Instant) -> Option<Instant> {
-        if !self.synced.load(Ordering::Acquire) {
-            return Some(self.created + self.config.startup_wait);
-        }
-        let snapshot = self.snapshot();
-        let connecting = snapshot
-            .backends
-            .iter()
-            .any(|b| b.state() == EndpointState::Connecting);
-        (connecting || snapshot.candidates).then(|| started + self.config.startup_wait)
-    }
-
-    /// An endpoint that is up; waits for one up to `deadline`, or while starting up (see
-    /// [`State::startup_until`]), but never past the call's own deadline (`timeout`), which
-    /// fails it as tonic's channel does when a call's time runs out.
-    async fn pick(
-        &self,
-        deadline: Option<Instant>,
-        timeout: Option<Instant>,
-    ) -> Result<Arc<Backend>, tower::BoxError> {
-        let started = Instant::now();
-        loop {
-            if let Some(backend) = self.try_pick() {
-                return Ok(backend);
-            }
-            let notified = self.signals.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Again, now that a change cannot slip by unnoticed.
-            if let Some(backend) = self.try_pick() {
-                return Ok(backend);
-            }
-            let until = match (deadline, self.startup_until(started)) {
-                (Some(d), Some(s)) => d.max(s),
-                (Some(d), None) | (None, Some(d)) => d,
-                (None, None) => return Err(self.unavailable().into()),
-            };
-            let now = Instant::now();
-            match timeout {
-                Some(timeout) if timeout <= until && now >= timeout => {
-                    return Err(tonic::TimeoutExpired(()).into());
-                }
-                _ if now >= until => return Err(self.unavailable().into()),
-                _ => {}
-            }
-            let until = timeout.map_or(until, |timeout| until.min(timeout));
-            let _ = tokio::time::timeout_at(until, notified).await;
-        }
-    }
-
-    /// Adds a sample of the calls' latencies to the channel-wide estimate; returns the
-    /// estimate before it.
-    ///
-    /// The estimate only bounds what one sample can do to an endpoint's own, so a sample
-    /// of the calls does: all of them would make every call write the same memory.
-    fn observe(&self, latency: Duration, now: Instant) -> f64 {
-        let reference = f64::from_bits(self.reference.load(Ordering::Relaxed));
-        if reference == 0.0 || fastrand::u8(..) < REFERENCE_SAMPLE {
-            let mut ewma = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
-            ewma.observe(latency, now, 0.0);
-            let estimate = ewma.get(now);
-            self.reference.store(estimate.to_bits(), Ordering::Relaxed);
-        }
-        reference
-    }
-
-    /// The status of a call that found no endpoint, with the cause.
-    fn unavailable(&self) -> Status {
-        let snapshot = self.snapshot();
-        cause::no_endpoint(&self.service, &snapshot.known, &self.status.borrow())
-    }
-}
-
 /// The default size of the connected subset.
 const DEFAULT_SUBSET: usize = 32;
-
-/// Of 256 calls, how many feed the channel-wide latency estimate.
-const REFERENCE_SAMPLE: u8 = 32;
 
 /// Signals the driver to stop once the last channel is dropped.
 struct Owner {
@@ -540,12 +386,12 @@ impl Service<http::Request<Body>> for BalancedChannel {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let version = self.state.version.load(Ordering::Acquire);
+        let version = self.state.version();
         if version != self.version {
             self.snapshot = self.state.snapshot();
             self.version = version;
         }
-        let picked = State::try_pick_in(&self.snapshot);
+        let picked = self.snapshot.pick();
         Box::pin(call::yielding(call::call(
             self.state.clone(),
             picked,

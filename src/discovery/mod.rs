@@ -386,13 +386,6 @@ impl EtcdDiscover {
             Inner::Idle(_) => unreachable!("started above"),
         }
     }
-
-    /// The next change, with the decoded instance.
-    pub(crate) async fn next_discovered(
-        &mut self,
-    ) -> Option<Result<Change<String, Discovered>, Error>> {
-        std::future::poll_fn(|cx| self.poll_discovered(cx)).await
-    }
 }
 
 impl Stream for EtcdDiscover {
