@@ -209,3 +209,34 @@ async fn only_a_successful_listing_ends_the_startup_wait() {
     assert!(h.state.is_synced());
     assert_eq!(h.states().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_large_fleet_connects_a_subset_of_its_size() {
+    let addrs: Vec<String> = (0..1_000)
+        .map(|i| format!("10.1.{}.{}:1", i / 250, i % 250))
+        .collect();
+    let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let h = Harness::start(Balancer::new(), &refs);
+    for addr in &addrs {
+        h.insert(addr);
+    }
+    h.synced();
+    h.run_for(Duration::from_millis(5)).await;
+    let states = h.states();
+    let connecting = states
+        .iter()
+        .filter(|(_, s)| *s == EndpointState::Connecting);
+    assert_eq!(connecting.count(), 32);
+    // They all fail: 32 others take their place in the next window, and no more. (While
+    // the listing arrives, new endpoints also join in place of members, reservoir
+    // sampling.)
+    let listed = h.fake.started.lock().expect("not poisoned").len();
+    h.run_for(Duration::from_millis(100)).await;
+    let states = h.states();
+    let connecting = states
+        .iter()
+        .filter(|(_, s)| *s == EndpointState::Connecting);
+    assert_eq!(connecting.count(), 32);
+    let started = h.fake.started.lock().expect("not poisoned").len();
+    assert_eq!(started - listed, 32);
+}
