@@ -4,11 +4,10 @@
 //!
 //! Decisions are pure and unit-tested; a thin shell carries them out.
 //!
-//! - `mod.rs`: the public types, [`Balancer`] and [`BalancedChannel`].
+//! - `mod.rs`: the public types: [`Balancer`], [`BalancedChannel`], [`EndpointInfo`].
 //! - `state`: what the driver and the channels share: the published [`Snapshot`] of the
 //!   endpoints, whether discovery has synced, the channel-wide latency reference.
-//! - `wait`: picking an endpoint that is up, and waiting for one; `cause`: the message of a
-//!   call that found none.
+//! - `wait`: picking an endpoint that is up, and waiting for one; `cause`: why none was.
 //! - `pick`: power of two choices over weights, and the latency estimate it compares (pure).
 //! - `subset`: which endpoints are connected, as a pure state machine that returns actions.
 //! - `driver`: the channel's own task: feeds discovery changes and events to the subset and

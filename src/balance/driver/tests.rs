@@ -110,6 +110,9 @@ impl Harness {
         self.status.send_replace(DiscoveryStatus::Synced {
             revision: 1,
             endpoints: 0,
+            prefix: "svc/".into(),
+            skipped: 0,
+            skip_reason: None,
         });
     }
 
