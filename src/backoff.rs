@@ -84,11 +84,28 @@ impl Backoff {
 pub(crate) struct Retry {
     policy: Backoff,
     attempt: u32,
+    /// The current run of failures, for the logs.
+    outage: Outage,
 }
 
 impl Retry {
     pub(crate) fn new(policy: Backoff) -> Self {
-        Retry { policy, attempt: 0 }
+        Retry {
+            policy,
+            attempt: 0,
+            outage: Outage::default(),
+        }
+    }
+
+    /// Whether a failure now should be logged at WARN; see [`Outage::failed`].
+    pub(crate) fn warn_now(&mut self) -> bool {
+        self.outage.failed(tokio::time::Instant::now())
+    }
+
+    /// How long the failures that a success now ends lasted, if any: see
+    /// [`Outage::succeeded`].
+    pub(crate) fn recovered_now(&mut self) -> Option<Duration> {
+        self.outage.succeeded(tokio::time::Instant::now())
     }
 
     /// Counts one more failure and returns how long to wait before the next try.
@@ -108,9 +125,62 @@ impl Retry {
     }
 }
 
+/// How often a failure of an outage that goes on is logged at WARN again.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// One run of failures of an operation, for its logs: the first failure is worth a WARN,
+/// then one every [`WARN_EVERY`] while it lasts; its end is worth an INFO.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Outage {
+    /// When the current run of failures began, if one is under way.
+    since: Option<tokio::time::Instant>,
+    last_warned: Option<tokio::time::Instant>,
+}
+
+impl Outage {
+    /// Counts a failure at `now`; returns whether to log it at WARN (else at DEBUG).
+    pub(crate) fn failed(&mut self, now: tokio::time::Instant) -> bool {
+        self.since.get_or_insert(now);
+        let due = self
+            .last_warned
+            .is_none_or(|at| now.saturating_duration_since(at) >= WARN_EVERY);
+        if due {
+            self.last_warned = Some(now);
+        }
+        due
+    }
+
+    /// Counts a success at `now`; returns how long the failures lasted, if this ends a run
+    /// of them (log it at INFO).
+    pub(crate) fn succeeded(&mut self, now: tokio::time::Instant) -> Option<Duration> {
+        self.last_warned = None;
+        self.since
+            .take()
+            .map(|since| now.saturating_duration_since(since))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outage_warns_first_then_every_30_s_and_reports_its_end() {
+        let t0 = tokio::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut outage = Outage::default();
+        assert_eq!(
+            outage.succeeded(at(0)),
+            None,
+            "no outage, nothing to report"
+        );
+        assert!(outage.failed(at(1)));
+        assert!(!outage.failed(at(2)));
+        assert!(!outage.failed(at(30)));
+        assert!(outage.failed(at(31)));
+        assert_eq!(outage.succeeded(at(41)), Some(Duration::from_secs(40)));
+        assert!(outage.failed(at(42)), "a new outage warns at once");
+    }
 
     #[test]
     fn base_delay_grows_then_caps() {

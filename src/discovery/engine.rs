@@ -279,7 +279,12 @@ impl Engine {
         }
         let delay = self.retry.next_delay();
         let attempt = self.retry.attempt();
-        debug!(prefix = %self.prefix, attempt, ?delay, error = %crate::error::Chain(&error), "retrying");
+        let chain = crate::error::Chain(&error).to_string();
+        if self.retry.warn_now() {
+            warn!(prefix = %self.prefix, attempt, ?delay, error = %chain, "etcd request failed, keeping the last known endpoints and retrying");
+        } else {
+            debug!(prefix = %self.prefix, attempt, ?delay, error = %chain, "retrying");
+        }
         self.config.status.send_replace(DiscoveryStatus::Retrying {
             attempt,
             error,
@@ -293,7 +298,10 @@ impl Engine {
         (Ok(Vec::new()), next)
     }
 
-    fn publish_synced(&self, revision: i64) {
+    fn publish_synced(&mut self, revision: i64) {
+        if let Some(after) = self.retry.recovered_now() {
+            info!(prefix = %self.prefix, revision, ?after, "etcd answers again, discovery is current");
+        }
         let endpoints = self.announced.len();
         self.config.status.send_if_modified(|status| {
             let current = DiscoveryStatus::Synced {

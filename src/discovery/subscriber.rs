@@ -171,6 +171,9 @@ impl Subscriber {
         };
         let error = match request("reaching etcd", self.config.request_timeout, count).await {
             Ok(response) => {
+                if let Some(after) = self.retry.recovered_now() {
+                    tracing::info!(prefix = %self.prefix, ?after, "etcd answers again");
+                }
                 let cluster_id = response.header().map_or(0, |h| h.cluster_id());
                 let (subscription, snapshot) =
                     Hub::join(cluster_id, &self.prefix, || self.config.engine_config());
@@ -197,7 +200,12 @@ impl Subscriber {
         }
         let delay = self.retry.next_delay();
         let attempt = self.retry.attempt();
-        tracing::debug!(prefix = %self.prefix, attempt, ?delay, error = %crate::error::Chain(&error), "retrying");
+        let chain = crate::error::Chain(&error).to_string();
+        if self.retry.warn_now() {
+            tracing::warn!(prefix = %self.prefix, attempt, ?delay, error = %chain, "cannot reach etcd to discover the service, retrying");
+        } else {
+            tracing::debug!(prefix = %self.prefix, attempt, ?delay, error = %chain, "retrying");
+        }
         self.config.status.send_replace(DiscoveryStatus::Retrying {
             attempt,
             error,

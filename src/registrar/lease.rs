@@ -134,6 +134,7 @@ impl LeaseTask {
                     } else {
                         info!(lease_id, keys = self.entries.len(), "registered");
                     }
+                    self.retry.recovered_now();
                     self.status
                         .send_replace(RegistrationStatus::Registered { lease_id });
                     State::KeepAlive { lease_id, from }
@@ -367,7 +368,14 @@ impl LeaseTask {
         Ok(Some(stream))
     }
 
-    fn mark_registered(&self, lease_id: i64) {
+    fn mark_registered(&mut self, lease_id: i64) {
+        if let Some(after) = self.retry.recovered_now() {
+            info!(
+                lease_id,
+                ?after,
+                "etcd answers again, the registration holds"
+            );
+        }
         self.status.send_if_modified(|status| {
             let same =
                 matches!(status, RegistrationStatus::Registered { lease_id: l } if *l == lease_id);
@@ -399,7 +407,11 @@ impl LeaseTask {
             delay = cap / 2 + (cap / 2).mul_f64(fastrand::f64());
         }
         let attempt = self.retry.attempt();
-        debug!(attempt, ?delay, error = %Chain(&error), "retrying");
+        if self.retry.warn_now() {
+            warn!(attempt, ?delay, error = %Chain(&error), "etcd request failed, the registration retries");
+        } else {
+            debug!(attempt, ?delay, error = %Chain(&error), "retrying");
+        }
         self.status
             .send_replace(RegistrationStatus::Retrying { attempt, error });
         tokio::time::sleep(delay).await;
