@@ -4,13 +4,31 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod report;
+
+use report::Report;
+
 /// An etcd client error, shared so that [`Error`] is cheap to clone into a status report.
 type EtcdError = Arc<etcd_client::Error>;
 
 /// Everything that can go wrong in discovery and registration.
 ///
-/// Each variant is named after the operation that failed and carries its context. The
-/// underlying cause, when there is one, is available through [`std::error::Error::source`].
+/// Each variant is named after the operation that failed and carries its context. Its
+/// `Display` names that level only; the underlying cause, when there is one, is available
+/// through [`std::error::Error::source`], and [`Error::report`] prints the whole chain on one
+/// line. A `main` that returns this error with `?` prints its `Debug` form; print the report
+/// instead:
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tonic_etcd::Error> { Ok(()) }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// if let Err(error) = run().await {
+///     eprintln!("error: {}", error.report());
+///     std::process::exit(1);
+/// }
+/// # }
+/// ```
 ///
 /// Whether an error is worth retrying is decided in one place: [`Error::is_permanent`].
 #[derive(Debug, Clone, thiserror::Error)]
@@ -215,6 +233,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error and all its causes on one line, for a log or the end of a program:
+    /// `failed to connect to etcd at http://127.0.0.1:2379: grpc request error: ...:
+    /// Connection refused (os error 111)`.
+    ///
+    /// Unlike a plain walk of [`source`](std::error::Error::source), it also looks inside
+    /// etcd-client's errors, which hide their causes from `source`, and prints a gRPC
+    /// status as its code and message.
+    pub fn report(&self) -> impl fmt::Display + fmt::Debug + '_ {
+        Report(self)
+    }
+
     /// Returns `true` if retrying cannot help: the caller must change something first.
     ///
     /// Permanent errors are invalid arguments (an empty prefix, an address clients cannot
