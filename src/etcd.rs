@@ -47,7 +47,7 @@ const PROBE_KEY: &str = "tonic-etcd/probe";
 ///     .user("greeter-client", "secret")
 ///     .connect()
 ///     .await?;
-/// let (channel, _discovery) = EtcdDiscover::new(etcd, "services/greeter").balance_channel();
+/// let (channel, _discovery) = EtcdDiscover::new(etcd, "greeter").balance_channel();
 /// # drop(channel);
 /// # Ok(())
 /// # }

@@ -1,5 +1,5 @@
 //! One string that says where a service is registered, for configuration files:
-//! `etcd://10.0.0.1:2379,10.0.0.2:2379/services/greeter?format=kratos`.
+//! `etcd://10.0.0.1:2379,10.0.0.2:2379/greeter?format=kratos`.
 //!
 //! Parsing is pure: no I/O, no DNS. The error names the part that is wrong.
 
@@ -27,9 +27,9 @@ pub const DEFAULT_ETCD_PORT: u16 = 2379;
 /// ```
 /// use tonic_etcd::{Target, TargetFormat};
 ///
-/// let target: Target = "etcd://10.0.0.1:2379,10.0.0.2/services/greeter?format=kratos".parse()?;
+/// let target: Target = "etcd://10.0.0.1:2379,10.0.0.2/greeter?format=kratos".parse()?;
 /// assert_eq!(target.endpoints, ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
-/// assert_eq!(target.service, "services/greeter");
+/// assert_eq!(target.service, "greeter");
 /// assert_eq!(target.format, TargetFormat::Kratos);
 /// # Ok::<(), tonic_etcd::TargetError>(())
 /// ```

@@ -45,7 +45,7 @@ pub(crate) const ALPN_H2: &[u8] = b"h2";
 /// use tonic_etcd::{EtcdDiscover, TlsConfig};
 ///
 /// let tls = TlsConfig::new().ca_certificate(ca).identity(cert, key);
-/// let channel = EtcdDiscover::new(client, "services/greeter").tls_config(tls).channel();
+/// let channel = EtcdDiscover::new(client, "greeter").tls_config(tls).channel();
 /// # drop(channel);
 /// # }
 /// ```

@@ -105,8 +105,8 @@ pub(crate) enum Route {
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use tonic_etcd::EtcdDiscover;
 ///
-/// let client = tonic_etcd::etcd_client::Client::connect(["http://127.0.0.1:2379"], None).await?;
-/// let (channel, discovery) = EtcdDiscover::new(client, "services/greeter").balance_channel();
+/// let client = tonic_etcd::EtcdConfig::new(["http://127.0.0.1:2379"]).connect().await?;
+/// let (channel, discovery) = EtcdDiscover::new(client, "greeter").balance_channel();
 /// // `channel` is a tonic `Channel`: hand it to any generated client.
 /// # drop((channel, discovery));
 /// # Ok(())
@@ -141,8 +141,8 @@ pub(crate) struct Config {
 
 impl EtcdDiscover {
     /// Discovers the instances of `service`, in the default [`EtcdNaming`] format: the keys
-    /// under `<service>/`. A trailing slash on `service` is ignored; `services/greeter`
-    /// never matches `services/greeter-admin/...`.
+    /// under `<service>/`. A trailing slash on `service` is ignored; `greeter` never
+    /// matches `greeter-admin/...`.
     pub fn new(client: etcd_client::Client, service: impl Into<String>) -> Self {
         let (status, receiver) = watch::channel(DiscoveryStatus::Syncing);
         let service = service.into();
@@ -183,7 +183,7 @@ impl EtcdDiscover {
     /// ```no_run
     /// # fn f(client: tonic_etcd::etcd_client::Client) {
     /// use std::time::Duration;
-    /// let discover = tonic_etcd::EtcdDiscover::new(client, "services/greeter")
+    /// let discover = tonic_etcd::EtcdDiscover::new(client, "greeter")
     ///     .endpoint(|endpoint, _instance| endpoint.timeout(Duration::from_secs(2)));
     /// # drop(discover);
     /// # }
@@ -219,7 +219,7 @@ impl EtcdDiscover {
     /// # fn f(client: tonic_etcd::etcd_client::Client, ca_pem: &[u8]) {
     /// use tonic_etcd::{EtcdDiscover, TlsConfig};
     ///
-    /// let channel = EtcdDiscover::new(client, "services/greeter")
+    /// let channel = EtcdDiscover::new(client, "greeter")
     ///     .tls_config(TlsConfig::new().ca_certificate(ca_pem))
     ///     .channel();
     /// # drop(channel);
@@ -247,7 +247,7 @@ impl EtcdDiscover {
     /// use tonic::transport::{Certificate, ClientTlsConfig};
     ///
     /// let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
-    /// let channel = tonic_etcd::EtcdDiscover::new(client, "services/greeter")
+    /// let channel = tonic_etcd::EtcdDiscover::new(client, "greeter")
     ///     .tls(tls)
     ///     .channel();
     /// # drop(channel);

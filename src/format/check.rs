@@ -23,7 +23,7 @@ use crate::Error;
 /// ```
 /// use tonic_etcd::format::{EtcdNaming, Kratos, check_service};
 ///
-/// assert!(check_service(&EtcdNaming, "services/greeter").is_ok());
+/// assert!(check_service(&EtcdNaming, "greeter").is_ok());
 /// assert!(check_service(&Kratos::new(), "greeter/admin").is_ok());
 /// assert!(check_service(&EtcdNaming, "").is_err());
 /// assert!(check_service(&Kratos::new(), "/").is_err());

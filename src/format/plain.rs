@@ -14,8 +14,8 @@ use super::{DecodeError, Format, Instance, one_segment_below, slash_prefix, vali
 /// use tonic_etcd::format::{Format, Instance, PlainAddr};
 ///
 /// let instance = Instance::new("10.0.0.1:50051");
-/// assert_eq!(PlainAddr.key("services/greeter", &instance, 0), "services/greeter/10.0.0.1:50051");
-/// assert_eq!(PlainAddr.value("services/greeter", &instance), b"10.0.0.1:50051");
+/// assert_eq!(PlainAddr.key("greeter", &instance, 0), "greeter/10.0.0.1:50051");
+/// assert_eq!(PlainAddr.value("greeter", &instance), b"10.0.0.1:50051");
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlainAddr;

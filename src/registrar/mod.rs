@@ -43,13 +43,13 @@ pub(crate) const LONG_TTL: Duration = Duration::from_secs(300);
 /// use std::time::Duration;
 /// use tonic_etcd::Registrar;
 ///
-/// let client = tonic_etcd::etcd_client::Client::connect(["http://127.0.0.1:2379"], None).await?;
+/// let client = tonic_etcd::EtcdConfig::new(["http://127.0.0.1:2379"]).connect().await?;
 /// let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse()?)?
 ///     .with_nodelay(Some(true)); // else small replies can stall 40 ms on delayed ACKs
 /// let addr = incoming.local_addr()?; // the real port, even when binding port 0
 /// let registration = Registrar::new(client)
 ///     .ttl(Duration::from_secs(10))
-///     .register("services/greeter", addr)
+///     .register("greeter", addr)
 ///     .await?;
 /// // Server::builder().layer(registration.layer()) ... .serve_with_incoming_shutdown(
 /// //     incoming, registration.stop_signal())
