@@ -15,6 +15,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tonic_etcd::{EtcdConfig, Registrar};
+use tracing_subscriber::EnvFilter;
 
 struct MyGreeter;
 
@@ -31,7 +32,10 @@ impl Greeter for MyGreeter {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt::init();
+    // The crate reports through `tracing`: INFO and above unless RUST_LOG says otherwise
+    // (`fmt::init()` alone would show only errors when RUST_LOG is unset).
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
     let etcd_urls = std::env::var("ETCD_ENDPOINTS").unwrap_or("http://127.0.0.1:2379".into());
     // The address clients dial: a real one (0.0.0.0 would be refused), port 0 for any.
     let addr = std::env::var("LISTEN_ADDR").unwrap_or("127.0.0.1:50051".into());

@@ -62,8 +62,9 @@
 //! # }
 //! ```
 //!
-//! The library logs through `tracing`; install a subscriber (for example
-//! `tracing_subscriber::fmt::init()`) to see its warnings. A dependent needs `protoc` with
+//! The library logs through `tracing`; install a subscriber to see its warnings, with a
+//! default level: `tracing_subscriber::fmt::init()` with the `env-filter` feature shows only
+//! errors while `RUST_LOG` is unset (the README's snippets default to `info`). A dependent needs `protoc` with
 //! the standard includes for etcd-client's build; this crate has no build script. The guide
 //! is in the repository's `docs/`.
 //!
