@@ -65,7 +65,9 @@ async fn keeps_the_lease_alive_beyond_three_ttls() {
         .lease_time_to_live(lease_id, None)
         .await
         .expect("lease time to live");
-    assert!(lease.ttl() > 0, "the lease is alive: {lease:?}");
+    // etcd reports whole seconds, rounded down: a live lease whose keep-alive a busy
+    // machine delayed may show 0; a gone one shows -1.
+    assert!(lease.ttl() >= 0, "the lease is alive: {lease:?}");
 }
 
 #[tokio::test]
