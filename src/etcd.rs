@@ -7,7 +7,7 @@ mod tls;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
@@ -164,23 +164,34 @@ impl EtcdConfig {
             tracing::debug!(endpoints = %self.endpoints.join(","), error = %crate::error::Chain(&error), "etcd not ready");
             error
         };
-        // One client for every probe: a new one sends its first request to whichever member
-        // is ready first, and a dead member, refusing at once, is.
-        let client = request_until("connecting to etcd", end, || async {
-            match self.client(options.clone()).await {
-                Ok(client) => Ok(client),
-                Err(error) => Err(diagnose(error).await),
-            }
-        })
-        .await?;
+        // A retry after a refusal keeps the client: a new one sends its first request to
+        // whichever member is ready first, and a dead member, refusing at once, is. A hedge
+        // (a probe still unanswered) gets a new client: the one in use may be stuck on a
+        // frozen member.
+        let first = request_until("connecting to etcd", end, || async {
+            self.client(options.clone()).await
+        });
+        let current = match first.await {
+            Ok(client) => client,
+            Err(error) => return Err(diagnose(error).await),
+        };
+        let unanswered = AtomicUsize::new(0);
         request_until("connecting to etcd", end, || async {
-            match self.probe(client.clone()).await {
-                Ok(()) => Ok(()),
+            let client = match unanswered.fetch_add(1, Ordering::Relaxed) {
+                0 => current.clone(),
+                _ => match self.client(options.clone()).await {
+                    Ok(client) => client,
+                    Err(error) => return Err(diagnose(error).await),
+                },
+            };
+            let probed = self.probe(client.clone()).await;
+            unanswered.fetch_sub(1, Ordering::Relaxed);
+            match probed {
+                Ok(()) => Ok(client),
                 Err(error) => Err(diagnose(error).await),
             }
         })
-        .await?;
-        Ok(client)
+        .await
     }
 
     /// Refuses the zero timeouts and intervals with which every connection or request would
