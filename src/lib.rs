@@ -81,6 +81,7 @@
 //! - `target`: [`Target`], endpoints, service and format from one string such as
 //!   `etcd://10.0.0.1:2379/greeter?format=kratos`, for configuration files.
 //! - `tls` (with the `tls` feature): `TlsConfig`, TLS to the discovered servers.
+//! - [`metrics`]: the names of the metrics recorded with the `metrics` feature.
 //! - `backoff`, `error`, `inflight`.
 
 #![warn(
@@ -100,6 +101,7 @@ mod error;
 mod etcd;
 pub mod format;
 mod inflight;
+pub mod metrics;
 mod registrar;
 mod target;
 #[cfg(feature = "tls")]

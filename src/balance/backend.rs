@@ -26,6 +26,7 @@ use super::conn::Conn;
 use super::pick::{Ewma, Load};
 use crate::format::Instance;
 use crate::inflight::{Counted, InFlightCounter};
+use crate::metrics::Ejection;
 
 /// Where an endpoint stands; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,6 +82,8 @@ pub(crate) struct Signals {
     /// Wakes the driver, which may change the subset; keeps a permit, so none is lost
     /// while the driver is busy.
     pub(crate) driver: Notify,
+    /// The channel's service: the `grpc.target` label of its metrics.
+    pub(crate) service: Arc<str>,
 }
 
 impl Signals {
@@ -108,6 +111,11 @@ impl Backend {
             ejected: Notify::new(),
             signals,
         }
+    }
+
+    /// The channel's service: the `grpc.target` label of its metrics.
+    pub(crate) fn service(&self) -> &str {
+        &self.signals.service
     }
 
     pub(crate) fn state(&self) -> EndpointState {
@@ -185,13 +193,14 @@ impl Backend {
         // the ejection.
         let connection = self.lock_connection();
         if connection.generation == generation {
-            self.eject();
+            self.eject(Ejection::Transport);
         }
     }
 
-    pub(crate) fn eject(&self) {
+    pub(crate) fn eject(&self, reason: Ejection) {
         if self.swap_unless_idle(EJECTED) == Some(UP) {
             info!(key = %self.key, addr = %self.instance.addr, "endpoint ejected");
+            crate::metrics::ejection(&self.signals.service, reason);
             self.ejected.notify_one();
             self.signals.notify();
         }

@@ -68,6 +68,7 @@ pub(super) async fn call(
                 match unsent {
                     Some(unsent) if !last => {
                         retries += 1;
+                        crate::metrics::retry(&state.service, crate::metrics::Retry::Transparent);
                         debug!(key = %backend.key, error = %crate::error::Chain(&*error), "call never left, retrying on another endpoint");
                         request = unsent;
                     }

@@ -20,6 +20,7 @@ use super::conn::{Conn, Target};
 use super::direct::KeepAlive;
 use super::health::{self, HealthCheck};
 use crate::backoff::{Backoff, Retry};
+use crate::metrics::Ejection;
 
 /// Makes the connections of the subset's members.
 pub(super) trait Connector: Send + 'static {
@@ -95,8 +96,10 @@ async fn connect_loop(backend: Arc<Backend>, target: Target, settings: Settings)
         match attempt {
             Ok((conn, closed)) if healthy(&conn, settings.health_check.as_ref()).await => {
                 ever_connected = true;
+                crate::metrics::connection_attempt(backend.service(), true);
                 if retry.attempt() > 0 {
                     info!(key = %backend.key, addr = %backend.instance.addr, "endpoint readmitted");
+                    crate::metrics::readmission(backend.service());
                 }
                 let connected = Instant::now();
                 serve(&backend, conn, closed, settings.health_check.as_ref()).await;
@@ -107,10 +110,12 @@ async fn connect_loop(backend: Arc<Backend>, target: Target, settings: Settings)
             Ok(_) => {
                 ever_connected = true;
                 debug!(key = %backend.key, "endpoint is not serving");
+                crate::metrics::connection_attempt(backend.service(), false);
                 backend.set_ejected();
             }
             Err(error) => {
                 debug!(key = %backend.key, error = %crate::error::Chain(&*error), "connect failed");
+                crate::metrics::connection_attempt(backend.service(), false);
                 backend.set_ejected();
             }
         }
@@ -141,10 +146,10 @@ async fn serve(
     };
     tokio::select! {
         () = backend.ejected() => {}
-        _ = health::until_unhealthy(&conn, check) => backend.eject(),
+        _ = health::until_unhealthy(&conn, check) => backend.eject(Ejection::HealthCheck),
         () = closed => {
             debug!(key = %backend.key, "connection closed");
-            backend.eject();
+            backend.eject(Ejection::Transport);
         }
     }
 }

@@ -88,13 +88,17 @@ impl State {
         status: watch::Receiver<DiscoveryStatus>,
         config: Balancer,
     ) -> Self {
+        let signals = Arc::new(Signals {
+            service: service.as_str().into(),
+            ..Signals::default()
+        });
         State {
             service,
             latency: Mutex::new(Ewma::new(config.latency_decay)),
             reference: AtomicU64::new(0),
             snapshot: RwLock::new(Arc::default()),
             version: AtomicU64::new(0),
-            signals: Arc::default(),
+            signals,
             synced: AtomicBool::new(false),
             created: Instant::now(),
             status,
@@ -153,6 +157,7 @@ impl State {
 
     /// The status of a call that found no endpoint, with the cause.
     pub(super) fn unavailable(&self) -> Status {
+        crate::metrics::fail_fast(&self.service);
         let snapshot = self.snapshot();
         cause::no_endpoint(&self.service, &snapshot.known, &self.status.borrow())
     }

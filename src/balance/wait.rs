@@ -54,6 +54,7 @@ impl State {
         timeout: Option<Instant>,
     ) -> Result<Arc<Backend>, tower::BoxError> {
         let started = Instant::now();
+        let mut waited = false;
         loop {
             if let Some(backend) = self.snapshot().pick() {
                 return Ok(backend);
@@ -79,6 +80,9 @@ impl State {
                 _ => {}
             }
             let until = timeout.map_or(until, |timeout| until.min(timeout));
+            if !std::mem::replace(&mut waited, true) {
+                crate::metrics::wait(&self.service);
+            }
             let _ = tokio::time::timeout_at(until, notified).await;
         }
     }

@@ -77,6 +77,7 @@ pub(super) struct Engine {
 impl Engine {
     pub(super) fn new(config: EngineConfig, prefix: String) -> Self {
         let retry = Retry::new(config.backoff);
+        crate::metrics::discovery_status(&prefix, &DiscoveryStatus::Syncing);
         Engine {
             config,
             prefix,
@@ -117,6 +118,7 @@ impl Engine {
             changes.extend(self.put(entry));
         }
         debug!(prefix = %self.prefix, revision, changes = changes.len(), "listed");
+        crate::metrics::discovery_listed(&self.prefix);
         self.publish_synced(revision);
         (Ok(changes), State::Watch { from: revision + 1 })
     }
@@ -141,6 +143,7 @@ impl Engine {
         match result {
             Ok(stream) => {
                 debug!(prefix = %self.prefix, from, "watching");
+                crate::metrics::discovery_watch_opened(&self.prefix);
                 let now = Instant::now();
                 let mut progress = tokio::time::interval_at(
                     now + self.config.progress_interval,
@@ -275,6 +278,7 @@ impl Engine {
             self.config.status.send_replace(DiscoveryStatus::Failed {
                 error: error.clone(),
             });
+            crate::metrics::discovery_status(&self.prefix, &self.config.status.borrow());
             return (Err(error), State::Done);
         }
         let delay = self.retry.next_delay();
@@ -290,6 +294,7 @@ impl Engine {
             error,
             endpoints: self.announced.len(),
         });
+        crate::metrics::discovery_status(&self.prefix, &self.config.status.borrow());
         tokio::time::sleep(delay).await;
         let next = match next {
             State::Watch { .. } if attempt >= RELIST_AFTER => State::List,
@@ -318,6 +323,7 @@ impl Engine {
             }
             !same
         });
+        crate::metrics::discovery_status(&self.prefix, &self.config.status.borrow());
     }
 }
 

@@ -29,6 +29,7 @@ use crate::backoff::Retry;
 use crate::error::Chain;
 use crate::etcd::request::request;
 use crate::format::{Format, Instance};
+use crate::metrics::KeepAlive;
 
 /// What the registration asks of its lease task.
 pub(super) enum Command {
@@ -137,6 +138,7 @@ impl LeaseTask {
                     self.retry.recovered_now();
                     self.status
                         .send_replace(RegistrationStatus::Registered { lease_id });
+                    crate::metrics::registrar_status(&self.status.borrow());
                     State::KeepAlive { lease_id, from }
                 }
                 Err(error) if error.is_lease_not_found() => self.fail(error, State::Grant).await,
@@ -146,14 +148,19 @@ impl LeaseTask {
                 match self.keep_alive(lease_id, from, commands).await {
                     Interrupt::Rewrite => State::Put { lease_id },
                     Interrupt::Stalled => {
+                        crate::metrics::keepalive_failure(KeepAlive::Stalled);
                         debug!(lease_id, "keepalive unanswered, opening the stream again");
                         State::KeepAlive { lease_id, from }
                     }
                     Interrupt::Failed(error) if error.is_lease_not_found() => {
                         warn!(lease_id, "lease lost, registering again");
+                        crate::metrics::keepalive_failure(KeepAlive::LeaseLost);
                         self.fail(error, State::Grant).await
                     }
-                    Interrupt::Failed(error) => self.fail(error, State::Put { lease_id }).await,
+                    Interrupt::Failed(error) => {
+                        crate::metrics::keepalive_failure(KeepAlive::Error);
+                        self.fail(error, State::Put { lease_id }).await
+                    }
                 }
             }
         }
@@ -173,6 +180,7 @@ impl LeaseTask {
         })
         .await?;
         self.lease.store(response.id(), Ordering::Release);
+        crate::metrics::lease_granted();
         Ok(response.id())
     }
 
@@ -391,6 +399,7 @@ impl LeaseTask {
             warn!(error = %Chain(&error), "registration failed for good");
             self.status
                 .send_replace(RegistrationStatus::Failed { error });
+            crate::metrics::registrar_status(&self.status.borrow());
             return State::Failed;
         }
         if error.is_lease_not_found() {
@@ -414,6 +423,7 @@ impl LeaseTask {
         }
         self.status
             .send_replace(RegistrationStatus::Retrying { attempt, error });
+        crate::metrics::registrar_status(&self.status.borrow());
         tokio::time::sleep(delay).await;
         next
     }

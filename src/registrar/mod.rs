@@ -173,6 +173,7 @@ impl Registrar {
         check_service(&self.format, &service)?;
         check_instance(&instance)?;
         let status = Arc::new(watch::Sender::new(RegistrationStatus::Registering));
+        crate::metrics::registrar_status(&status.borrow());
         let lease = Arc::new(AtomicI64::new(0));
         let mut task = LeaseTask {
             client: self.client.clone(),

@@ -226,10 +226,12 @@ impl Registration {
             Ok(()) => {
                 info!(key = %self.key, lease_id, "deregistered");
                 self.status.send_replace(RegistrationStatus::Deregistered);
+                crate::metrics::registrar_status(&RegistrationStatus::Deregistered);
             }
             // The lease is gone already: so is the key.
             Err(e) if e.is_lease_not_found() => {
                 self.status.send_replace(RegistrationStatus::Deregistered);
+                crate::metrics::registrar_status(&RegistrationStatus::Deregistered);
                 return Ok(());
             }
             Err(_) => {}

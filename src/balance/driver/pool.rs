@@ -82,6 +82,7 @@ impl<C: Connector> Pool<C> {
         self.execute();
         self.rebalance_quietly(now);
         self.publish(state);
+        crate::metrics::endpoints(&state.service, self.all.iter().map(|b| b.state()));
     }
 
     fn insert(&mut self, state: &State, key: String, discovered: Discovered) {
@@ -124,6 +125,7 @@ impl<C: Connector> Pool<C> {
         if self.rebalance_quietly(now) {
             self.publish(state);
         }
+        crate::metrics::endpoints(&state.service, self.all.iter().map(|b| b.state()));
     }
 
     fn rebalance_quietly(&mut self, now: Instant) -> bool {
