@@ -70,8 +70,9 @@
 //!
 //! # Layout
 //!
-//! - `discovery`: [`EtcdDiscover`]; the list-then-watch state machine, shared by every
-//!   discovery of a prefix in the process; the pure snapshot diff; the status.
+//! - `discovery`: [`EtcdDiscover`]; the list-then-watch state machine, shared by the
+//!   discoveries of a prefix made from one [`SharedDiscovery`]; the pure snapshot diff; the
+//!   status.
 //! - `balance`: the crate's own [`BalancedChannel`]: power of two choices, ejection, retry of
 //!   unsent calls, optional active health checks.
 //! - `channel`: feeding tonic's balanced channel.
@@ -110,7 +111,7 @@ mod tls;
 pub use backoff::Backoff;
 pub use balance::{BalancedChannel, Balancer, EndpointInfo, EndpointState};
 pub use channel::DiscoveryHandle;
-pub use discovery::{DiscoveryStatus, EtcdDiscover};
+pub use discovery::{DiscoveryStatus, EtcdDiscover, SharedDiscovery};
 pub use error::Error;
 pub use etcd::EtcdConfig;
 pub use format::{Blog, EtcdNaming, Format, GoZero, Instance, Kratos, PlainAddr};

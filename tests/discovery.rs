@@ -837,7 +837,8 @@ async fn a_shared_watch_outlives_the_runtime_that_started_it() {
     kv.put(format!("{SERVICE}/a"), value(1), None)
         .await
         .expect("put");
-    let endpoint = etcd.endpoint();
+    let shared = tonic_etcd::SharedDiscovery::new(etcd.client().await);
+    let shared_a = shared.clone();
     let (joined, b_joined) = std::sync::mpsc::channel::<()>();
     // Runtime A starts the shared watch, outlives B's joining, then shuts down while its
     // discovery is still alive (leaked), as a runtime of its own in a bigger program might.
@@ -847,16 +848,16 @@ async fn a_shared_watch_outlives_the_runtime_that_started_it() {
             .build()
             .expect("runtime A");
         runtime.block_on(async {
-            let client = Client::connect([endpoint], None).await.expect("connect");
-            let mut discover = EtcdDiscover::new(client, SERVICE);
+            let mut discover = shared_a.discover(SERVICE);
             assert!(matches!(discover.next().await, Some(Ok(_))));
             std::mem::forget(discover);
         });
         b_joined.recv().expect("B joins");
         drop(runtime);
     });
-    let mut b = EtcdDiscover::new(etcd.client().await, SERVICE);
+    let mut b = shared.discover(SERVICE);
     assert!(matches!(b.next().await, Some(Ok(Change::Insert(..)))));
+    assert_eq!(shared.watches(), 1, "B shares A's watch");
     joined.send(()).expect("A waits");
     tokio::task::spawn_blocking(move || a.join().expect("runtime A ends"))
         .await

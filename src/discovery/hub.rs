@@ -1,8 +1,10 @@
-//! One watch per prefix per process: every discovery of the same prefix on the same etcd
-//! cluster shares one list-then-watch engine.
+//! One watch per prefix and settings in a [`SharedDiscovery`](super::SharedDiscovery): every
+//! discovery made from it (or its clones) of the same prefix, with the same request
+//! settings, shares one list-then-watch engine, on the one etcd client the group holds.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::Instrument;
@@ -45,9 +47,37 @@ pub(super) struct Hub {
     _stop: oneshot::Sender<()>,
 }
 
-type Registry = Mutex<HashMap<(u64, String), Weak<Hub>>>;
+/// The running engines of one group of discoveries, by prefix and settings. Only the group
+/// holds it, so no discovery outside the group (another client, other credentials) ever
+/// reads through one of them.
+#[derive(Default)]
+pub(crate) struct Watches {
+    hubs: Mutex<HashMap<String, Engines>>,
+}
 
-static HUBS: LazyLock<Registry> = LazyLock::new(Registry::default);
+/// The engines of one prefix, with their settings.
+type Engines = Vec<(Settings, Weak<Hub>)>;
+
+impl Watches {
+    /// How many engines run.
+    pub(super) fn running(&self) -> usize {
+        let hubs = self.hubs.lock().unwrap_or_else(PoisonError::into_inner);
+        hubs.values()
+            .flatten()
+            .filter(|(_, hub)| hub.strong_count() > 0)
+            .count()
+    }
+}
+
+/// The request settings of an engine: two discoveries share one only if theirs are equal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Settings {
+    pub(super) backoff: crate::Backoff,
+    pub(super) request_timeout: Duration,
+    pub(super) progress_interval: Duration,
+    pub(super) idle_timeout: Duration,
+    pub(super) healthy_after: Duration,
+}
 
 /// A subscriber's link to the engine: the changes it publishes.
 pub(super) struct Subscription {
@@ -64,23 +94,29 @@ pub(super) struct Snapshot {
 }
 
 impl Hub {
-    /// Joins the engine that watches `prefix` on cluster `cluster_id`, starting one with
+    /// Joins the engine of `watches` that watches `prefix` with `settings`, starting one with
     /// `config` if none runs (or the last one failed).
     pub(super) fn join(
-        cluster_id: u64,
+        watches: &Watches,
         prefix: &str,
+        settings: Settings,
         config: impl FnOnce() -> EngineConfig,
     ) -> (Subscription, Snapshot) {
-        let mut hubs = HUBS.lock().unwrap_or_else(PoisonError::into_inner);
-        hubs.retain(|_, hub| hub.strong_count() > 0);
-        let key = (cluster_id, prefix.to_owned());
-        let running = hubs
-            .get(&key)
-            .and_then(Weak::upgrade)
+        let mut hubs = watches.hubs.lock().unwrap_or_else(PoisonError::into_inner);
+        hubs.retain(|_, engines| {
+            engines.retain(|(_, hub)| hub.strong_count() > 0);
+            !engines.is_empty()
+        });
+        let engines = hubs.entry(prefix.to_owned()).or_default();
+        let running = engines
+            .iter()
+            .filter(|(s, _)| *s == settings)
+            .find_map(|(_, hub)| hub.upgrade())
             .filter(|hub| !hub.failed());
         let hub = running.unwrap_or_else(|| {
             let hub = Arc::new(Hub::start(config(), prefix.to_owned()));
-            hubs.insert(key, Arc::downgrade(&hub));
+            engines.retain(|(s, _)| *s != settings);
+            engines.push((settings, Arc::downgrade(&hub)));
             hub
         });
         drop(hubs);

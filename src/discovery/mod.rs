@@ -7,9 +7,11 @@ mod engine;
 mod entries;
 mod hub;
 mod recipe;
+mod shared;
 mod status;
 mod subscriber;
 
+pub use shared::SharedDiscovery;
 pub use status::DiscoveryStatus;
 
 use std::fmt;
@@ -28,6 +30,7 @@ use crate::TlsConfig;
 use crate::format::{EtcdNaming, Format, Instance, check_service};
 use crate::{Backoff, Error};
 use engine::EngineConfig;
+use hub::{Settings, Watches};
 use recipe::EndpointRecipe;
 use subscriber::run;
 
@@ -89,12 +92,12 @@ pub(crate) enum Route {
 /// a permanent error ([`Error::is_permanent`]: permission denied, bad credentials, an empty
 /// prefix) is yielded, as the last item.
 ///
-/// Every `EtcdDiscover` of the same prefix on the same etcd cluster (told apart by etcd's
-/// cluster id) in a process shares one list-then-watch, and each decodes it with its own
-/// [`format`](EtcdDiscover::format) and [`endpoint`](EtcdDiscover::endpoint) hook. The shared
-/// watch uses the etcd client (so its credentials) and the request settings (backoff,
-/// timeouts, progress interval) of the discovery that started it, for as long as any
-/// discovery of that prefix lives.
+/// An `EtcdDiscover` made with [`new`](EtcdDiscover::new) has a watch of its own. Made from
+/// a [`SharedDiscovery`], it shares one list-then-watch with every other discovery of the
+/// same prefix made from that group (or its clones) with the same request settings (backoff,
+/// timeouts, progress interval), on the group's one etcd client; each decodes the shared
+/// watch with its own [`format`](EtcdDiscover::format) and
+/// [`endpoint`](EtcdDiscover::endpoint) hook.
 ///
 /// Building one does no I/O; that starts on the first poll. The service is checked at once
 /// ([`check_service`]): an empty or root-only name, or one the format cannot make a prefix
@@ -127,15 +130,13 @@ enum Inner {
 
 pub(crate) struct Config {
     client: etcd_client::Client,
+    /// The engines this discovery may share: its group's, or its own.
+    watches: Arc<Watches>,
     service: String,
     format: Arc<dyn Format>,
     /// How each instance becomes an endpoint: TLS, then the [`EtcdDiscover::endpoint`] hook.
     endpoint_hook: EndpointRecipe,
-    backoff: Backoff,
-    request_timeout: Duration,
-    progress_interval: Duration,
-    idle_timeout: Duration,
-    healthy_after: Duration,
+    settings: Settings,
     status: Arc<watch::Sender<DiscoveryStatus>>,
 }
 
@@ -143,19 +144,27 @@ impl EtcdDiscover {
     /// Discovers the instances of `service`, in the default [`EtcdNaming`] format: the keys
     /// under `<service>/`. A trailing slash on `service` is ignored; `greeter` never
     /// matches `greeter-admin/...`.
+    ///
+    /// It shares its watch with no other discovery; see [`SharedDiscovery`] to share one.
     pub fn new(client: etcd_client::Client, service: impl Into<String>) -> Self {
+        EtcdDiscover::in_group(client, Arc::default(), service.into())
+    }
+
+    fn in_group(client: etcd_client::Client, watches: Arc<Watches>, service: String) -> Self {
         let (status, receiver) = watch::channel(DiscoveryStatus::Syncing);
-        let service = service.into();
         let config = Config {
             client,
+            watches,
             service: service.clone(),
             format: Arc::new(EtcdNaming),
             endpoint_hook: EndpointRecipe::default(),
-            backoff: Backoff::default().max(Duration::from_secs(2)),
-            request_timeout: Duration::from_secs(5),
-            progress_interval: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(15),
-            healthy_after: Duration::from_secs(10),
+            settings: Settings {
+                backoff: Backoff::default().max(Duration::from_secs(2)),
+                request_timeout: Duration::from_secs(5),
+                progress_interval: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(15),
+                healthy_after: Duration::from_secs(10),
+            },
             status: Arc::new(status),
         };
         // The status carries the outcome; the first poll checks again.
@@ -262,7 +271,7 @@ impl EtcdDiscover {
     /// The backoff between retries while etcd fails. Default: 100 ms doubling to 2 s, with
     /// jitter.
     pub fn backoff(self, backoff: Backoff) -> Self {
-        self.configure(|c| c.backoff = backoff)
+        self.configure(|c| c.settings.backoff = backoff)
     }
 
     /// How long a list or a watch request to etcd may take. Default: 5 s. Zero, with which
@@ -270,12 +279,12 @@ impl EtcdDiscover {
     /// [`Error::InvalidDuration`] and the first poll yield that error, as an invalid service
     /// does.
     pub fn request_timeout(self, timeout: Duration) -> Self {
-        self.configure(|c| c.request_timeout = timeout)
+        self.configure(|c| c.settings.request_timeout = timeout)
     }
 
     /// How often an idle watch asks etcd for a progress notification. Default: 5 s.
     pub fn progress_interval(self, interval: Duration) -> Self {
-        self.configure(|c| c.progress_interval = interval.max(Duration::from_millis(10)))
+        self.configure(|c| c.settings.progress_interval = interval.max(Duration::from_millis(10)))
     }
 
     /// How long a watch may stay silent, progress notifications included, before it is
@@ -283,7 +292,7 @@ impl EtcdDiscover {
     /// would be dropped at once, fails like a zero
     /// [`request_timeout`](EtcdDiscover::request_timeout).
     pub fn idle_timeout(self, timeout: Duration) -> Self {
-        self.configure(|c| c.idle_timeout = timeout)
+        self.configure(|c| c.settings.idle_timeout = timeout)
     }
 
     /// A receiver of the discovery status, updated as it syncs, retries or fails.
@@ -336,25 +345,26 @@ impl Config {
         };
         zero(
             "request timeout",
-            self.request_timeout,
+            self.settings.request_timeout,
             "every request to etcd would time out at once",
         )?;
         zero(
             "idle timeout",
-            self.idle_timeout,
+            self.settings.idle_timeout,
             "every watch would be taken for dead at once",
         )
     }
 
     /// The configuration of a new shared engine, with its own status channel.
     fn engine_config(&self) -> EngineConfig {
+        let s = self.settings;
         EngineConfig {
             client: self.client.clone(),
-            backoff: self.backoff,
-            request_timeout: self.request_timeout,
-            progress_interval: self.progress_interval,
-            idle_timeout: self.idle_timeout,
-            healthy_after: self.healthy_after,
+            backoff: s.backoff,
+            request_timeout: s.request_timeout,
+            progress_interval: s.progress_interval,
+            idle_timeout: s.idle_timeout,
+            healthy_after: s.healthy_after,
             status: watch::Sender::new(DiscoveryStatus::Syncing),
         }
     }

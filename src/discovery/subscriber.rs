@@ -13,11 +13,8 @@ use super::entries::Entries;
 use super::hub::{Hub, Message, Subscription};
 use super::{ChangeStream, Config, Discovered, DiscoveryStatus};
 use crate::Error;
-use crate::backoff::Retry;
-use crate::etcd::request::request;
 
-/// Starts a subscriber: validates the prefix, finds the cluster, joins (or starts) the
-/// shared engine of its prefix, then turns the engine's raw changes into endpoint changes.
+/// Starts a subscriber: validates the prefix, joins (or starts) the shared engine of its prefix, then turns the engine's raw changes into endpoint changes.
 pub(super) fn run(config: Config) -> ChangeStream {
     let prefix = config.format.prefix(&config.service);
     if prefix.trim_matches('/').is_empty() {
@@ -36,7 +33,6 @@ pub(super) fn run(config: Config) -> ChangeStream {
             config.service.clone(),
             config.endpoint_hook.clone(),
         ),
-        retry: Retry::new(config.backoff),
         config,
         prefix,
         counts: Arc::default(),
@@ -115,7 +111,6 @@ struct Subscriber {
     config: Config,
     prefix: String,
     decoder: Decoder,
-    retry: Retry,
     /// What this subscriber has announced and skipped, for its status.
     counts: Arc<Mutex<Counts>>,
 }
@@ -151,68 +146,24 @@ impl Subscriber {
         }
     }
 
-    /// Asks etcd which cluster it is (a count-only get of the prefix, which also checks
-    /// the permission to read it), then joins the engine for that cluster and prefix.
+    /// Joins the engine of the group watching the prefix with this discovery's settings,
+    /// starting one if none runs.
     ///
     /// `seen` is what an earlier engine had sent, when joining again: it is reconciled with
     /// the new engine's listing by diff, at once if the listing is complete, else when it is.
     async fn join(&mut self, seen: Entries) -> (Output, Step) {
-        let count = || async {
-            let mut kv = self.config.client.kv_client();
-            let options = etcd_client::GetOptions::new()
-                .with_prefix()
-                .with_count_only();
-            kv.get(self.prefix.as_str(), Some(options))
-                .await
-                .map_err(|source| Error::List {
-                    prefix: self.prefix.clone(),
-                    source: Arc::new(source),
-                })
-        };
-        let error = match request("reaching etcd", self.config.request_timeout, count).await {
-            Ok(response) => {
-                if let Some(after) = self.retry.recovered_now() {
-                    tracing::info!(prefix = %self.prefix, ?after, "etcd answers again");
-                }
-                let cluster_id = response.header().map_or(0, |h| h.cluster_id());
-                let (subscription, snapshot) =
-                    Hub::join(cluster_id, &self.prefix, || self.config.engine_config());
-                let (seen, raw) = catch_up(seen, &snapshot.entries, snapshot.listed);
-                let changes = self.apply(raw);
-                self.update_counts();
-                let to = self.config.status.clone();
-                let status = forward_status(subscription.hub.status(), to, self.counts.clone());
-                tokio::spawn(status);
-                return (Ok(changes), Step::Follow { subscription, seen });
-            }
-            Err(error) => error,
-        };
-        self.retry_join(error, seen).await
-    }
-
-    async fn retry_join(&mut self, error: Error, seen: Entries) -> (Output, Step) {
-        if error.is_permanent() {
-            let failed = DiscoveryStatus::Failed {
-                error: error.clone(),
-            };
-            self.config.status.send_replace(failed);
-            return (Err(error), Step::Done);
-        }
-        let delay = self.retry.next_delay();
-        let attempt = self.retry.attempt();
-        let chain = crate::error::Chain(&error).to_string();
-        if self.retry.warn_now() {
-            tracing::warn!(prefix = %self.prefix, attempt, ?delay, error = %chain, "cannot reach etcd to discover the service, retrying");
-        } else {
-            tracing::debug!(prefix = %self.prefix, attempt, ?delay, error = %chain, "retrying");
-        }
-        self.config.status.send_replace(DiscoveryStatus::Retrying {
-            attempt,
-            error,
-            endpoints: 0,
-        });
-        tokio::time::sleep(delay).await;
-        (Ok(Vec::new()), Step::Rejoin { seen })
+        let config = &self.config;
+        let (subscription, snapshot) =
+            Hub::join(&config.watches, &self.prefix, config.settings, || {
+                config.engine_config()
+            });
+        let (seen, raw) = catch_up(seen, &snapshot.entries, snapshot.listed);
+        let changes = self.apply(raw);
+        self.update_counts();
+        let to = self.config.status.clone();
+        let status = forward_status(subscription.hub.status(), to, self.counts.clone());
+        tokio::spawn(status);
+        (Ok(changes), Step::Follow { subscription, seen })
     }
 
     async fn follow(
