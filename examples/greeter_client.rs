@@ -96,6 +96,8 @@ struct Args {
     /// registered host, usually an IP address).
     #[arg(long, value_name = "NAME", requires = "tls_ca")]
     tls_domain: Option<String>,
+    #[command(flatten)]
+    metrics: common::MetricsArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -138,6 +140,10 @@ async fn main() -> ExitCode {
             "greeter_client: --timeout {} is not a positive number of seconds",
             args.timeout
         );
+        return ExitCode::from(common::EXIT_USAGE as u8);
+    }
+    if let Err(message) = common::serve_metrics(&args.metrics) {
+        eprintln!("greeter_client: {message}");
         return ExitCode::from(common::EXIT_USAGE as u8);
     }
     let format = args.format.format();

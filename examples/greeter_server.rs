@@ -100,6 +100,8 @@ struct Args {
     /// The zone to register in the instance's metadata; none by default.
     #[arg(long)]
     zone: Option<String>,
+    #[command(flatten)]
+    metrics: common::MetricsArgs,
 }
 
 /// The instance to register for `addr`, with the metadata given by the flags.
@@ -154,6 +156,7 @@ async fn run(args: Args) -> Result<(), String> {
         return Err(format!("--grace {} is not a number of seconds", args.grace));
     }
     check_registration(&args)?;
+    common::serve_metrics(&args.metrics)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let builder = server_builder(&args)?;

@@ -171,3 +171,40 @@ pub fn init_logging() {
         .with_ansi(colour)
         .init();
 }
+
+/// `--metrics-addr`: both examples serve their metrics in Prometheus's text format.
+#[derive(clap::Args, Debug)]
+pub struct MetricsArgs {
+    /// Serve the crate's metrics (tonic_etcd::metrics, docs/metrics.md) in Prometheus's text
+    /// format over HTTP at this address, such as 127.0.0.1:9100 (any path). Needs the
+    /// `metrics` feature. Default: no metrics.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Installs the Prometheus exporter and its HTTP listener, if `--metrics-addr` is given.
+/// Must run inside the tokio runtime, which then serves the scrapes.
+#[cfg(feature = "metrics")]
+pub fn serve_metrics(args: &MetricsArgs) -> Result<(), String> {
+    let Some(addr) = args.metrics_addr else {
+        return Ok(());
+    };
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| format!("--metrics-addr {addr}: {}", chain(&e)))?;
+    tonic_etcd::metrics::describe();
+    tracing::info!(%addr, "serving metrics");
+    Ok(())
+}
+
+#[cfg(not(feature = "metrics"))]
+pub fn serve_metrics(args: &MetricsArgs) -> Result<(), String> {
+    match args.metrics_addr {
+        Some(_) => Err(
+            "--metrics-addr needs the `metrics` feature: cargo run --features metrics --example ..."
+                .into(),
+        ),
+        None => Ok(()),
+    }
+}

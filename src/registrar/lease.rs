@@ -392,6 +392,7 @@ impl LeaseTask {
             }
             !same
         });
+        crate::metrics::registrar_status(&self.status.borrow());
     }
 
     async fn fail(&mut self, error: Error, next: State) -> State {

@@ -193,6 +193,7 @@ impl Registrar {
         let from = task.put_all(lease_id).await?;
         info!(key = %key, lease_id, "registered");
         status.send_replace(RegistrationStatus::Registered { lease_id });
+        crate::metrics::registrar_status(&status.borrow());
         let (commands, command_rx) = mpsc::channel(16);
         let (stop, stop_rx) = watch::channel(false);
         let span = tracing::info_span!("tonic_etcd::lease", lease_id);

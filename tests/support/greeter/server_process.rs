@@ -231,6 +231,7 @@ fn features() -> String {
     let features = [
         ("tls", cfg!(feature = "tls")),
         ("health", cfg!(feature = "health")),
+        ("metrics", cfg!(feature = "metrics")),
     ];
     let on: Vec<&str> = features
         .iter()
