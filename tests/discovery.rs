@@ -638,7 +638,6 @@ async fn first_listing_succeeds_every_time_with_one_member_dead() {
 
 /// One frozen member of three: every first listing succeeds, with no retry.
 #[tokio::test]
-#[ignore = "flaky: EtcdConfig::connect can time out (5 s) when every probe lands on the frozen member; issue 12 point 0 left open for it"]
 async fn first_listing_succeeds_every_time_with_one_member_frozen() {
     list_through(MemberFault::Frozen).await;
 }
@@ -678,7 +677,6 @@ async fn greeter_client_serves_every_run_with_one_member_dead() {
 
 /// One frozen member of three: the same.
 #[tokio::test]
-#[ignore = "flaky: EtcdConfig::connect can time out (5 s) when every probe lands on the frozen member; issue 12 point 0 left open for it"]
 async fn greeter_client_serves_every_run_with_one_member_frozen() {
     serve_through(MemberFault::Frozen).await;
 }

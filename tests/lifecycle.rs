@@ -584,7 +584,6 @@ async fn greeter_server_starts_and_stops_every_time_with_one_member_dead() {
 
 /// One frozen member of three: the same.
 #[tokio::test]
-#[ignore = "flaky: EtcdConfig::connect can time out (5 s) when every probe lands on the frozen member; issue 12 point 0 left open for it"]
 async fn greeter_server_starts_and_stops_every_time_with_one_member_frozen() {
     start_and_stop_through(MemberFault::Frozen).await;
 }

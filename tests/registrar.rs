@@ -322,7 +322,6 @@ async fn registers_and_revokes_every_time_with_one_member_dead() {
 
 /// One frozen member of three: every registration and every revoke succeeds.
 #[tokio::test]
-#[ignore = "flaky: EtcdConfig::connect can time out (5 s) when every probe lands on the frozen member; issue 12 point 0 left open for it"]
 async fn registers_and_revokes_every_time_with_one_member_frozen() {
     register_and_revoke_through(MemberFault::Frozen).await;
 }
