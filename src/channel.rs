@@ -10,6 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 use tower::discover::Change;
 use tracing::{Instrument, debug, error};
 
+use crate::discovery::DiscoveryStream;
 use crate::{DiscoveryStatus, EtcdDiscover};
 
 /// How many changes tonic's balancer may have queued before the forwarder coalesces.
@@ -44,7 +45,7 @@ impl EtcdDiscover {
         let status = self.status();
         let (stop, stopped) = oneshot::channel();
         let span = tracing::info_span!("tonic_etcd::forward");
-        let task = tokio::spawn(forward(self, sender, stopped).instrument(span));
+        let task = tokio::spawn(forward(self.into_stream(), sender, stopped).instrument(span));
         let handle = DiscoveryHandle {
             status,
             stop: Some(stop),
@@ -106,7 +107,7 @@ impl Pending {
 }
 
 async fn forward(
-    mut discover: EtcdDiscover,
+    mut discover: DiscoveryStream,
     sender: mpsc::Sender<TonicChange<String, Endpoint>>,
     mut stopped: oneshot::Receiver<()>,
 ) {

@@ -111,7 +111,7 @@ mod tls;
 pub use backoff::Backoff;
 pub use balance::{BalancedChannel, Balancer, EndpointInfo, EndpointState};
 pub use channel::DiscoveryHandle;
-pub use discovery::{DiscoveryStatus, EtcdDiscover, SharedDiscovery};
+pub use discovery::{DiscoveryStatus, DiscoveryStream, EtcdDiscover, SharedDiscovery};
 pub use error::Error;
 pub use etcd::EtcdConfig;
 pub use format::{Blog, EtcdNaming, Format, GoZero, Instance, Kratos, PlainAddr};

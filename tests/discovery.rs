@@ -19,7 +19,9 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
-use tonic_etcd::{DiscoveryHandle, DiscoveryStatus, EtcdConfig, EtcdDiscover, Registrar};
+use tonic_etcd::{
+    DiscoveryHandle, DiscoveryStatus, DiscoveryStream, EtcdConfig, EtcdDiscover, Registrar,
+};
 use tower::discover::Change;
 
 use support::etcd::{EtcdCluster, MemberFault};
@@ -202,7 +204,7 @@ async fn ignores_a_sibling_prefix() {
 
     // The raw stream: nothing for the sibling, neither listed nor watched. Keys sort with
     // `greeter-admin/` before `greeter/`, so a listed sibling would come first.
-    let mut discover = EtcdDiscover::new(etcd.client().await, SERVICE);
+    let mut discover = EtcdDiscover::new(etcd.client().await, SERVICE).into_stream();
     assert_eq!(
         next_change(&mut discover).await,
         Seen::insert(&own_key, own.addr())
@@ -288,7 +290,7 @@ async fn changed_value_is_an_insert_with_the_same_key() {
     let mut kv = etcd.client().await;
     let key = format!("{SERVICE}/instance-1");
     put_value(&mut kv, &key, "127.0.0.1:1111").await;
-    let mut discover = EtcdDiscover::new(etcd.client().await, SERVICE);
+    let mut discover = EtcdDiscover::new(etcd.client().await, SERVICE).into_stream();
     assert_eq!(
         next_change(&mut discover).await,
         Seen::insert(&key, "127.0.0.1:1111")
@@ -310,7 +312,7 @@ async fn unchanged_value_yields_nothing() {
     let mut kv = etcd.client().await;
     let key = format!("{SERVICE}/instance-1");
     put_value(&mut kv, &key, "127.0.0.1:1111").await;
-    let mut discover = EtcdDiscover::new(etcd.client().await, SERVICE);
+    let mut discover = EtcdDiscover::new(etcd.client().await, SERVICE).into_stream();
     assert_eq!(
         next_change(&mut discover).await,
         Seen::insert(&key, "127.0.0.1:1111")
@@ -329,7 +331,7 @@ async fn applies_every_change_of_a_transaction() {
     let [a, b, c] = ["a", "b", "c"].map(|id| format!("{SERVICE}/{id}"));
     put_value(&mut kv, &a, "127.0.0.1:1001").await;
     put_value(&mut kv, &b, "127.0.0.1:1002").await;
-    let mut discover = EtcdDiscover::new(etcd.client().await, SERVICE);
+    let mut discover = EtcdDiscover::new(etcd.client().await, SERVICE).into_stream();
     let listed = [
         next_change(&mut discover).await,
         next_change(&mut discover).await,
@@ -477,7 +479,7 @@ impl From<Change<String, Endpoint>> for Seen {
 }
 
 /// The next change from `discover`, within [`DEADLINE`].
-async fn next_change(discover: &mut EtcdDiscover) -> Seen {
+async fn next_change(discover: &mut DiscoveryStream) -> Seen {
     match tokio::time::timeout(DEADLINE, discover.next()).await {
         Ok(Some(Ok(change))) => change.into(),
         Ok(Some(Err(e))) => panic!("discovery failed: {e}"),
@@ -657,7 +659,7 @@ async fn list_through(fault: MemberFault) {
             .connect()
             .await
             .unwrap_or_else(|e| panic!("round {round}: connect: {e:?}"));
-        let mut discover = EtcdDiscover::new(etcd, SERVICE);
+        let mut discover = EtcdDiscover::new(etcd, SERVICE).into_stream();
         let log = StatusLog::start(discover.status());
         let first = tokio::time::timeout(DEADLINE, discover.next()).await;
         assert!(
@@ -720,7 +722,7 @@ async fn serve_through(fault: MemberFault) {
 async fn syncs_a_prefix_of_100000_keys() {
     let etcd = Etcd::start().await;
     fill(&etcd.client().await, 100_000).await;
-    let mut discover = EtcdDiscover::new(etcd.client().await, SERVICE);
+    let mut discover = EtcdDiscover::new(etcd.client().await, SERVICE).into_stream();
     let inserts = count_inserts(&mut discover, 100_000, Duration::from_secs(300)).await;
     assert_eq!(inserts, 100_000);
     assert!(discover.status().borrow().is_synced());
@@ -742,7 +744,7 @@ async fn measures_sync_of_large_prefixes() {
         let client = etcd.client().await;
         let before = resident_kib();
         let started = tokio::time::Instant::now();
-        let mut discover = EtcdDiscover::new(client, SERVICE);
+        let mut discover = EtcdDiscover::new(client, SERVICE).into_stream();
         let inserts = count_inserts(&mut discover, n, Duration::from_secs(600)).await;
         let elapsed = started.elapsed();
         let grown = resident_kib().saturating_sub(before);
@@ -780,7 +782,7 @@ async fn fill(client: &Client, n: usize) {
 }
 
 /// Counts inserts from `discover` until `n` have come, failing after `deadline`.
-async fn count_inserts(discover: &mut EtcdDiscover, n: usize, deadline: Duration) -> usize {
+async fn count_inserts(discover: &mut DiscoveryStream, n: usize, deadline: Duration) -> usize {
     let mut inserts = 0;
     let count = async {
         while inserts < n {
@@ -846,14 +848,14 @@ async fn a_shared_watch_outlives_the_runtime_that_started_it() {
             .build()
             .expect("runtime A");
         runtime.block_on(async {
-            let mut discover = shared_a.discover(SERVICE);
+            let mut discover = shared_a.discover(SERVICE).into_stream();
             assert!(matches!(discover.next().await, Some(Ok(_))));
             std::mem::forget(discover);
         });
         b_joined.recv().expect("B joins");
         drop(runtime);
     });
-    let mut b = shared.discover(SERVICE);
+    let mut b = shared.discover(SERVICE).into_stream();
     assert!(matches!(b.next().await, Some(Ok(Change::Insert(..)))));
     assert_eq!(shared.watches(), 1, "B shares A's watch");
     joined.send(()).expect("A waits");

@@ -25,7 +25,7 @@ use support::Etcd;
 const CHANGE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The next change of the raw discovery stream.
-async fn next_change(discover: &mut EtcdDiscover) -> Change<String, Endpoint> {
+async fn next_change(discover: &mut tonic_etcd::DiscoveryStream) -> Change<String, Endpoint> {
     tokio::time::timeout(CHANGE_DEADLINE, discover.next())
         .await
         .expect("a discovery change in time")
@@ -41,7 +41,7 @@ fn target(endpoint: &Endpoint) -> String {
 }
 
 /// The next change as `(key, Some(target))` for an insert or `(key, None)` for a remove.
-async fn next(discover: &mut EtcdDiscover) -> (String, Option<String>) {
+async fn next(discover: &mut tonic_etcd::DiscoveryStream) -> (String, Option<String>) {
     match next_change(discover).await {
         Change::Insert(key, endpoint) => (key, Some(target(&endpoint))),
         Change::Remove(key) => (key, None),
@@ -67,7 +67,9 @@ async fn discovers_exactly(
     let etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     put_all(&mut client, vectors).await;
-    let mut discover = EtcdDiscover::new(client.clone(), service).format(format);
+    let mut discover = EtcdDiscover::new(client.clone(), service)
+        .format(format)
+        .into_stream();
     let mut seen = BTreeMap::new();
     for _ in expected {
         let (key, target) = next(&mut discover).await;
@@ -247,7 +249,9 @@ async fn go_zero_address_is_one_endpoint_until_its_last_key_is_deleted() {
     let (old, new, addr) = ("greeter.rpc/100", "greeter.rpc/200", "10.0.0.5:8080");
     let target = Some("http://10.0.0.5:8080".to_owned());
     put_all(&mut client, &[(old, addr), (new, addr)]).await;
-    let mut discover = EtcdDiscover::new(client.clone(), "greeter.rpc").format(GoZero::new());
+    let mut discover = EtcdDiscover::new(client.clone(), "greeter.rpc")
+        .format(GoZero::new())
+        .into_stream();
     assert_eq!(next(&mut discover).await, (old.to_owned(), target.clone()));
     // The second key adds nothing: the next change is the sentinel's.
     put_all(&mut client, &[("greeter.rpc/300", "10.0.0.6:8080")]).await;

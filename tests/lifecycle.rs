@@ -901,7 +901,7 @@ async fn measures_one_faulty_member_of_three() {
                 .await
                 .unwrap_or_else(|e| panic!("connect: {e}"));
             let at = Instant::now();
-            let mut discover = EtcdDiscover::new(fresh, SERVICE);
+            let mut discover = EtcdDiscover::new(fresh, SERVICE).into_stream();
             let first = futures_util::StreamExt::next(&mut discover).await;
             assert!(matches!(first, Some(Ok(_))), "{first:?}");
             record("first listing", at);

@@ -255,7 +255,7 @@ async fn a_role_that_cannot_read_the_prefix_ends_discovery_with_a_permanent_erro
         .await;
     etcd.enable_auth("root-secret").await;
     let client = connect_as(&etcd, ("outsider", "outsider-secret")).await;
-    let mut discover = EtcdDiscover::new(client, SERVICE);
+    let mut discover = EtcdDiscover::new(client, SERVICE).into_stream();
     let status = discover.status();
     let first = tokio::time::timeout(PROMPT, discover.next())
         .await

@@ -9,7 +9,7 @@ use std::time::Duration;
 use etcd_client::Permission;
 use futures_util::StreamExt;
 use support::Etcd;
-use tonic_etcd::{DiscoveryStatus, EtcdConfig, EtcdDiscover, SharedDiscovery};
+use tonic_etcd::{DiscoveryStatus, DiscoveryStream, EtcdConfig, EtcdDiscover, SharedDiscovery};
 use tower::discover::Change;
 
 /// How long anything that should work may take.
@@ -50,7 +50,9 @@ async fn connect_as(etcd: &Etcd, (user, password): (&str, &str)) -> etcd_client:
 }
 
 /// The first item of `discover`, within the deadline.
-async fn first(discover: &mut EtcdDiscover) -> Result<Change<String, String>, tonic_etcd::Error> {
+async fn first(
+    discover: &mut DiscoveryStream,
+) -> Result<Change<String, String>, tonic_etcd::Error> {
     let item = tokio::time::timeout(DEADLINE, discover.next())
         .await
         .unwrap_or_else(|_| panic!("no item from {} within {DEADLINE:?}", discover.service()))
@@ -124,15 +126,15 @@ async fn check_each_user_sees_their_own(
     bob_beta: impl Fn() -> EtcdDiscover,
 ) {
     // Alice's watch of alpha/ is running when Bob asks for it.
-    let mut alice_sees = alice_alpha();
+    let mut alice_sees = alice_alpha().into_stream();
     assert_sees(first(&mut alice_sees).await, "alpha/1", 1001);
-    let mut bob_denied = bob_alpha();
+    let mut bob_denied = bob_alpha().into_stream();
     let status = bob_denied.status();
     assert_refused(first(&mut bob_denied).await, &status.borrow());
     // And the other way round: Bob's watch of beta/ runs when Alice asks for it.
-    let mut bob_sees = bob_beta();
+    let mut bob_sees = bob_beta().into_stream();
     assert_sees(first(&mut bob_sees).await, "beta/1", 1002);
-    let mut alice_denied = alice_beta();
+    let mut alice_denied = alice_beta().into_stream();
     let status = alice_denied.status();
     assert_refused(first(&mut alice_denied).await, &status.borrow());
 }
@@ -144,14 +146,15 @@ async fn discoveries_of_one_group_share_a_watch_per_prefix_and_settings() {
     let etcd = etcd_with_two_readers().await;
     let shared = SharedDiscovery::new(connect_as(&etcd, ALICE).await);
     assert_eq!(shared.watches(), 0, "no I/O before the first poll");
-    let mut a = shared.discover("alpha");
-    let mut b = shared.clone().discover("alpha/");
+    let mut a = shared.discover("alpha").into_stream();
+    let mut b = shared.clone().discover("alpha/").into_stream();
     assert_sees(first(&mut a).await, "alpha/1", 1001);
     assert_sees(first(&mut b).await, "alpha/1", 1001);
     assert_eq!(shared.watches(), 1, "one watch for both");
     let mut c = shared
         .discover("alpha")
-        .request_timeout(Duration::from_secs(7));
+        .request_timeout(Duration::from_secs(7))
+        .into_stream();
     assert_sees(first(&mut c).await, "alpha/1", 1001);
     assert_eq!(shared.watches(), 2, "other settings, another watch");
     drop((a, b, c));
@@ -170,12 +173,13 @@ async fn discoveries_of_one_group_share_a_watch_per_prefix_and_settings() {
 async fn a_revoked_user_does_not_read_through_another_users_watch() {
     let etcd = etcd_with_two_readers().await;
     let alice = SharedDiscovery::new(connect_as(&etcd, ALICE).await);
-    let mut alice_alpha = alice.discover("alpha");
+    let mut alice_alpha = alice.discover("alpha").into_stream();
     assert_sees(first(&mut alice_alpha).await, "alpha/1", 1001);
     let carol = connect_as(&etcd, CAROL).await;
     let mut carol_alpha = EtcdDiscover::new(carol, "alpha")
         .progress_interval(Duration::from_secs(60))
-        .idle_timeout(Duration::from_secs(1));
+        .idle_timeout(Duration::from_secs(1))
+        .into_stream();
     let (mut carol_status, carol_now) = (carol_alpha.status(), carol_alpha.status());
     assert_sees(first(&mut carol_alpha).await, "alpha/1", 1001);
 

@@ -156,7 +156,7 @@ async fn discovery_of_a_root_service_fails_at_once() {
     for index in 0..formats().len() {
         let format = || formats().swap_remove(index);
         for service in ["", "/", " "] {
-            let mut discover = EtcdDiscover::new(client.clone(), service).format(format());
+            let discover = EtcdDiscover::new(client.clone(), service).format(format());
             let status = discover.status().borrow().clone();
             assert!(
                 matches!(
@@ -168,6 +168,7 @@ async fn discovery_of_a_root_service_fails_at_once() {
                 "{:?} {service:?}: failed before any poll, got {status:?}",
                 format()
             );
+            let mut discover = discover.into_stream();
             let first = tokio::time::timeout(PROMPTLY, discover.next()).await;
             let first = first.expect("at once");
             assert!(
@@ -330,7 +331,7 @@ async fn zero_timeouts_and_a_ttl_beyond_etcds_maximum_are_refused_before_any_io(
             ),
             "{status:?}"
         );
-        let mut discover = discover;
+        let mut discover = discover.into_stream();
         let first = tokio::time::timeout(PROMPTLY, discover.next()).await;
         assert!(
             matches!(first, Ok(Some(Err(Error::InvalidDuration { .. })))),

@@ -110,7 +110,7 @@ pub(crate) async fn put_to_first_call(etcd: &Etcd, config: &Config) -> Vec<Row> 
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let watcher = {
         let seen = seen.clone();
-        let mut discover = EtcdDiscover::new(etcd.client().await, SERVICE);
+        let mut discover = EtcdDiscover::new(etcd.client().await, SERVICE).into_stream();
         tokio::spawn(async move {
             while let Some(Ok(change)) = discover.next().await {
                 if let Change::Insert(key, _) = change {

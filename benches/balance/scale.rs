@@ -7,7 +7,9 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use tonic::transport::Endpoint;
 use tonic_etcd::etcd_client::{Client as EtcdClient, GetOptions, Txn, TxnOp};
-use tonic_etcd::{DiscoveryStatus, EndpointState, EtcdDiscover, EtcdNaming, Format, Instance};
+use tonic_etcd::{
+    DiscoveryStatus, DiscoveryStream, EndpointState, EtcdDiscover, EtcdNaming, Format, Instance,
+};
 use tower::discover::Change;
 
 use crate::common::{self, Client, Config, Row};
@@ -55,7 +57,7 @@ async fn send(kv: &mut EtcdClient, txns: Vec<Txn>) {
 }
 
 /// Reads `discover` until it has yielded `n` inserts; returns them.
-async fn inserts(discover: &mut EtcdDiscover, n: usize) -> Vec<(String, Endpoint)> {
+async fn inserts(discover: &mut DiscoveryStream, n: usize) -> Vec<(String, Endpoint)> {
     let mut items = Vec::with_capacity(n);
     let read = async {
         while items.len() < n {
@@ -76,7 +78,7 @@ async fn inserts(discover: &mut EtcdDiscover, n: usize) -> Vec<(String, Endpoint
 /// Polls `discover` once more without waiting, as any consumer does while it waits for the
 /// next change; nothing is expected. (The stream frees the buffer of a step's changes only
 /// once it is polled past the last of them.)
-fn poll_once(discover: &mut EtcdDiscover) {
+fn poll_once(discover: &mut DiscoveryStream) {
     use futures_util::FutureExt;
     if let Some(item) = discover.next().now_or_never() {
         panic!("an unexpected change: {item:?}");
@@ -150,7 +152,7 @@ pub(crate) async fn ten_thousand(etcd: &Etcd, config: &Config) -> Vec<Row> {
 /// 6a and the first part of 6b: rounds of a fresh raw discovery stream reading the whole
 /// prefix. Returns the median time in seconds, the heap held by the stream's own state and
 /// by the endpoints it yielded (last round), and the last stream.
-async fn initial_sync(etcd: &Etcd, config: &Config) -> (f64, isize, isize, EtcdDiscover) {
+async fn initial_sync(etcd: &Etcd, config: &Config) -> (f64, isize, isize, DiscoveryStream) {
     let n = config.instances;
     let client = etcd.client().await;
     let mut times = Vec::new();
@@ -161,7 +163,7 @@ async fn initial_sync(etcd: &Etcd, config: &Config) -> (f64, isize, isize, EtcdD
         tokio::time::sleep(SETTLE).await;
         let before = heap();
         let started = Instant::now();
-        let mut discover = EtcdDiscover::new(client.clone(), SERVICE);
+        let mut discover = EtcdDiscover::new(client.clone(), SERVICE).into_stream();
         let items = inserts(&mut discover, n).await;
         let took = started.elapsed();
         let at_last_insert = heap();
@@ -189,7 +191,7 @@ async fn initial_sync(etcd: &Etcd, config: &Config) -> (f64, isize, isize, EtcdD
 /// 6c: rounds of a burst of [`BURST`] new keys, put in transactions of [`TXN_OPS`], timed
 /// from the first transaction sent to the last insert the stream yields. Returns the median
 /// in milliseconds.
-async fn burst(kv: &mut EtcdClient, discover: &mut EtcdDiscover, config: &Config) -> f64 {
+async fn burst(kv: &mut EtcdClient, discover: &mut DiscoveryStream, config: &Config) -> f64 {
     let mut times = Vec::new();
     for round in 0..config.rounds {
         // A sentinel first, so the stream's watch is open before the clock starts.

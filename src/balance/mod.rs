@@ -231,7 +231,8 @@ impl Balancer {
         let state = Arc::new(State::new(service, status.clone(), self));
         let (stop, stopped) = oneshot::channel();
         let span = tracing::info_span!("tonic_etcd::balance", service = %state.service);
-        let driver = driver::drive(state.clone(), discover, status.clone(), connector, stopped);
+        let changes = discover.into_stream();
+        let driver = driver::drive(state.clone(), changes, status.clone(), connector, stopped);
         tokio::spawn(driver.instrument(span));
         BalancedChannel {
             snapshot: Arc::default(),

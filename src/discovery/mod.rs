@@ -9,21 +9,20 @@ mod hub;
 mod recipe;
 mod shared;
 mod status;
+mod stream;
 mod subscriber;
 
+pub(crate) use recipe::{Discovered, Route};
 pub use shared::SharedDiscovery;
 pub use status::DiscoveryStatus;
+pub use stream::DiscoveryStream;
 
 use std::fmt;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_core::Stream;
 use tokio::sync::watch;
 use tonic::transport::Endpoint;
-use tower::discover::Change;
 
 #[cfg(feature = "tls")]
 use crate::TlsConfig;
@@ -32,51 +31,30 @@ use crate::{Backoff, Error};
 use engine::EngineConfig;
 use hub::{Settings, Watches};
 use recipe::EndpointRecipe;
+use stream::ChangeStream;
 use subscriber::run;
 
-/// Turns an instance into a [`Endpoint`]: a hook to set timeouts, TLS and the like.
-type EndpointHook = Arc<dyn Fn(Endpoint, &Instance) -> Endpoint + Send + Sync>;
-
-type ChangeStream = Pin<Box<dyn Stream<Item = Result<Change<String, Discovered>, Error>> + Send>>;
-
-/// A decoded instance and the endpoint built for it.
-#[derive(Debug, Clone)]
-pub(crate) struct Discovered {
-    pub(crate) endpoint: Endpoint,
-    pub(crate) instance: Instance,
-    /// How the crate's own balancer connects to it.
-    pub(crate) route: Route,
-}
-
-/// How the crate's own balancer connects to an instance.
-#[derive(Debug, Clone)]
-pub(crate) enum Route {
-    /// By itself, in plain text: the endpoint has the default settings (`http://<addr>`,
-    /// a 5 s connect timeout, no TLS, no hook).
-    Plain,
-    /// By itself, over TLS with the crate's own [`TlsConfig`](crate::TlsConfig), and
-    /// otherwise the default settings.
-    #[cfg(feature = "tls")]
-    Tls(crate::tls::Connector),
-    /// Through tonic's `Channel` to the endpoint, which honours every setting: the user's
-    /// hook, or tonic's TLS configuration.
-    Tonic,
-}
-
-/// A [`tower::discover::Discover`] of the servers registered under an etcd prefix.
+/// Discovery of the servers registered under an etcd prefix: the builder.
 ///
-/// It lists the prefix, remembers the revision, then watches `<prefix>/` from the next
+/// A consuming builder, as tonic's [`Endpoint`] is: its setters configure it, then
+/// [`into_stream`](EtcdDiscover::into_stream) turns it into the running
+/// [`DiscoveryStream`], a [`tower::discover::Discover`] (as [`Endpoint::connect_lazy`]
+/// gives a [`Channel`](tonic::transport::Channel)), and [`channel`](EtcdDiscover::channel)
+/// and [`balance_channel`](EtcdDiscover::balance_channel) balance over it. A setting cannot
+/// change once discovery runs.
+///
+/// The stream lists the prefix, remembers the revision, then watches `<prefix>/` from the next
 /// revision, so servers registered before the client started are found and no change in
-/// between is missed. Each item is a [`Change`] keyed by an etcd key, with one endpoint per
+/// between is missed. Each item is a [`Change`](tower::discover::Change) keyed by an etcd key, with one endpoint per
 /// address however many keys hold it:
 ///
-/// - a new key, or a put that changes a key's value, is an [`Change::Insert`] with that key
+/// - a new key, or a put that changes a key's value, is an [`Change::Insert`](tower::discover::Change::Insert) with that key
 ///   (an update is never a remove followed by an insert);
 /// - a key whose address another key holds already adds nothing: the endpoint stays under
 ///   the first key, and follows the value put last (as go-zero counts an address once, so a
 ///   server restarted on the same port, with a new key while its old lease has not expired,
 ///   does not get a double share);
-/// - a deleted key is a [`Change::Remove`] once no other key holds its address; if it is
+/// - a deleted key is a [`Change::Remove`](tower::discover::Change::Remove) once no other key holds its address; if it is
 ///   the key the endpoint is announced under and another key holds the address, the
 ///   endpoint moves to that key (a remove, then an insert);
 /// - a put with an unchanged value, or a repeated event, yields nothing;
@@ -99,10 +77,10 @@ pub(crate) enum Route {
 /// watch with its own [`format`](EtcdDiscover::format) and
 /// [`endpoint`](EtcdDiscover::endpoint) hook.
 ///
-/// Building one does no I/O; that starts on the first poll. The service is checked at once
-/// ([`check_service`]): an empty or root-only name, or one the format cannot make a prefix
-/// of, makes the [`status`](EtcdDiscover::status) `Failed` with [`Error::InvalidPrefix`] from
-/// the start, and the first poll yields that error, before any I/O.
+/// Building one does no I/O; that starts on the stream's first poll. The service is checked
+/// at once ([`check_service`]): an empty or root-only name, or one the format cannot make a
+/// prefix of, makes the [`status`](EtcdDiscover::status) `Failed` with
+/// [`Error::InvalidPrefix`] from the start, and the stream yields that error, before any I/O.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -115,20 +93,13 @@ pub(crate) enum Route {
 /// # Ok(())
 /// # }
 /// ```
-#[must_use = "streams do nothing unless polled"]
+#[must_use = "a discovery does nothing until it runs: call into_stream, channel or balance_channel"]
 pub struct EtcdDiscover {
-    service: String,
-    inner: Inner,
+    config: Config,
     status: watch::Receiver<DiscoveryStatus>,
 }
 
-enum Inner {
-    /// Not polled yet: the configuration, still open to the setters.
-    Idle(Box<Config>),
-    Running(ChangeStream),
-}
-
-pub(crate) struct Config {
+pub(super) struct Config {
     client: etcd_client::Client,
     /// The engines this discovery may share: its group's, or its own.
     watches: Arc<Watches>,
@@ -167,11 +138,10 @@ impl EtcdDiscover {
             },
             status: Arc::new(status),
         };
-        // The status carries the outcome; the first poll checks again.
+        // The status carries the outcome; `into_stream` checks again.
         let _ = config.check();
         EtcdDiscover {
-            service,
-            inner: Inner::Idle(Box::new(config)),
+            config,
             status: receiver,
         }
     }
@@ -276,7 +246,7 @@ impl EtcdDiscover {
 
     /// How long a list or a watch request to etcd may take. Default: 5 s. Zero, with which
     /// every request would fail, makes the [`status`](EtcdDiscover::status) `Failed` with
-    /// [`Error::InvalidDuration`] and the first poll yield that error, as an invalid service
+    /// [`Error::InvalidDuration`] and the stream yield that error, as an invalid service
     /// does.
     pub fn request_timeout(self, timeout: Duration) -> Self {
         self.configure(|c| c.settings.request_timeout = timeout)
@@ -301,22 +271,35 @@ impl EtcdDiscover {
     }
 
     fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
-        match &mut self.inner {
-            Inner::Idle(config) => {
-                f(config);
-                let _ = config.check();
-            }
-            Inner::Running(_) => {
-                tracing::warn!("discovery is already running: configuration change ignored")
-            }
-        }
+        f(&mut self.config);
+        // The status carries the outcome; `into_stream` checks again.
+        let _ = self.config.check();
         self
+    }
+
+    /// The service this discovers, as given.
+    pub fn service(&self) -> &str {
+        &self.config.service
+    }
+
+    /// The running discovery: a stream of changes, which starts its I/O on the first poll.
+    /// The configuration is fixed from here on.
+    ///
+    /// Its first item is the error, and its last, if the configuration is invalid (see
+    /// [`status`](EtcdDiscover::status)).
+    pub fn into_stream(self) -> DiscoveryStream {
+        let service = self.config.service.clone();
+        let stream: ChangeStream = match self.config.check() {
+            Ok(()) => run(self.config),
+            Err(error) => Box::pin(futures_util::stream::iter([Err(error)])),
+        };
+        DiscoveryStream::new(service, stream, self.status)
     }
 }
 
 impl Config {
     /// Checks the service in the format, before any I/O: while it is invalid, the status is
-    /// `Failed` with the reason, and the first poll yields the error.
+    /// `Failed` with the reason, and the stream yields the error.
     fn check(&self) -> Result<(), Error> {
         let checked =
             check_service(&self.format, &self.service).and_then(|()| self.check_durations());
@@ -370,57 +353,12 @@ impl Config {
     }
 }
 
-impl EtcdDiscover {
-    /// The service this discovers, as given.
-    pub fn service(&self) -> &str {
-        &self.service
-    }
-
-    /// Polls for the next change, with the decoded instance: what the crate's own balancer
-    /// needs for weights and zones.
-    pub(crate) fn poll_discovered(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Change<String, Discovered>, Error>>> {
-        if let Inner::Idle(_) = self.inner {
-            let placeholder = Inner::Running(Box::pin(futures_util::stream::empty()));
-            if let Inner::Idle(config) = std::mem::replace(&mut self.inner, placeholder) {
-                self.inner = Inner::Running(match config.check() {
-                    Ok(()) => run(*config),
-                    Err(error) => Box::pin(futures_util::stream::iter([Err(error)])),
-                });
-            }
-        }
-        match &mut self.inner {
-            Inner::Running(stream) => stream.as_mut().poll_next(cx),
-            Inner::Idle(_) => unreachable!("started above"),
-        }
-    }
-}
-
-impl Stream for EtcdDiscover {
-    type Item = Result<Change<String, Endpoint>, Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.poll_discovered(cx).map(|item| {
-            item.map(|result| {
-                result.map(|change| match change {
-                    Change::Insert(key, discovered) => Change::Insert(key, discovered.endpoint),
-                    Change::Remove(key) => Change::Remove(key),
-                })
-            })
-        })
-    }
-}
-
 impl fmt::Debug for EtcdDiscover {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("EtcdDiscover");
-        if let Inner::Idle(config) = &self.inner {
-            d.field("service", &config.service)
-                .field("format", &config.format);
-        }
-        d.field("status", &*self.status.borrow())
+        f.debug_struct("EtcdDiscover")
+            .field("service", &self.config.service)
+            .field("format", &self.config.format)
+            .field("status", &*self.status.borrow())
             .finish_non_exhaustive()
     }
 }

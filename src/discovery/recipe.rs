@@ -1,13 +1,40 @@
 //! How a decoded instance becomes an [`Endpoint`]: the scheme, TLS, then the user's hook.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::Endpoint;
 #[cfg(not(feature = "tls"))]
 use tracing::warn;
 
-use super::{EndpointHook, Route};
 use crate::format::{DecodeError, Instance};
+
+/// Turns an instance into a [`Endpoint`]: a hook to set timeouts, TLS and the like.
+pub(super) type EndpointHook = Arc<dyn Fn(Endpoint, &Instance) -> Endpoint + Send + Sync>;
+
+/// A decoded instance and the endpoint built for it.
+#[derive(Debug, Clone)]
+pub(crate) struct Discovered {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) instance: Instance,
+    /// How the crate's own balancer connects to it.
+    pub(crate) route: Route,
+}
+
+/// How the crate's own balancer connects to an instance.
+#[derive(Debug, Clone)]
+pub(crate) enum Route {
+    /// By itself, in plain text: the endpoint has the default settings (`http://<addr>`,
+    /// a 5 s connect timeout, no TLS, no hook).
+    Plain,
+    /// By itself, over TLS with the crate's own [`TlsConfig`](crate::TlsConfig), and
+    /// otherwise the default settings.
+    #[cfg(feature = "tls")]
+    Tls(crate::tls::Connector),
+    /// Through tonic's `Channel` to the endpoint, which honours every setting: the user's
+    /// hook, or tonic's TLS configuration.
+    Tonic,
+}
 
 /// How an instance becomes an [`Endpoint`]: the scheme and TLS, then the user's hook.
 #[derive(Clone, Default)]
@@ -145,8 +172,6 @@ impl EndpointRecipe {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     fn instance(tls: bool) -> Instance {

@@ -11,7 +11,8 @@ use super::decode::{Decoder, Skipped};
 use super::diff::{self, RawChange};
 use super::entries::Entries;
 use super::hub::{Hub, Message, Subscription};
-use super::{ChangeStream, Config, Discovered, DiscoveryStatus};
+use super::stream::ChangeStream;
+use super::{Config, Discovered, DiscoveryStatus};
 use crate::Error;
 
 /// Starts a subscriber: validates the prefix, joins (or starts) the shared engine of its prefix, then turns the engine's raw changes into endpoint changes.

@@ -41,7 +41,9 @@ async fn round_trip<F: Format + Clone>(
     assert_eq!(kv.lease(), lease_id);
     assert_eq!(format.decode(&key, kv.value()).expect("decodes"), instance);
 
-    let mut discover = EtcdDiscover::new(client.clone(), service).format(format);
+    let mut discover = EtcdDiscover::new(client.clone(), service)
+        .format(format)
+        .into_stream();
     let scheme = if instance.tls { "https" } else { "http" };
     let expected = format!("{scheme}://{}", instance.addr);
     assert_eq!(next(&mut discover).await, (key.clone(), Some(expected)));

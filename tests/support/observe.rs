@@ -183,7 +183,8 @@ pub struct Feed {
 
 impl Feed {
     /// Starts consuming `discover`, and recording its statuses.
-    pub fn start(mut discover: EtcdDiscover) -> Feed {
+    pub fn start(discover: EtcdDiscover) -> Feed {
+        let mut discover = discover.into_stream();
         let status = StatusLog::start(discover.status());
         let announced = Arc::new(Mutex::new(Announced::default()));
         let (tx, events) = mpsc::unbounded_channel();

@@ -22,7 +22,8 @@ use tracing::error;
 use super::connect::Connector;
 use super::state::State;
 use crate::discovery::Discovered;
-use crate::{DiscoveryStatus, Error, EtcdDiscover};
+use crate::discovery::DiscoveryStream;
+use crate::{DiscoveryStatus, Error};
 use pool::Pool;
 
 /// How often endpoints resting after a failure are checked.
@@ -35,7 +36,7 @@ pub(super) trait Source: Send + 'static {
     fn poll_change(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>>;
 }
 
-impl Source for EtcdDiscover {
+impl Source for DiscoveryStream {
     fn poll_change(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         self.poll_discovered(cx)
     }

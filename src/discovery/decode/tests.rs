@@ -1,6 +1,6 @@
 use super::*;
 use crate::EtcdNaming;
-use crate::discovery::EndpointHook;
+use crate::discovery::recipe::EndpointHook;
 use tonic::transport::Endpoint;
 
 fn put(key: &str, value: &str) -> RawChange {
