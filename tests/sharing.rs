@@ -226,3 +226,56 @@ async fn a_revoked_user_does_not_read_through_another_users_watch() {
         "carol must not see alpha/2: {carol_next:?}"
     );
 }
+
+/// Whenever a discovery reports `Synced`, its stream already holds the listing: every key
+/// listed can be read without waiting. Both for the discovery that starts the shared watch
+/// and for one that joins it once it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synced_status_comes_with_the_listing_in_the_stream() {
+    use futures_util::FutureExt;
+    const KEYS: u16 = 1000;
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    for i in 0..KEYS {
+        let value = format!(
+            r#"{{"Op":0,"Addr":"127.0.0.1:{}","Metadata":null}}"#,
+            2000 + i
+        );
+        kv.put(format!("gamma/{i}"), value, None)
+            .await
+            .expect("put");
+    }
+    let shared = SharedDiscovery::new(etcd.client().await);
+    let mut running = Vec::new();
+    for round in ["the discovery that starts the watch", "one that joins it"] {
+        let mut stream = shared.discover("gamma").into_stream();
+        let mut status = stream.status();
+        let mut seen = 0;
+        let synced = tokio::time::timeout(DEADLINE, async {
+            loop {
+                tokio::select! {
+                    // Biased: what the stream holds is read before the status is looked at.
+                    biased;
+                    item = stream.next() => {
+                        assert!(matches!(item, Some(Ok(Change::Insert(..)))), "{item:?}");
+                        seen += 1;
+                    }
+                    _ = status.wait_for(DiscoveryStatus::is_synced) => break,
+                }
+            }
+        });
+        synced
+            .await
+            .unwrap_or_else(|_| panic!("{round}: not synced"));
+        while seen < KEYS {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(Change::Insert(..)))) => seen += 1,
+                other => {
+                    panic!("{round}: synced with {seen} of {KEYS} keys in its stream: {other:?}")
+                }
+            }
+        }
+        running.push(stream);
+    }
+    assert_eq!(shared.watches(), 1);
+}

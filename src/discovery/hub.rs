@@ -79,10 +79,11 @@ pub(super) struct Settings {
     pub(super) healthy_after: Duration,
 }
 
-/// A subscriber's link to the engine: the changes it publishes.
+/// A subscriber's link to the engine: the changes it publishes, and its status.
 pub(super) struct Subscription {
     pub(super) hub: Arc<Hub>,
     pub(super) changes: broadcast::Receiver<Arc<Message>>,
+    pub(super) status: watch::Receiver<DiscoveryStatus>,
 }
 
 /// The entries published when a subscriber (re)subscribes, which its receiver of changes
@@ -124,7 +125,8 @@ impl Hub {
     }
 
     fn start(config: EngineConfig, prefix: String) -> Hub {
-        let status = config.status.subscribe();
+        let gate = StatusGate::new(config.status.subscribe());
+        let status = gate.published.subscribe();
         let (sender, _) = broadcast::channel(BACKLOG);
         let published = Arc::new(Mutex::new(Published {
             sender: Some(sender.clone()),
@@ -133,7 +135,7 @@ impl Hub {
         let (stop, stopped) = oneshot::channel();
         let span = tracing::info_span!("tonic_etcd::watch", prefix = %prefix);
         let engine = Engine::new(config, prefix);
-        let task = run(engine, published.clone(), sender, status.clone(), stopped);
+        let task = run(engine, published.clone(), sender, gate, stopped);
         let task = tokio::spawn(task.instrument(span));
         Hub {
             published,
@@ -145,7 +147,13 @@ impl Hub {
 
     fn subscribe(self: Arc<Self>) -> (Subscription, Snapshot) {
         let (snapshot, changes) = self.resubscribe();
-        (Subscription { hub: self, changes }, snapshot)
+        let status = self.status.clone();
+        let subscription = Subscription {
+            hub: self,
+            changes,
+            status,
+        };
+        (subscription, snapshot)
     }
 
     /// The entries now and a receiver of the changes after them: taken under one lock, so
@@ -175,17 +183,13 @@ impl Hub {
     fn failed(&self) -> bool {
         self.task.is_finished() || self.lock().failed.is_some()
     }
-
-    pub(super) fn status(&self) -> watch::Receiver<DiscoveryStatus> {
-        self.status.clone()
-    }
 }
 
 async fn run(
     mut engine: Engine,
     published: Arc<Mutex<Published>>,
     sender: broadcast::Sender<Arc<Message>>,
-    status: watch::Receiver<DiscoveryStatus>,
+    mut gate: StatusGate,
     mut stopped: oneshot::Receiver<()>,
 ) {
     /// Closes the subscribers' channel however the task ends, even when its runtime drops it.
@@ -198,38 +202,158 @@ async fn run(
     let _closing = Closing(published.clone());
     let mut state = State::List;
     loop {
-        let (output, next) = tokio::select! {
-            // Biased: once the last subscriber is gone, no further request is started.
-            biased;
-            _ = &mut stopped => return,
-            step = engine.step(state) => step,
+        let step = engine.step(state);
+        tokio::pin!(step);
+        let (output, next) = loop {
+            tokio::select! {
+                // Biased: once the last subscriber is gone, no further request is started;
+                // a step that is done wins over the status it has just set.
+                biased;
+                _ = &mut stopped => return,
+                done = &mut step => break done,
+                Ok(()) = gate.engine.changed() => gate.during_step(),
+            }
         };
         state = next;
-        let mut published = published.lock().unwrap_or_else(PoisonError::into_inner);
-        match output {
-            Ok(changes) if changes.is_empty() => {}
-            Ok(changes) => {
-                for change in &changes {
-                    match change {
-                        RawChange::Put(entry) => {
-                            published.entries.insert(entry.clone());
-                        }
-                        RawChange::Delete(key) => {
-                            published.entries.remove(key);
-                        }
+        let ended = publish(
+            &mut published.lock().unwrap_or_else(PoisonError::into_inner),
+            &sender,
+            output,
+            &gate.engine,
+        );
+        gate.after_step();
+        if ended {
+            return;
+        }
+    }
+}
+
+/// Publishes a step's output to the subscribers; `true` if the engine has failed for good.
+fn publish(
+    published: &mut Published,
+    sender: &broadcast::Sender<Arc<Message>>,
+    output: Result<Vec<RawChange>, Error>,
+    status: &watch::Receiver<DiscoveryStatus>,
+) -> bool {
+    match output {
+        Ok(changes) if changes.is_empty() => {}
+        Ok(changes) => {
+            for change in &changes {
+                match change {
+                    RawChange::Put(entry) => {
+                        published.entries.insert(entry.clone());
+                    }
+                    RawChange::Delete(key) => {
+                        published.entries.remove(key);
                     }
                 }
-                let _ = sender.send(Arc::new(Message::Batch(changes)));
             }
-            Err(error) => {
-                published.failed = Some(error.clone());
-                let _ = sender.send(Arc::new(Message::Failed(error)));
-                return;
-            }
+            let _ = sender.send(Arc::new(Message::Batch(changes)));
         }
-        if !published.listed && status.borrow().is_synced() {
-            published.listed = true;
-            let _ = sender.send(Arc::new(Message::Listed));
+        Err(error) => {
+            published.failed = Some(error.clone());
+            let _ = sender.send(Arc::new(Message::Failed(error)));
+            return true;
         }
+    }
+    if !published.listed && status.borrow().is_synced() {
+        published.listed = true;
+        let _ = sender.send(Arc::new(Message::Listed));
+    }
+    false
+}
+
+/// The engine's status as its subscribers see it: `Synced` only once the changes it covers
+/// are published, so that no subscriber reports synced before its stream has the listing.
+/// The engine sets `Synced` as it ends the step that lists or reads up to the revision, a
+/// moment before the hub sends that step's changes.
+pub(super) struct StatusGate {
+    engine: watch::Receiver<DiscoveryStatus>,
+    published: watch::Sender<DiscoveryStatus>,
+    /// A `Synced` seen during a step, held until the step's changes are published.
+    held: bool,
+}
+
+impl StatusGate {
+    fn new(engine: watch::Receiver<DiscoveryStatus>) -> Self {
+        StatusGate {
+            engine,
+            published: watch::Sender::new(DiscoveryStatus::Syncing),
+            held: false,
+        }
+    }
+
+    /// During a step: passes on at once anything but `Synced` (a retry, a failure).
+    fn during_step(&mut self) {
+        let status = self.engine.borrow_and_update().clone();
+        self.held = status.is_synced();
+        if !self.held {
+            self.published.send_replace(status);
+        }
+    }
+
+    /// Once the step's changes are published: passes on the status, if it changed.
+    fn after_step(&mut self) {
+        if self.held || self.engine.has_changed().unwrap_or(false) {
+            self.held = false;
+            let status = self.engine.borrow_and_update().clone();
+            self.published.send_replace(status);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn synced(revision: i64) -> DiscoveryStatus {
+        DiscoveryStatus::Synced {
+            revision,
+            endpoints: 1,
+            prefix: "p/".into(),
+            skipped: 0,
+            skip_reason: None,
+        }
+    }
+
+    #[test]
+    fn synced_waits_for_the_steps_changes_and_a_retry_does_not() {
+        let (engine, receiver) = watch::channel(DiscoveryStatus::Syncing);
+        let mut gate = StatusGate::new(receiver);
+        let published = gate.published.subscribe();
+        let retrying = DiscoveryStatus::Retrying {
+            attempt: 1,
+            error: Error::Timeout {
+                operation: "listing",
+                after: Duration::from_secs(1),
+            },
+            endpoints: 0,
+        };
+        engine.send_replace(retrying);
+        gate.during_step();
+        assert!(matches!(
+            *published.borrow(),
+            DiscoveryStatus::Retrying { .. }
+        ));
+        engine.send_replace(synced(7));
+        gate.during_step();
+        assert!(
+            matches!(*published.borrow(), DiscoveryStatus::Retrying { .. }),
+            "held until the listing is published"
+        );
+        gate.after_step();
+        assert!(matches!(
+            *published.borrow(),
+            DiscoveryStatus::Synced { revision: 7, .. }
+        ));
+        // A step that set `Synced` and ended before the gate looked at it.
+        engine.send_replace(synced(8));
+        gate.after_step();
+        assert!(matches!(
+            *published.borrow(),
+            DiscoveryStatus::Synced { revision: 8, .. }
+        ));
     }
 }

@@ -1,13 +1,10 @@
 //! One discovery's view of the shared engine: joins it, then decodes its raw changes.
 
-use std::sync::Arc;
-use std::sync::Mutex;
-
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tower::discover::Change;
 
-use super::decode::{Decoder, Skipped};
+use super::decode::Decoder;
 use super::diff::{self, RawChange};
 use super::entries::Entries;
 use super::hub::{Hub, Message, Subscription};
@@ -36,7 +33,6 @@ pub(super) fn run(config: Config) -> ChangeStream {
         ),
         config,
         prefix,
-        counts: Arc::default(),
     };
     let steps = futures_util::stream::unfold(
         (subscriber, Step::Join),
@@ -112,28 +108,31 @@ struct Subscriber {
     config: Config,
     prefix: String,
     decoder: Decoder,
-    /// What this subscriber has announced and skipped, for its status.
-    counts: Arc<Mutex<Counts>>,
-}
-
-/// A subscriber's own counts, which its status carries in place of the shared engine's.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Counts {
-    endpoints: usize,
-    skipped: Skipped,
 }
 
 impl Subscriber {
-    /// Takes the decoder's counts; `true` if they changed.
-    fn update_counts(&self) -> bool {
-        let counts = Counts {
-            endpoints: self.decoder.len(),
-            skipped: self.decoder.skipped(),
-        };
-        let mut current = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let changed = *current != counts;
-        *current = counts;
-        changed
+    /// Sets this discovery's status: the shared engine's as the hub publishes it (which
+    /// trails the published changes), with this subscriber's own counts of endpoints and
+    /// skipped keys (values that do not decode in its format are not endpoints). Derived
+    /// here, in the stream's own task, each time either side changes.
+    fn derive_status(&self, engine: &watch::Receiver<DiscoveryStatus>) {
+        let mut status = engine.borrow().clone();
+        let skipped = self.decoder.skipped();
+        match &mut status {
+            DiscoveryStatus::Synced {
+                endpoints,
+                skipped: keys,
+                skip_reason,
+                ..
+            } => {
+                *endpoints = self.decoder.len();
+                *keys = skipped.keys;
+                *skip_reason = skipped.reason;
+            }
+            DiscoveryStatus::Retrying { endpoints, .. } => *endpoints = self.decoder.len(),
+            DiscoveryStatus::Syncing | DiscoveryStatus::Failed { .. } => {}
+        }
+        self.config.status.send_replace(status);
     }
 }
 
@@ -160,10 +159,7 @@ impl Subscriber {
             });
         let (seen, raw) = catch_up(seen, &snapshot.entries, snapshot.listed);
         let changes = self.apply(raw);
-        self.update_counts();
-        let to = self.config.status.clone();
-        let status = forward_status(subscription.hub.status(), to, self.counts.clone());
-        tokio::spawn(status);
+        self.derive_status(&subscription.status);
         (Ok(changes), Step::Follow { subscription, seen })
     }
 
@@ -173,13 +169,31 @@ impl Subscriber {
         mut seen: Entries,
     ) -> (Output, Step) {
         use tokio::sync::broadcast::error::RecvError;
-        let raw: Vec<RawChange> = match subscription.changes.recv().await {
+        let received = tokio::select! {
+            // Biased: a batch already queued is applied before a status change is looked
+            // at. The hub publishes a status after the changes it covers, so the status
+            // never runs ahead of what this stream has yielded.
+            biased;
+            received = subscription.changes.recv() => received,
+            Ok(()) = subscription.status.changed() => {
+                self.derive_status(&subscription.status);
+                return (Ok(Vec::new()), Step::Follow { subscription, seen });
+            }
+        };
+        let raw: Vec<RawChange> = match received {
             Ok(message) => match &*message {
                 Message::Batch(changes) => changes.clone(),
                 // The first listing of a new engine: anything seen before that it does not
                 // hold is gone.
                 Message::Listed => reconcile(&seen, &mut subscription),
-                Message::Failed(error) => return (Err(error.clone()), Step::Done),
+                Message::Failed(error) => {
+                    let error = error.clone();
+                    let failed = DiscoveryStatus::Failed {
+                        error: error.clone(),
+                    };
+                    self.config.status.send_replace(failed);
+                    return (Err(error), Step::Done);
+                }
             },
             Err(RecvError::Lagged(missed)) => {
                 // Fell behind the engine: catch up from its snapshot, by diff.
@@ -196,16 +210,10 @@ impl Subscriber {
         for change in &raw {
             apply_raw(&mut seen, change);
         }
+        let before = (self.decoder.len(), self.decoder.skipped());
         let changes = self.apply(raw);
-        if self.update_counts() {
-            let counts = self
-                .counts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            self.config
-                .status
-                .send_modify(|status| set_counts(status, &counts));
+        if (self.decoder.len(), self.decoder.skipped()) != before {
+            self.derive_status(&subscription.status);
         }
         (Ok(changes), Step::Follow { subscription, seen })
     }
@@ -253,43 +261,6 @@ fn apply_raw(seen: &mut Entries, change: &RawChange) {
         }
         RawChange::Delete(key) => {
             seen.remove(key);
-        }
-    }
-}
-
-fn set_counts(status: &mut DiscoveryStatus, counts: &Counts) {
-    match status {
-        DiscoveryStatus::Synced {
-            endpoints,
-            skipped,
-            skip_reason,
-            ..
-        } => {
-            *endpoints = counts.endpoints;
-            *skipped = counts.skipped.keys;
-            skip_reason.clone_from(&counts.skipped.reason);
-        }
-        DiscoveryStatus::Retrying { endpoints, .. } => *endpoints = counts.endpoints,
-        DiscoveryStatus::Syncing | DiscoveryStatus::Failed { .. } => {}
-    }
-}
-
-/// Copies the shared engine's status to one subscriber's, with the subscriber's own counts
-/// of endpoints and skipped keys (values that do not decode in its format are not
-/// endpoints), until either side is gone.
-async fn forward_status(
-    mut from: watch::Receiver<DiscoveryStatus>,
-    to: Arc<watch::Sender<DiscoveryStatus>>,
-    counts: Arc<Mutex<Counts>>,
-) {
-    loop {
-        let mut status = from.borrow_and_update().clone();
-        let current = counts.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        set_counts(&mut status, &current);
-        to.send_replace(status);
-        tokio::select! {
-            changed = from.changed() => if changed.is_err() { return },
-            _ = to.closed() => return,
         }
     }
 }
