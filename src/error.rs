@@ -43,6 +43,15 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A target string (`etcd://10.0.0.1:2379/greeter?format=kratos`) cannot be parsed.
+    #[error("invalid target {target:?}: {reason}")]
+    InvalidTarget {
+        /// The target as given.
+        target: String,
+        /// The part that is wrong, and why.
+        reason: crate::TargetError,
+    },
+
     /// An instance's address cannot be registered: clients could not dial it.
     #[error("cannot register address {addr:?}: {reason}")]
     InvalidAddress {
@@ -254,6 +263,7 @@ impl Error {
     pub fn is_permanent(&self) -> bool {
         match self {
             Error::InvalidPrefix { .. }
+            | Error::InvalidTarget { .. }
             | Error::InvalidAddress { .. }
             | Error::InvalidEndpoint { .. }
             | Error::InvalidTtl { .. }

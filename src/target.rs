@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::{Blog, EtcdConfig, EtcdNaming, Format, GoZero, Kratos, PlainAddr};
+use crate::{Blog, Error, EtcdConfig, EtcdNaming, Format, GoZero, Kratos, PlainAddr};
 
 /// The etcd port used when an endpoint of a target gives none.
 pub const DEFAULT_ETCD_PORT: u16 = 2379;
@@ -144,6 +144,15 @@ impl Target {
             endpoints,
             service: service.to_owned(),
             format: format_param(query)?,
+        })
+    }
+
+    /// Parses a target string into the crate's [`Error`]: [`Error::InvalidTarget`], which
+    /// names the bad part.
+    pub(crate) fn parse_or_error(target: &str) -> Result<Target, Error> {
+        Target::parse(target).map_err(|reason| Error::InvalidTarget {
+            target: target.to_owned(),
+            reason,
         })
     }
 

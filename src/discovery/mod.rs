@@ -121,6 +121,40 @@ impl EtcdDiscover {
         EtcdDiscover::in_group(client, Arc::default(), service.into())
     }
 
+    /// Discovers the service a target string names, in the format it names, through a new
+    /// etcd client connected to the endpoints it names: one string for a configuration file,
+    /// such as `etcd://10.0.0.1:2379,10.0.0.2:2379/services/greeter?format=kratos`. See
+    /// [`Target`](crate::Target) for the shape and its defaults (port 2379, the
+    /// [`EtcdNaming`] format).
+    ///
+    /// The client has [`EtcdConfig`](crate::EtcdConfig)'s defaults. For credentials or TLS to
+    /// etcd, parse the [`Target`](crate::Target) and connect with its
+    /// [`etcd_config`](crate::Target::etcd_config):
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tonic_etcd::{EtcdDiscover, Target};
+    ///
+    /// let target: Target = "etcd://10.0.0.1:2379/services/greeter?format=kratos".parse()?;
+    /// let client = target.etcd_config().user("reader", "secret").connect().await?;
+    /// let channel = EtcdDiscover::new(client, &target.service)
+    ///     .format(target.format())
+    ///     .channel();
+    /// # drop(channel);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTarget`], naming the bad part, before any I/O; then the errors of
+    /// [`EtcdConfig::connect`](crate::EtcdConfig::connect).
+    pub async fn from_target(target: &str) -> Result<Self, Error> {
+        let target = crate::Target::parse_or_error(target)?;
+        let client = target.etcd_config().connect().await?;
+        Ok(EtcdDiscover::new(client, target.service.as_str()).format(target.format()))
+    }
+
     fn in_group(client: etcd_client::Client, watches: Arc<Watches>, service: String) -> Self {
         let (status, receiver) = watch::channel(DiscoveryStatus::Syncing);
         let config = Config {

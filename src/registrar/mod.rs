@@ -93,6 +93,38 @@ impl Registrar {
         }
     }
 
+    /// A registrar for the service a target string names, in the format it names, through
+    /// a new etcd client connected to the endpoints it names: one string for a
+    /// configuration file, such as `etcd://10.0.0.1:2379/services/greeter?format=go-zero`.
+    /// See [`Target`](crate::Target) for the shape and its defaults. Returns the registrar
+    /// and the service to [`register`](Registrar::register) under.
+    ///
+    /// The client has [`EtcdConfig`](crate::EtcdConfig)'s defaults; for credentials or TLS
+    /// to etcd, parse the [`Target`](crate::Target) and connect with its
+    /// [`etcd_config`](crate::Target::etcd_config), as for
+    /// [`EtcdDiscover::from_target`](crate::EtcdDiscover::from_target).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let target = "etcd://127.0.0.1:2379/greeter?format=go-zero";
+    /// let (registrar, service) = tonic_etcd::Registrar::from_target(target).await?;
+    /// let registration = registrar.register(&service, "127.0.0.1:50051".parse()?).await?;
+    /// # drop(registration);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTarget`], naming the bad part, before any I/O; then the errors of
+    /// [`EtcdConfig::connect`](crate::EtcdConfig::connect).
+    pub async fn from_target(target: &str) -> Result<(Self, String), Error> {
+        let target = crate::Target::parse_or_error(target)?;
+        let client = target.etcd_config().connect().await?;
+        let registrar = Registrar::new(client).format(target.format());
+        Ok((registrar, target.service))
+    }
+
     /// The lease TTL: how long the key outlives a crashed server. At least [`MIN_TTL`] and at
     /// most etcd's maximum lease TTL, 9,000,000,000 s, else [`register`](Registrar::register)
     /// fails with [`Error::InvalidTtl`]; rounded up to whole seconds. The lease is kept alive
