@@ -108,7 +108,8 @@ impl Registrar {
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let target = "etcd://127.0.0.1:2379/greeter?format=go-zero";
     /// let (registrar, service) = tonic_etcd::Registrar::from_target(target).await?;
-    /// let registration = registrar.register(&service, "127.0.0.1:50051".parse()?).await?;
+    /// let addr: std::net::SocketAddr = "127.0.0.1:50051".parse()?;
+    /// let registration = registrar.register(&service, addr).await?;
     /// # drop(registration);
     /// # Ok(())
     /// # }
