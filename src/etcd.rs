@@ -2,6 +2,7 @@
 
 mod connect;
 mod endpoint;
+pub(crate) mod history;
 pub(crate) mod list;
 pub(crate) mod request;
 #[cfg(feature = "tls")]

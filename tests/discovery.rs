@@ -26,10 +26,10 @@ use tower::discover::Change;
 
 use support::etcd::{EtcdCluster, MemberFault};
 use support::greeter::backend_of;
-use support::observe::StatusLog;
+use support::observe::{CONVERGE_DEADLINE, StatusLog};
 use support::pb::HelloRequest;
 use support::pb::greeter_client::GreeterClient;
-use support::{Etcd, ServerProcess, TestServer, wait_until};
+use support::{Etcd, Load, ServerProcess, TestServer, wait_until};
 
 /// The service every test discovers.
 const SERVICE: &str = "greeter";
@@ -538,6 +538,45 @@ async fn put_garbage(kv: &mut Client, tag: &str) -> i64 {
         revision = response.header().expect("a put has a header").revision();
     }
     revision
+}
+
+/// etcd loses its data (stopped, data directory removed, started again on the same address)
+/// while a client calls, three times over, each time with a history well ahead of the wiped
+/// one: a server registered afterwards receives calls, and so do the ones registered
+/// before, once their registrars have registered them again (issue 12.3).
+#[tokio::test]
+async fn calls_a_server_registered_after_etcd_lost_its_data() {
+    const ROUNDS: usize = 3;
+    let mut etcd = Etcd::start().await;
+    let mut servers = vec![TestServer::start().await];
+    let mut registrations = vec![register(&etcd, servers[0].addr()).await];
+    let (channel, discovery) = EtcdDiscover::new(etcd.client().await, SERVICE).balance_channel();
+    let load = Load::start(channel, 2, CALL_TIMEOUT);
+    wait_until("calls reach the first server", DEADLINE, || async {
+        servers[0].calls() > 0
+    })
+    .await;
+    for round in 0..ROUNDS {
+        let mut kv = etcd.client().await;
+        for i in 0..30 {
+            kv.put("elsewhere/counter", i.to_string(), None)
+                .await
+                .expect("put");
+        }
+        etcd.restart_wiped().await;
+        servers.push(TestServer::start().await);
+        let added = servers.last().map(TestServer::addr).expect("a server");
+        registrations.push(register(&etcd, added).await);
+        let before: Vec<usize> = servers.iter().map(TestServer::calls).collect();
+        let what = format!("round {round}: calls reach the new server and every earlier one");
+        wait_until(&what, CONVERGE_DEADLINE, || async {
+            servers.iter().zip(&before).all(|(s, b)| s.calls() > *b)
+        })
+        .await;
+    }
+    drop(load.stop().await);
+    drop(registrations);
+    discovery.stop().await;
 }
 
 /// Registers `addr` with the crate's registrar, in the default format.

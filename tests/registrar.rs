@@ -314,6 +314,43 @@ async fn killed_server_key_expires_within_its_ttl() {
     );
 }
 
+/// etcd loses its data (stopped, data directory removed, started again on the same
+/// address, back at revision 1): the lease is gone with it, and the registrar grants a new
+/// one and puts the key back (issue 12.3).
+#[tokio::test]
+async fn reregisters_after_etcd_lost_its_data() {
+    let mut etcd = Etcd::start().await;
+    let registration = Registrar::new(etcd.client().await)
+        .ttl(Duration::from_secs(3))
+        .register(SERVICE, loopback(50001))
+        .await
+        .expect("register");
+    let key = registration.key().to_owned();
+    let old_lease = registration.lease_id().expect("registered");
+    let mut kv = etcd.client().await;
+    for i in 0..30 {
+        kv.put("elsewhere/counter", i.to_string(), None)
+            .await
+            .expect("put");
+    }
+    etcd.restart_wiped().await;
+    let kv = etcd.client().await;
+    let lease = support::leases::wait_for_key(&kv, &key, DEADLINE, |_| true).await;
+    assert_ne!(lease, old_lease, "a new lease holds {key}");
+    let mut status = registration.status();
+    tokio::time::timeout(
+        DEADLINE,
+        status.wait_for(
+            |s| matches!(s, RegistrationStatus::Registered { lease_id } if *lease_id == lease),
+        ),
+    )
+    .await
+    .expect("the status names the new lease")
+    .expect("the registration runs");
+    registration.shutdown().await.expect("revoke");
+    support::leases::wait_for_absent(&kv, &key, REMOVED_AT_ONCE).await;
+}
+
 /// One dead member of three: every registration and every revoke succeeds.
 #[tokio::test]
 async fn registers_and_revokes_every_time_with_one_member_dead() {

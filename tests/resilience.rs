@@ -421,6 +421,79 @@ async fn converges_after_restart_with_changes_and_compaction_while_away() {
     changes_while_disconnected(Outage::KillAndRestart).await;
 }
 
+/// etcd loses its data while the watcher is cut off: stopped, its data directory removed,
+/// started again on the same address (revision 1, the same cluster id). Before the watcher
+/// is back, one server registers again with its old value and a new one registers, in far
+/// fewer revisions than the watcher had applied, so a resumed watch would wait for a
+/// revision the new history has not reached. The watcher notices, lists again and announces
+/// the net changes: the new server and the removals, nothing for the key that came back
+/// unchanged (issue 12.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relists_when_etcd_comes_back_with_an_older_history() {
+    let service = "services/wiped";
+    let key = |name: &str| format!("{service}/{name}");
+    let mut etcd = Etcd::start().await;
+    let admin = connect(&[etcd.endpoint()]).await;
+    let relay = Relay::start(&etcd.endpoint()).await;
+    put(&admin, &key("a"), &naming_value("127.0.0.1:10001")).await;
+    put(&admin, &key("b"), &naming_value("127.0.0.1:10002")).await;
+    for i in 0..20 {
+        put(&admin, "elsewhere/counter", &i.to_string()).await;
+    }
+    let discover = EtcdDiscover::new(connect(&[relay.url()]).await, service)
+        .backoff(Backoff::default().initial(LONG_BACKOFF).max(LONG_BACKOFF));
+    let mut feed = Feed::start(discover);
+    let mut first = vec![
+        feed.next("the initial listing", CONVERGE_DEADLINE).await,
+        feed.next("the initial listing", CONVERGE_DEADLINE).await,
+    ];
+    first.sort();
+    let expected = vec![
+        insert(&key("a"), "127.0.0.1:10001"),
+        insert(&key("b"), "127.0.0.1:10002"),
+    ];
+    assert_eq!(first, expected, "the initial listing");
+    // A barrier: the watch is open and streaming, at the applied revision.
+    let applied = put(&admin, &key("ready"), &naming_value("127.0.0.1:10000")).await;
+    let ready = feed.next("the watch is open", CONVERGE_DEADLINE).await;
+    assert_eq!(ready, insert(&key("ready"), "127.0.0.1:10000"));
+
+    let retrying = feed.status.retrying();
+    relay.close();
+    feed.status
+        .wait_retrying_after(retrying, "discovery reports the cut")
+        .await;
+    etcd.restart_wiped().await;
+    put(&admin, &key("a"), &naming_value("127.0.0.1:10001")).await;
+    let behind = put(&admin, &key("c"), &naming_value("127.0.0.1:10003")).await;
+    assert!(
+        behind < applied,
+        "the new history ({behind}) is behind {applied}"
+    );
+    feed.assert_quiet("while the watcher is cut off");
+
+    relay.open();
+    let sentinel = insert(&key("sentinel"), "127.0.0.1:10009");
+    put(&admin, &key("sentinel"), &naming_value("127.0.0.1:10009")).await;
+    let mut changes = feed
+        .until("the changes of the new history", &sentinel)
+        .await;
+    changes.sort();
+    let expected = vec![
+        insert(&key("c"), "127.0.0.1:10003"),
+        Event::Remove(key("b")),
+        Event::Remove(key("ready")),
+    ];
+    assert_eq!(
+        changes,
+        expected,
+        "exactly the net changes, nothing for a; statuses: {}",
+        feed.status.summary()
+    );
+    assert_eq!(feed.endpoints(), listing(&admin, service).await);
+    feed.assert_clean("etcd back with an older history");
+}
+
 /// Without a compaction the watch resumes from the last applied revision and etcd replays
 /// the history. etcd 3.4 answers a progress request at once with its current revision,
 /// even while a resumed watcher has not yet been sent the events up to it (it catches up

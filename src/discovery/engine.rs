@@ -1,12 +1,16 @@
 //! The list-then-watch state machine behind [`EtcdDiscover`](super::EtcdDiscover).
 //!
 //! ```text
-//!            ┌──────────── compacted / resume keeps failing ────────────┐
-//!            ▼                                                          │
+//!            ┌──── compacted / resume keeps failing / etcd went back in time ────┐
+//!            ▼                                                                   │
 //!  List ──ok──► Watch{from} ──ok──► Streaming{revision} ──events──► Streaming
 //!   │  ▲          │     ▲                 │  dead, ended or failed       │
 //!   └──┘ backoff  └─────┘ backoff         └──────► backoff ──► Watch{revision + 1}
 //! ```
+//!
+//! Every watch response is checked against the history listed (see
+//! [`history`](crate::etcd::history)): an etcd that lost its data or was restored from an
+//! older snapshot is listed again, and the listing diffed against what was announced.
 //!
 //! Transient errors never leave this module: they go to the backoff, to tracing and to the
 //! status channel. Only a permanent error becomes a stream item, and it is the last one.
@@ -23,6 +27,7 @@ use super::diff::{RawChange, diff};
 use super::entries::{Entries, Entry};
 use crate::Error;
 use crate::backoff::{Backoff, Retry};
+use crate::etcd::history::{Header, History, Regression};
 use crate::etcd::list::list_prefix;
 use crate::etcd::request::request;
 
@@ -71,6 +76,8 @@ pub(super) struct Engine {
     prefix: String,
     /// Announced keys and their raw values, whether they decode or not.
     announced: Entries,
+    /// The history the last listing started, checked on every watch response.
+    history: History,
     retry: Retry,
 }
 
@@ -82,6 +89,7 @@ impl Engine {
             config,
             prefix,
             announced: Entries::new(),
+            history: History::default(),
             retry,
         }
     }
@@ -105,10 +113,12 @@ impl Engine {
                 }
             }
         });
-        let revision = match pages.await {
-            Ok(revision) => revision,
+        let header = match pages.await {
+            Ok(header) => header,
             Err(error) => return self.fail(error, State::List).await,
         };
+        let revision = header.revision;
+        self.history = History::listed(header);
         let diff = diff(&self.announced, &listing);
         let mut changes = Vec::with_capacity(diff.removed.len() + diff.upserted.len());
         for key in diff.removed {
@@ -208,6 +218,10 @@ impl Engine {
         if s.last_message - s.opened_at >= self.config.healthy_after {
             self.retry.reset();
         }
+        let header = Header::of(response.header());
+        if let Err(regression) = self.history.check(header, s.revision) {
+            return self.went_back(regression).await;
+        }
         if response.canceled() {
             if response.compact_revision() > 0 {
                 info!(
@@ -269,6 +283,16 @@ impl Engine {
     fn delete(&mut self, key: String) -> Option<RawChange> {
         self.announced.remove(&key)?;
         Some(RawChange::Delete(key))
+    }
+
+    /// Lists again after a short jittered pause: etcd serves an older history than the one
+    /// applied. The pause grows if it happens again before the watch has been healthy for a
+    /// while, so a lagging member that keeps answering so cannot make the machine spin.
+    async fn went_back(&mut self, regression: Regression) -> (Output, State) {
+        let delay = self.retry.next_delay();
+        warn!(prefix = %self.prefix, %regression, ?delay, "etcd went back in time, listing again");
+        tokio::time::sleep(delay).await;
+        (Ok(Vec::new()), State::List)
     }
 
     /// Handles a failed step: a permanent error ends the stream; a transient one is logged,

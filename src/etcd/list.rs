@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, GetOptions, KeyValue};
 
+use super::history::Header;
 use super::request::request;
 use crate::Error;
 
@@ -24,15 +25,17 @@ pub(crate) const PAGE: i64 = 1000;
 const MAX_PAGE_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Lists every key under `prefix`, handing each page's key-values to `page` in key order,
-/// and returns the revision the listing is current at. Each page may take `deadline`.
+/// and returns the first page's header: the listing is current at its revision. Each page
+/// may take `deadline`.
 pub(crate) async fn list_prefix(
     client: &Client,
     prefix: &str,
     deadline: Duration,
     mut page: impl FnMut(&[KeyValue]),
-) -> Result<i64, Error> {
+) -> Result<Header, Error> {
     let end = prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
+    let mut first = Header::default();
     let mut revision = 0;
     loop {
         let get = || async {
@@ -52,13 +55,14 @@ pub(crate) async fn list_prefix(
         };
         let response = request("listing the prefix", deadline, get).await?;
         if revision == 0 {
-            revision = response.header().map_or(0, |h| h.revision());
+            first = Header::of(response.header());
+            revision = first.revision;
         }
         let kvs = response.kvs();
         page(kvs);
         match (response.more(), kvs.last()) {
             (true, Some(last)) => from = after(last.key()),
-            _ => return Ok(revision),
+            _ => return Ok(first),
         }
         // A long listing must not hold the runtime's thread between pages.
         tokio::task::yield_now().await;

@@ -95,6 +95,13 @@ impl Etcd {
         self.group.restart(0).await;
     }
 
+    /// Stops etcd, removes its data directory and starts it again on the same address and
+    /// flags, and waits until it is healthy: an etcd that lost its data (or was restored from
+    /// an older snapshot) goes back in time, to revision 1, with the same cluster id.
+    pub async fn restart_wiped(&mut self) {
+        self.group.restart_wiped(0).await;
+    }
+
     /// The current revision of the key-value store.
     pub async fn revision(&self) -> i64 {
         revision(self.client().await).await

@@ -82,6 +82,19 @@ impl Group {
         }
     }
 
+    /// Stops member `i`, removes its data directory, starts it again on the same ports with
+    /// the same flags (so the same member and cluster ids) and waits until it is healthy: an
+    /// etcd that has lost its data, back at revision 1.
+    pub(super) async fn restart_wiped(&mut self, i: usize) {
+        self.members[i].stop();
+        let dir = &self.members[i].data_dir;
+        std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
+        self.members[i].spawn();
+        if let Err(e) = self.wait_healthy(true).await {
+            panic!("etcd member {i} did not come back wiped: {e}");
+        }
+    }
+
     /// Waits until every running member is healthy. A member that exits is spawned again
     /// if `respawn`, and fails the wait otherwise.
     async fn wait_healthy(&mut self, respawn: bool) -> Result<(), String> {
