@@ -109,7 +109,11 @@ mod target;
 mod tls;
 
 pub use backoff::Backoff;
-pub use balance::{BalancedChannel, Balancer, EndpointInfo, EndpointState};
+pub use balance::{
+    BalancedChannel, Balancer, EjectionReason, EndpointInfo, EndpointState,
+    FailurePercentageEjection, OutlierDetection, RetryPolicy, RetryThrottling, SlowStart,
+    SuccessRateEjection,
+};
 pub use channel::DiscoveryHandle;
 pub use discovery::{DiscoveryStatus, DiscoveryStream, EtcdDiscover, SharedDiscovery};
 pub use error::Error;

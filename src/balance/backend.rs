@@ -23,7 +23,10 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::conn::Conn;
+use super::outlier::OutlierDetection;
 use super::pick::{Ewma, Load};
+use super::slow_start::SlowStart;
+use super::standing::{Standing, View};
 use crate::format::Instance;
 use crate::inflight::{Counted, InFlightCounter};
 use crate::metrics::Ejection;
@@ -36,7 +39,9 @@ pub enum EndpointState {
     Connecting,
     /// Connected and in rotation.
     Up,
-    /// Out of rotation after a failure, until a probe connects.
+    /// Out of rotation after a failure: until a probe connects after a transport
+    /// failure, or until its ejection time ends after outlier detection ejected it (see
+    /// [`EndpointInfo::ejection`](super::EndpointInfo::ejection)).
     Ejected,
     /// Known but not connected: outside the connected subset (see
     /// [`Balancer::subset`](super::Balancer::subset)).
@@ -66,6 +71,8 @@ pub(crate) struct Backend {
     connection: Mutex<Connection>,
     pub(crate) in_flight: InFlightCounter,
     latency: Mutex<Ewma>,
+    /// Outlier detection's state and the slow-start ramp.
+    standing: Mutex<Standing>,
     /// Whether the current connection has served its first call, which is not timed.
     warm: AtomicBool,
     /// Wakes the connector after an ejection.
@@ -99,6 +106,7 @@ impl Backend {
         instance: Instance,
         signals: Arc<Signals>,
         decay: Duration,
+        outlier: &OutlierDetection,
     ) -> Self {
         Backend {
             key,
@@ -107,6 +115,7 @@ impl Backend {
             connection: Mutex::default(),
             in_flight: InFlightCounter::default(),
             latency: Mutex::new(Ewma::new(decay)),
+            standing: Mutex::new(Standing::new(outlier, Instant::now())),
             warm: AtomicBool::new(false),
             ejected: Notify::new(),
             signals,
@@ -156,7 +165,8 @@ impl Backend {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The load used to compare two candidates: calls in flight and recent latency.
+    /// The load used to compare two candidates: calls in flight, recent latency, and
+    /// the factor of the recent success rate.
     pub(crate) fn load(&self, now: Instant) -> Load {
         let latency = self
             .latency
@@ -166,7 +176,18 @@ impl Backend {
         Load {
             in_flight: self.in_flight.get(),
             latency,
+            health: self.standing().outlier.pick_factor(now),
         }
+    }
+
+    /// Outlier detection's state of the endpoint and its slow-start ramp, locked.
+    pub(crate) fn standing(&self) -> std::sync::MutexGuard<'_, Standing> {
+        self.standing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What the pick sees of the endpoint's standing at `now`.
+    pub(crate) fn view(&self, slow_start: Option<&SlowStart>, now: Instant) -> View {
+        self.standing().view(slow_start, now)
     }
 
     /// Records the latency of a call; the first call on a connection pays for its warm-up
@@ -230,6 +251,7 @@ impl Backend {
     /// Puts a new connection in rotation, unless the endpoint has left the subset.
     pub(super) fn set_up(&self, conn: Conn) {
         self.warm.store(false, Ordering::Release);
+        self.standing().came_up(Instant::now());
         let mut connection = self.lock_connection();
         // Under the lock: `deactivate` cannot slip in between.
         if self.state.load(Ordering::Acquire) == IDLE {

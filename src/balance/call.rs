@@ -17,6 +17,7 @@ use super::backend::Backend;
 use super::conn::Conn;
 use super::direct::{Direct, grpc_timeout};
 use super::state::State;
+use super::status_observer;
 use crate::inflight::{CountedBody, Guard};
 use hyper::body::Incoming;
 
@@ -26,11 +27,13 @@ const MAX_RETRIES: usize = 4;
 type Slot = Arc<Mutex<Option<Body>>>;
 
 /// Sends `request` on `picked`, or on an endpoint picked when none was, or when it failed
-/// before sending.
+/// before sending. With `tried` (a retry policy's attempts), the pick avoids the
+/// endpoints in it where another is up, and the endpoint sent to is added to it.
 pub(super) async fn call(
     state: Arc<State>,
     mut picked: Option<Arc<Backend>>,
     request: http::Request<Body>,
+    mut tried: Option<&mut Vec<Arc<Backend>>>,
 ) -> Result<http::Response<Body>, tower::BoxError> {
     let deadline = state
         .config
@@ -44,7 +47,10 @@ pub(super) async fn call(
     loop {
         let backend = match picked.take() {
             Some(backend) => backend,
-            None => state.pick(deadline, timeout).await?,
+            None => {
+                let avoid = tried.as_deref().map_or(&[][..], Vec::as_slice);
+                state.pick(deadline, timeout, avoid).await?
+            }
         };
         let Some((conn, generation)) = backend.check_out() else {
             // It went down since it was picked: pick again, after other tasks had a turn.
@@ -52,8 +58,12 @@ pub(super) async fn call(
             continue;
         };
         let last = retries >= MAX_RETRIES;
+        if let Some(tried) = tried.as_deref_mut() {
+            tried.push(backend.clone());
+        }
         let started = Instant::now();
-        let (result, unsent) = attempt(&backend, conn, generation, request, timeout, last).await;
+        let (result, unsent) =
+            attempt(&state, &backend, conn, generation, request, timeout, last).await;
         match result {
             Ok(response) => {
                 let now = Instant::now();
@@ -64,6 +74,9 @@ pub(super) async fn call(
             Err(error) => {
                 if !endpoint_is_fine(&*error) {
                     backend.eject_connection(generation);
+                    if unsent.is_none() {
+                        state.transport_failure(&backend);
+                    }
                 }
                 match unsent {
                     Some(unsent) if !last => {
@@ -82,6 +95,7 @@ pub(super) async fn call(
 /// One attempt on `backend`'s connection `conn`: the response, counted as the endpoint's
 /// load until its body ends, or the error, with the request if it never left.
 async fn attempt(
+    state: &Arc<State>,
     backend: &Arc<Backend>,
     conn: Conn,
     generation: u64,
@@ -93,11 +107,11 @@ async fn attempt(
     match conn {
         Conn::Direct(direct) => {
             let (result, unsent) = send_direct(backend, direct, generation, request, timeout).await;
-            (result.map(|response| counted(response, guard)), unsent)
+            (result.map(|r| counted(r, guard, state, backend)), unsent)
         }
         Conn::Tonic(channel) => {
             let (result, unsent) = send_tonic(backend, channel, generation, request, last).await;
-            (result.map(|response| counted(response, guard)), unsent)
+            (result.map(|r| counted(r, guard, state, backend)), unsent)
         }
     }
 }
@@ -127,12 +141,24 @@ where
     result
 }
 
-/// The response, its body keeping the call counted until it ends, so streams count as load.
-fn counted<B>(response: http::Response<B>, guard: Guard) -> http::Response<Body>
+/// The response, its body keeping the call counted until it ends, so streams count as load;
+/// with outlier detection, how the call ends (its `grpc-status`) is counted for `backend`.
+fn counted<B>(
+    response: http::Response<B>,
+    guard: Guard,
+    state: &Arc<State>,
+    backend: &Arc<Backend>,
+) -> http::Response<Body>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<tower::BoxError>,
 {
+    if state.config.outlier.is_none() {
+        return response.map(|body| Body::new(CountedBody::new(body, Some(guard))));
+    }
+    let (state, backend) = (state.clone(), backend.clone());
+    let report = move |observed| state.observed(&backend, observed);
+    let response = status_observer::observe(response, report);
     response.map(|body| Body::new(CountedBody::new(body, Some(guard))))
 }
 

@@ -1,7 +1,5 @@
 //! Sets of gRPC status codes: which codes count as an endpoint's failure (outlier
 //! detection), which codes a retry policy retries.
-// Wired in by the balancer restructure.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::fmt;
 
@@ -80,6 +78,7 @@ impl CodeSet {
     }
 
     /// Whether the set has no code.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn is_empty(self) -> bool {
         self.0 == 0
     }
@@ -121,6 +120,7 @@ pub(crate) fn name(code: Code) -> &'static str {
 /// The code a name or number stands for, as a command line gives it: the canonical name
 /// in any case, with `-` or `_` (`UNAVAILABLE`, `deadline-exceeded`), tonic's variant
 /// name (`DeadlineExceeded`), or the number (`14`). `None` for anything else.
+#[cfg_attr(not(test), allow(dead_code))] // for the retry settings
 pub(crate) fn code_named(text: &str) -> Option<Code> {
     let text = text.trim();
     if let Ok(number) = text.parse::<usize>() {

@@ -4,29 +4,28 @@
 //!
 //! Decisions are pure and unit-tested; a thin shell carries them out.
 //!
-//! - `mod.rs`: the public types: [`Balancer`], [`BalancedChannel`], [`EndpointInfo`].
+//! - `mod.rs`: [`Balancer`] and [`BalancedChannel`]; `failure`: the balancer's settings
+//!   for failure handling; `info`: [`EndpointInfo`] and `endpoints()`.
 //! - `state`: what the driver and the channels share: the published [`Snapshot`] of the
 //!   endpoints, whether discovery has synced, the channel-wide latency reference.
 //! - `wait`: picking an endpoint that is up, and waiting for one; `cause`: why none was.
-//! - `pick`: power of two choices over weights, and the latency estimate it compares (pure).
+//! - `pick`: power of two choices over weights scaled by a chance per endpoint, and the
+//!   latency estimate it compares (pure).
 //! - `subset`: which endpoints are connected, as a pure state machine that returns actions.
 //! - `driver`: the channel's own task: feeds discovery changes and events to the subset and
-//!   carries out its actions through a `connect::Connector`.
+//!   carries out its actions through a `connect::Connector`; runs the outlier sweep.
 //! - `connect`: the connector task of a member: connect, probe with backoff, health checks.
-//! - `backend`: one endpoint's state, connection and load; `conn`, `direct`, `health`: the
-//!   ways to reach it.
-//! - `call`: one call: pick, send, retry what never left, yield on an immediate error.
-//!
-//! Where the next parts plug in:
-//!
-//! - outlier detection (a per-endpoint status observer): `call::attempt` sees every
-//!   response and error of an endpoint, and `counted` wraps the body whose trailers carry
-//!   the status; an ejection goes through `Backend::eject`, readmission through the
-//!   connector's probe, and the subset drops an ejected member as today;
-//! - slow start (a weight factor in the pick): `Snapshot::pick` (in `wait`) gives the
-//!   load of each candidate to `pick::Weighted::pick`, where a factor scales it;
-//! - a retry policy (around the call): `BalancedChannel::call` wraps `call::call`, the
-//!   transparent retry of unsent calls stays inside it and outside any budget.
+//! - `backend`: one endpoint's state, connection, load and `standing` (its outlier state
+//!   and slow-start ramp); `conn`, `direct`, `health`: the ways to reach it.
+//! - `call`: one call: pick, send, retry what never left, yield on an immediate error;
+//!   `status_observer` reads how it ended (`grpc-status`).
+//! - `outlier` (pure): outlier detection's settings, per-endpoint state and set-wide
+//!   decisions (gRFC A50); `ejection`: the shell that records calls into it, ejects and
+//!   sweeps. An outlier ejection only takes the endpoint out of the pick: its connection
+//!   stays, and it comes back when the ejection time ends.
+//! - `slow_start` (pure): the ramp of an endpoint that comes into rotation.
+//! - `retry_policy`, `retry_decision`, `retry_throttle`, `codes` (pure): retries of sent
+//!   calls (gRFC A6).
 
 mod backend;
 mod call;
@@ -36,19 +35,33 @@ mod conn;
 mod connect;
 mod direct;
 mod driver;
+mod ejection;
+mod failure;
 mod health;
+mod hold;
+mod info;
 mod outlier;
 mod pick;
+mod replay;
+mod retry;
 mod retry_decision;
 mod retry_policy;
 mod retry_throttle;
 mod slow_start;
+mod standing;
 mod state;
 mod status_observer;
 mod subset;
 mod wait;
 
 pub use backend::EndpointState;
+pub use info::EndpointInfo;
+pub use outlier::{
+    EjectionReason, FailurePercentageEjection, OutlierDetection, SuccessRateEjection,
+};
+pub use retry_policy::RetryPolicy;
+pub use retry_throttle::RetryThrottling;
+pub use slow_start::SlowStart;
 
 use std::fmt;
 use std::pin::Pin;
@@ -63,6 +76,8 @@ use tracing::Instrument;
 
 use crate::{Backoff, DiscoveryStatus, EtcdDiscover};
 use connect::{Connect, Settings};
+use failure::DEFAULT_RETRY_BUFFER;
+use retry_policy::RetryPolicies;
 use state::{Snapshot, State};
 
 /// Configures the crate's own balancer; [`channel`](Balancer::channel) starts it.
@@ -91,6 +106,11 @@ pub struct Balancer {
     health_check: Option<health::HealthCheck>,
     subset: usize,
     keep_alive: Option<direct::KeepAlive>,
+    outlier: Option<OutlierDetection>,
+    slow_start: Option<SlowStart>,
+    retry: RetryPolicies,
+    retry_throttling: Option<RetryThrottling>,
+    retry_buffer: usize,
 }
 
 impl Default for Balancer {
@@ -106,6 +126,11 @@ impl Default for Balancer {
             health_check: None,
             subset: DEFAULT_SUBSET,
             keep_alive: None,
+            outlier: Some(OutlierDetection::default()),
+            slow_start: None,
+            retry: RetryPolicies::new(),
+            retry_throttling: Some(RetryThrottling::default()),
+            retry_buffer: DEFAULT_RETRY_BUFFER,
         }
     }
 }
@@ -273,6 +298,12 @@ struct Owner {
 ///   latency noise between equal servers does not skew the spread.
 /// - **Passive ejection.** A transport failure (refused, reset, GOAWAY) takes the endpoint
 ///   out of rotation at once; a probe, backed off with jitter, readmits it.
+/// - **Outlier detection** ([`Balancer::outlier_detection`], on by default): an endpoint
+///   that fails calls by gRPC status (`UNAVAILABLE`, `INTERNAL`, `UNKNOWN`, `DATA_LOSS`)
+///   loses its share of calls at once, and after 5 failures in a row is ejected from the
+///   pick for 30 s (longer each time), within a max ejection percent; when most
+///   endpoints fail, calls spread over all of them instead (gRFC A50, Envoy's panic
+///   threshold).
 /// - **A call that never left is retried** at once on another endpoint, so a dead endpoint
 ///   costs no failed call. A call already sent is never retried.
 /// - **No endpoint fails fast** with `Unavailable`, unless [`Balancer::wait_for_ready`]
@@ -327,45 +358,6 @@ pub struct BalancedChannel {
     _owner: Arc<Owner>,
 }
 
-/// One endpoint as the balancer sees it.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct EndpointInfo {
-    /// The etcd key.
-    pub key: String,
-    /// The address.
-    pub addr: String,
-    /// Whether it is in rotation.
-    pub state: EndpointState,
-    /// Calls in flight on it.
-    pub in_flight: usize,
-    /// Its weight, from its metadata (1 when it has none).
-    pub weight: u32,
-}
-
-impl BalancedChannel {
-    /// A receiver of the discovery status.
-    pub fn status(&self) -> watch::Receiver<DiscoveryStatus> {
-        self.status.clone()
-    }
-
-    /// The endpoints the balancer knows now.
-    pub fn endpoints(&self) -> Vec<EndpointInfo> {
-        self.state
-            .snapshot()
-            .known
-            .iter()
-            .map(|b| EndpointInfo {
-                key: b.key.clone(),
-                addr: b.instance.addr.clone(),
-                state: b.state(),
-                in_flight: b.in_flight.get(),
-                weight: b.instance.metadata.weight.unwrap_or(1).max(1),
-            })
-            .collect()
-    }
-}
-
 impl fmt::Debug for BalancedChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BalancedChannel")
@@ -391,11 +383,25 @@ impl Service<http::Request<Body>> for BalancedChannel {
             self.snapshot = self.state.snapshot();
             self.version = version;
         }
-        let picked = self.snapshot.pick();
-        Box::pin(call::yielding(call::call(
-            self.state.clone(),
-            picked,
-            request,
-        )))
+        let picked = self.snapshot.pick(self.state.in_panic());
+        let retry = &self.state.config.retry;
+        let policy = match retry.is_empty() {
+            true => None,
+            false => retry.policy_for(request.uri().path()).copied(),
+        };
+        match policy {
+            None => Box::pin(call::yielding(call::call(
+                self.state.clone(),
+                picked,
+                request,
+                None,
+            ))),
+            Some(policy) => Box::pin(call::yielding(retry::call(
+                self.state.clone(),
+                policy,
+                picked,
+                request,
+            ))),
+        }
     }
 }

@@ -16,11 +16,17 @@ const LATENCY_BAND: f64 = 2.0;
 /// than [`LATENCY_BAND`] may carry, and still win on latency alone.
 const IN_FLIGHT_BAND: f64 = 16.0;
 
-/// What a candidate costs: its calls in flight and its recent latency.
+/// How much healthier one candidate must be (the ratio of their success-rate factors)
+/// before health decides the pair.
+const HEALTH_BAND: f64 = 2.0;
+
+/// What a candidate costs: its calls in flight, its recent latency, and the factor of its
+/// recent success rate (1 when it fails nothing).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Load {
     pub(crate) in_flight: usize,
     pub(crate) latency: f64,
+    pub(crate) health: f64,
 }
 
 impl Load {
@@ -30,12 +36,21 @@ impl Load {
 
     /// Whether `other` should win over `self`.
     fn loses_to(self, other: Load) -> bool {
-        // Latency alone first: a server that answers calls concurrently is no slower for
+        // Health first: an endpoint that fails fast looks like the fastest one, so a
+        // clearly healthier candidate wins whatever the latencies, within the same bound
+        // on calls in flight.
+        let (busy, their_busy) = (self.in_flight as f64 + 1.0, other.in_flight as f64 + 1.0);
+        if other.health > self.health * HEALTH_BAND && their_busy <= IN_FLIGHT_BAND * busy {
+            return true;
+        }
+        if self.health > other.health * HEALTH_BAND && busy <= IN_FLIGHT_BAND * their_busy {
+            return false;
+        }
+        // Then latency alone: a server that answers calls concurrently is no slower for
         // having calls in flight, so in-flight x latency overrates a busy fast server against
         // an idle slow one. Calls in flight still bound it: a server whose calls never end
         // keeps a low latency estimate, but not a low count.
         let (mine, theirs) = (self.latency.max(1e-6), other.latency.max(1e-6));
-        let (busy, their_busy) = (self.in_flight as f64 + 1.0, other.in_flight as f64 + 1.0);
         if theirs * LATENCY_BAND < mine && their_busy <= IN_FLIGHT_BAND * busy {
             return true;
         }
@@ -97,32 +112,60 @@ impl Weighted {
         self.members.get(slot).copied()
     }
 
-    /// Picks by power of two choices among the members that are `up`: two distinct members
-    /// drawn by weight; a clearly lower cost wins, then fewer calls in flight, then the
-    /// first drawn. Falls back to a scan when random
-    /// draws keep hitting members that are down.
+    /// Picks by power of two choices among the members that are available: two distinct
+    /// members drawn by weight, each draw standing with the member's `chance` (`None`:
+    /// not available; `Some(c)`: its weight scaled by `c`, in `(0, 1]`); a clearly
+    /// healthier, then lower cost wins, then fewer calls in flight, then the first drawn.
+    /// Falls back to a uniform scan of the available members when draws keep failing.
     pub(crate) fn pick(
         &self,
         rng: &mut fastrand::Rng,
-        up: impl Fn(usize) -> bool,
+        chance: impl Fn(usize) -> Option<f64>,
         load: impl Fn(usize) -> Load,
     ) -> Option<usize> {
-        let first = (0..DRAWS)
-            .filter_map(|_| self.draw(rng))
-            .find(|&i| up(i))
-            .or_else(|| self.scan(rng, &up))?;
-        let second = (0..DRAWS)
-            .filter_map(|_| self.draw(rng))
-            .find(|&i| i != first && up(i));
+        let first = self
+            .draw_available(rng, &chance, None)
+            .or_else(|| self.scan(rng, &chance))?;
+        let second = self.draw_available(rng, &chance, Some(first));
         Some(match second {
             Some(second) if load(first).loses_to(load(second)) => second,
             _ => first,
         })
     }
 
-    /// A uniformly random member that is up, by a full scan.
-    fn scan(&self, rng: &mut fastrand::Rng, up: &impl Fn(usize) -> bool) -> Option<usize> {
-        let live: Vec<usize> = self.members.iter().copied().filter(|&i| up(i)).collect();
+    /// A member drawn by weight whose draw stands, other than `except`, in [`DRAWS`]
+    /// draws at most.
+    fn draw_available(
+        &self,
+        rng: &mut fastrand::Rng,
+        chance: &impl Fn(usize) -> Option<f64>,
+        except: Option<usize>,
+    ) -> Option<usize> {
+        for _ in 0..DRAWS {
+            let index = self.draw(rng)?;
+            if Some(index) == except {
+                continue;
+            }
+            match chance(index) {
+                Some(c) if c >= 1.0 || rng.f64() < c => return Some(index),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// A uniformly random member that is available, by a full scan.
+    fn scan(
+        &self,
+        rng: &mut fastrand::Rng,
+        chance: &impl Fn(usize) -> Option<f64>,
+    ) -> Option<usize> {
+        let live: Vec<usize> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|&i| chance(i).is_some())
+            .collect();
         if live.is_empty() {
             return None;
         }
@@ -188,7 +231,12 @@ mod tests {
         Load {
             in_flight: 0,
             latency,
+            health: 1.0,
         }
+    }
+
+    fn up_if(up: impl Fn(usize) -> bool) -> impl Fn(usize) -> Option<f64> {
+        move |i| up(i).then_some(1.0)
     }
 
     fn counts(
@@ -200,7 +248,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(7);
         let mut counts = vec![0; n];
         for _ in 0..10_000 {
-            if let Some(i) = set.pick(&mut rng, &up, &cost) {
+            if let Some(i) = set.pick(&mut rng, up_if(&up), &cost) {
                 counts[i] += 1;
             }
         }
@@ -211,11 +259,11 @@ mod tests {
     fn empty_or_all_down_picks_nothing() {
         let mut rng = fastrand::Rng::with_seed(1);
         assert_eq!(
-            Weighted::default().pick(&mut rng, |_| true, |_| load(0.0)),
+            Weighted::default().pick(&mut rng, |_| Some(1.0), |_| load(0.0)),
             None
         );
         let set = Weighted::new([(0, 1), (1, 1)]);
-        assert_eq!(set.pick(&mut rng, |_| false, |_| load(0.0)), None);
+        assert_eq!(set.pick(&mut rng, |_| None, |_| load(0.0)), None);
     }
 
     #[test]
@@ -253,10 +301,38 @@ mod tests {
         let busy = |i| Load {
             in_flight: if i == 0 { 5 } else { 4 },
             latency: 0.001,
+            health: 1.0,
         };
         let c = counts(&set, 2, |_| true, busy);
         // Only when eight draws in a row find no second candidate (0.4%) does 0 get a call.
         assert!(c[0] < 100, "{c:?}");
+    }
+
+    #[test]
+    fn a_failing_member_loses_even_when_fastest() {
+        let set = Weighted::new([(0, 1), (1, 1), (2, 1)]);
+        let failing = |i| Load {
+            health: if i == 0 { 0.05 } else { 1.0 },
+            ..load(if i == 0 { 0.0001 } else { 0.001 })
+        };
+        let c = counts(&set, 3, |_| true, failing);
+        assert_eq!(c[0], 0, "{c:?}");
+    }
+
+    #[test]
+    fn the_chance_scales_the_share() {
+        let set = Weighted::new([(0, 1), (1, 1)]);
+        let mut rng = fastrand::Rng::with_seed(9);
+        let chance = |i| Some(if i == 0 { 0.25 } else { 1.0 });
+        let mut first = 0;
+        for _ in 0..10_000 {
+            // Equal loads: the first drawn wins, so the share is the draw's.
+            if set.pick(&mut rng, chance, |_| load(0.001)) == Some(0) {
+                first += 1;
+            }
+        }
+        // Draw odds 0.25 : 1, so about a fifth.
+        assert!((1_500..2_500).contains(&first), "{first}");
     }
 
     #[test]

@@ -1,7 +1,5 @@
 //! Whether a failed attempt of a sent call is retried, and after how long: gRFC A6's
 //! retry logic, as a decision the balancer's call path carries out.
-// Wired in by the balancer restructure.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::fmt;
 use std::time::Duration;
@@ -233,7 +231,7 @@ mod tests {
     #[test]
     fn codes_outside_the_policy_and_committed_calls_are_not_retried_nor_counted() {
         let now = Instant::now();
-        let bucket = RetryThrottling::default().bucket();
+        let bucket = RetryThrottling::default().max_tokens(10).bucket();
         let mut rng = fastrand::Rng::with_seed(1);
         let mut attempts = Attempts::new(RetryPolicy::default(), None);
         let decision =
@@ -274,7 +272,7 @@ mod tests {
 
     #[test]
     fn a_pushback_refusal_stops_and_takes_a_token() {
-        let bucket = RetryThrottling::default().bucket();
+        let bucket = RetryThrottling::default().max_tokens(10).bucket();
         let mut attempts = Attempts::new(RetryPolicy::default(), None);
         let refused = AttemptFailure {
             pushback: Pushback::Refused,

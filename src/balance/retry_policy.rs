@@ -1,7 +1,5 @@
 //! Retry policies for calls that were sent: which methods, which codes, how many attempts
 //! and how far apart, after gRFC A6's `retryPolicy`.
-// Wired in by the balancer restructure.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,14 +25,19 @@ pub(crate) const MAX_ATTEMPTS_CAP: u32 = 5;
 /// max backoff, multiplier 2, retryable codes `UNAVAILABLE` (the one code that says the
 /// server did not process the call; add others only for idempotent methods).
 ///
-/// ```text
-/// RetryPolicy::default()
+/// Set it per method with [`Balancer::retry_policy`](crate::Balancer::retry_policy):
+///
+/// ```
+/// # use tonic::Code;
+/// # use tonic_etcd::RetryPolicy;
+/// let policy = RetryPolicy::default()
 ///     .max_attempts(3)
-///     .retryable_codes([Code::Unavailable, Code::ResourceExhausted].into_iter().collect())
+///     .retryable_codes([Code::Unavailable, Code::ResourceExhausted]);
+/// # drop(policy);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[must_use]
-pub(crate) struct RetryPolicy {
+pub struct RetryPolicy {
     max_attempts: u32,
     initial_backoff: Duration,
     max_backoff: Duration,
@@ -58,26 +61,26 @@ impl RetryPolicy {
     /// The most attempts of one call, the first included. Default: 4. Taken into 1 to 5:
     /// A6 caps it at 5 on the client; 1 turns retries off for the method (A6 rejects a
     /// policy of 1 attempt; here it simply means no retry).
-    pub(crate) fn max_attempts(mut self, attempts: u32) -> Self {
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.clamp(1, MAX_ATTEMPTS_CAP);
         self
     }
 
     /// The upper bound of the first retry's random wait. Default: 100 ms.
-    pub(crate) fn initial_backoff(mut self, backoff: Duration) -> Self {
+    pub fn initial_backoff(mut self, backoff: Duration) -> Self {
         self.initial_backoff = backoff;
         self
     }
 
     /// The largest upper bound of a retry's random wait. Default: 1 s.
-    pub(crate) fn max_backoff(mut self, backoff: Duration) -> Self {
+    pub fn max_backoff(mut self, backoff: Duration) -> Self {
         self.max_backoff = backoff;
         self
     }
 
     /// The factor the upper bound grows by with each retry. Default: 2. A value that is
     /// not finite and above 0 is taken as 2 (A6 requires it above 0).
-    pub(crate) fn backoff_multiplier(mut self, multiplier: f64) -> Self {
+    pub fn backoff_multiplier(mut self, multiplier: f64) -> Self {
         self.backoff_multiplier = if multiplier.is_finite() && multiplier > 0.0 {
             multiplier
         } else {
@@ -88,8 +91,8 @@ impl RetryPolicy {
 
     /// The codes after which an attempt is retried. Default: `UNAVAILABLE`. `OK` is never
     /// retried, whatever the set says.
-    pub(crate) fn retryable_codes(mut self, codes: CodeSet) -> Self {
-        self.retryable_codes = codes.without(Code::Ok);
+    pub fn retryable_codes(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
+        self.retryable_codes = codes.into_iter().collect::<CodeSet>().without(Code::Ok);
         self
     }
 
@@ -241,8 +244,7 @@ mod tests {
         assert_eq!(policy.max_attempts(0).attempts(), 1);
         let policy = policy.backoff_multiplier(-1.0);
         assert_eq!(policy.backoff_bound(2), ms(200), "taken as 2");
-        let codes = CodeSet::EMPTY.with(Code::Ok).with(Code::Aborted);
-        let policy = policy.retryable_codes(codes);
+        let policy = policy.retryable_codes([Code::Ok, Code::Aborted]);
         assert!(policy.retries(Code::Aborted));
         assert!(!policy.retries(Code::Ok) && !policy.retries(Code::Unavailable));
     }

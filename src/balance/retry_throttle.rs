@@ -1,7 +1,5 @@
 //! Retry throttling: the token bucket of gRFC A6, which stops retries while most calls
 //! fail, so that retries add a bounded share of load instead of a multiple of it.
-// Wired in by the balancer restructure.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -21,15 +19,23 @@ const MAX_TOKENS: u32 = 1000;
 /// `token_ratio` retries per successful call: calls sent stay below
 /// `(1 + token_ratio) × calls made + max_tokens / 2`.
 ///
-/// Defaults: `max_tokens` 10, `token_ratio` 0.1, the values of A6's own example (A6 has
-/// no default; a retry policy without throttling can triple the load of an outage).
+/// Defaults: `max_tokens` 100, `token_ratio` 0.1 (A6 has no default; its example uses
+/// 10 tokens). A channel of this crate carries many calls at once: when one endpoint of
+/// three dies under 64 calls in flight, some 20 of them fail together, and a bucket of 10
+/// would stop retrying after the fifth; 100 tokens absorb that, and still bound the
+/// retries of a whole outage to 50, then a tenth of the successful calls. Without
+/// throttling, a retry policy of 4 attempts can quadruple the load of an outage.
 ///
-/// ```text
-/// RetryThrottling::default().max_tokens(100).token_ratio(0.2)
+/// Set it with [`Balancer::retry_throttling`](crate::Balancer::retry_throttling):
+///
+/// ```
+/// # use tonic_etcd::RetryThrottling;
+/// let throttling = RetryThrottling::default().max_tokens(100).token_ratio(0.2);
+/// # drop(throttling);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
-pub(crate) struct RetryThrottling {
+pub struct RetryThrottling {
     /// In thousandths of a token.
     max_tokens: u32,
     /// In thousandths of a token.
@@ -39,16 +45,16 @@ pub(crate) struct RetryThrottling {
 impl Default for RetryThrottling {
     fn default() -> Self {
         RetryThrottling {
-            max_tokens: 10 * MILLI,
+            max_tokens: 100 * MILLI,
             token_ratio: 100,
         }
     }
 }
 
 impl RetryThrottling {
-    /// The size of the bucket, in tokens (failed calls). Default: 10. Taken into 1 to
+    /// The size of the bucket, in tokens (failed calls). Default: 100. Taken into 1 to
     /// 1000, the range A6 accepts.
-    pub(crate) fn max_tokens(mut self, tokens: u32) -> Self {
+    pub fn max_tokens(mut self, tokens: u32) -> Self {
         self.max_tokens = tokens.clamp(1, MAX_TOKENS) * MILLI;
         self
     }
@@ -56,7 +62,7 @@ impl RetryThrottling {
     /// The tokens a successful call gives back. Default: 0.1. Rounded to three decimal
     /// places, as A6 reads it, and taken into 0.001 to 1 (A6 requires it above 0; above 1
     /// a retry would pay for itself before it is made). Not a number is taken as 0.1.
-    pub(crate) fn token_ratio(mut self, ratio: f64) -> Self {
+    pub fn token_ratio(mut self, ratio: f64) -> Self {
         let ratio = if ratio.is_nan() { 0.1 } else { ratio };
         self.token_ratio = (ratio.clamp(0.001, 1.0) * f64::from(MILLI)).round() as u32;
         self
@@ -97,6 +103,7 @@ impl TokenBucket {
     }
 
     /// Whether a retry may be made now, without counting anything.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn allows_retry(&self) -> bool {
         self.above_threshold(self.tokens.load(Ordering::Acquire))
     }
@@ -127,14 +134,14 @@ mod tests {
 
     #[test]
     fn starts_full_and_allows_retries() {
-        let bucket = RetryThrottling::default().bucket();
+        let bucket = RetryThrottling::default().max_tokens(10).bucket();
         assert_eq!(bucket.tokens(), 10.0);
         assert!(bucket.allows_retry());
     }
 
     #[test]
     fn stops_retries_at_half_and_no_sooner() {
-        let bucket = RetryThrottling::default().bucket();
+        let bucket = RetryThrottling::default().max_tokens(10).bucket();
         // 10 → 9, 8, 7, 6: still above 5.
         for n in 1..=4 {
             assert!(bucket.record_failure(), "failure {n}");
@@ -180,7 +187,10 @@ mod tests {
     fn retries_follow_the_success_ratio_under_partial_failure() {
         // Half the calls fail (each retried at most once): the ratio 0.1 bounds the retries
         // to about a tenth of the successes once the initial half bucket is spent.
-        let bucket = RetryThrottling::default().token_ratio(0.1).bucket();
+        let bucket = RetryThrottling::default()
+            .max_tokens(10)
+            .token_ratio(0.1)
+            .bucket();
         let (mut calls, mut retries, mut successes) = (0u32, 0u32, 0u32);
         let mut rng = fastrand::Rng::with_seed(11);
         for _ in 0..10_000 {

@@ -1,7 +1,5 @@
 //! Slow start: the share of an endpoint that has just come into rotation ramps up over a
 //! window, after Envoy's slow start mode.
-// Wired in by the balancer restructure.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::time::Duration;
 
@@ -22,19 +20,25 @@ use tokio::time::Instant;
 /// One deviation: Envoy counts `t` as at least one second, which would flatten windows
 /// of a few seconds; here `t` is exact, and `min_weight_percent` alone bounds the start.
 ///
+/// Set it with [`Balancer::slow_start`](crate::Balancer::slow_start); the factor of each
+/// endpoint shows in [`EndpointInfo::slow_start`](crate::EndpointInfo::slow_start).
+///
 /// Off by default, as in Envoy and every gRPC peer: it takes share away from a server
 /// that is ready at once, which is the common case, and it only matters when endpoints
 /// join a set that is already serving (scale-out, a restart, a readmission); a set whose
 /// endpoints all start together gets equal factors and is unchanged.
 ///
-/// ```text
-/// SlowStart::new(Duration::from_secs(30))   // window: 30 s
-///     .aggression(1.0)                      // linear ramp (the default)
-///     .min_weight_percent(10.0)             // start at 10 % of the weight (the default)
+/// ```
+/// # use std::time::Duration;
+/// # use tonic_etcd::SlowStart;
+/// let ramp = SlowStart::new(Duration::from_secs(30)) // window: 30 s
+///     .aggression(1.0)                               // linear ramp (the default)
+///     .min_weight_percent(10.0);                     // start at 10 % of the weight (the default)
+/// # drop(ramp);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[must_use]
-pub(crate) struct SlowStart {
+pub struct SlowStart {
     window: Duration,
     aggression: f64,
     min_weight: f64,
@@ -53,7 +57,7 @@ const LOWEST_MIN_WEIGHT_PERCENT: f64 = 1.0;
 impl SlowStart {
     /// Ramps over `window`, linearly from 10 % of the weight. A zero window turns the ramp
     /// off (every factor is 1).
-    pub(crate) fn new(window: Duration) -> Self {
+    pub fn new(window: Duration) -> Self {
         SlowStart {
             window,
             aggression: DEFAULT_AGGRESSION,
@@ -64,7 +68,7 @@ impl SlowStart {
     /// How the ramp bends: the exponent is `1 / aggression`, so above 1 the weight rises
     /// fast at first and then slowly, below 1 slowly at first. Default: 1.0, a straight
     /// line (Envoy's default). A value that is not finite and above 0 is taken as 1.
-    pub(crate) fn aggression(mut self, aggression: f64) -> Self {
+    pub fn aggression(mut self, aggression: f64) -> Self {
         self.aggression = if aggression.is_finite() && aggression > 0.0 {
             aggression
         } else {
@@ -76,7 +80,7 @@ impl SlowStart {
     /// The share of its weight an endpoint has at least while it ramps, in percent.
     /// Default: 10 (Envoy's default). Taken into 1 to 100: an endpoint with no weight would
     /// get no call, and so would never warm up.
-    pub(crate) fn min_weight_percent(mut self, percent: f64) -> Self {
+    pub fn min_weight_percent(mut self, percent: f64) -> Self {
         let percent = if percent.is_nan() {
             DEFAULT_MIN_WEIGHT_PERCENT
         } else {
@@ -87,7 +91,7 @@ impl SlowStart {
     }
 
     /// The length of the ramp.
-    pub(crate) fn window(&self) -> Duration {
+    pub fn window(&self) -> Duration {
         self.window
     }
 
@@ -106,6 +110,7 @@ impl SlowStart {
 
     /// When the ramp of an endpoint that came into rotation at `since` ends: from then on
     /// its factor is 1.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn ends(&self, since: Instant) -> Instant {
         since + self.window
     }

@@ -12,7 +12,10 @@ use tonic::Status;
 use super::Balancer;
 use super::backend::{Backend, Signals};
 use super::cause;
+use super::ejection::Panic;
 use super::pick::{Ewma, Weighted};
+use super::retry_throttle::TokenBucket;
+use super::slow_start::SlowStart;
 use crate::DiscoveryStatus;
 
 /// Of 256 calls, how many feed the channel-wide latency estimate.
@@ -36,6 +39,13 @@ pub(crate) struct State {
     pub(super) created: Instant,
     status: watch::Receiver<DiscoveryStatus>,
     pub(super) config: Balancer,
+    /// Held while outlier detection decides over the whole set, so two decisions never
+    /// lock the endpoints' standings in different orders.
+    pub(super) outlier_set: Mutex<()>,
+    /// Whether most endpoints fail (outlier detection's panic).
+    pub(super) panic: Panic,
+    /// The retry throttle's tokens, with a retry policy and throttling.
+    pub(super) throttle: Option<TokenBucket>,
 }
 
 /// The endpoints at one moment, with the sets to sample from.
@@ -48,6 +58,8 @@ pub(super) struct Snapshot {
     pub(super) local: Weighted,
     /// Whether the subset has endpoints left to try in place of failed members.
     pub(super) candidates: bool,
+    /// The ramp of endpoints that come into rotation, if slow start is on.
+    pub(super) slow_start: Option<SlowStart>,
 }
 
 impl Default for Snapshot {
@@ -78,6 +90,7 @@ impl Snapshot {
             all,
             local,
             candidates,
+            slow_start: None,
         }
     }
 }
@@ -102,6 +115,12 @@ impl State {
             synced: AtomicBool::new(false),
             created: Instant::now(),
             status,
+            outlier_set: Mutex::new(()),
+            panic: Panic::new(),
+            throttle: config
+                .retry_throttling
+                .filter(|_| !config.retry.is_empty())
+                .map(|throttling| throttling.bucket()),
             config,
         }
     }

@@ -8,8 +8,6 @@
 //! [`StatusBody`] that reports exactly once, when the trailers pass, when the body ends or
 //! fails, or when it is dropped before its end (the caller cancelled: the shell must not
 //! count that against the endpoint).
-// Wired in by the balancer restructure.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::fmt;
 use std::pin::Pin;

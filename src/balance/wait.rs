@@ -10,17 +10,58 @@ use super::state::{Snapshot, State};
 
 impl Snapshot {
     /// An endpoint that is up, by power of two choices: from the client's zone while any
-    /// of it is up, else from all.
-    pub(super) fn pick(&self) -> Option<Arc<Backend>> {
-        let now = Instant::now();
-        let up = |i: usize| self.backends[i].is_up();
-        let load = |i: usize| self.backends[i].load(now);
+    /// of it is up, else from all; see [`Snapshot::pick_avoiding`].
+    pub(super) fn pick(&self, panic: bool) -> Option<Arc<Backend>> {
+        self.pick_avoiding(&[], panic)
+    }
+
+    /// An endpoint that is up and not in `avoid` where there is one (a retry goes to
+    /// another endpoint), by power of two choices: from the client's zone while any of it
+    /// is up, else from all.
+    ///
+    /// Outlier detection's ejections are skipped while any other endpoint is up, unless
+    /// the set is in `panic` (most endpoints fail: calls spread over all); each
+    /// draw stands with the endpoint's chance (its success-rate factor times its
+    /// slow-start factor), so its share scales by it.
+    pub(super) fn pick_avoiding(
+        &self,
+        avoid: &[Arc<Backend>],
+        panic: bool,
+    ) -> Option<Arc<Backend>> {
         let mut rng = fastrand::Rng::new();
-        let local = (!self.local.is_empty())
-            .then(|| self.local.pick(&mut rng, up, load))
-            .flatten();
-        let index = local.or_else(|| self.all.pick(&mut rng, up, load))?;
+        let index = (!panic)
+            .then(|| self.pick_by(&mut rng, avoid, true))
+            .flatten()
+            .or_else(|| self.pick_by(&mut rng, avoid, false))
+            .or_else(|| match avoid.is_empty() {
+                true => None,
+                false => self.pick_by(&mut rng, &[], false),
+            })?;
         Some(self.backends[index].clone())
+    }
+
+    /// One pass of the pick; `skip_ejected`: skip outlier detection's ejections.
+    fn pick_by(
+        &self,
+        rng: &mut fastrand::Rng,
+        avoid: &[Arc<Backend>],
+        skip_ejected: bool,
+    ) -> Option<usize> {
+        let now = Instant::now();
+        let slow_start = self.slow_start.as_ref();
+        let chance = |i: usize| {
+            let backend = &self.backends[i];
+            if !backend.is_up() || avoid.iter().any(|a| Arc::ptr_eq(a, backend)) {
+                return None;
+            }
+            let view = backend.view(slow_start, now);
+            (!(skip_ejected && view.ejected)).then(|| view.chance())
+        };
+        let load = |i: usize| self.backends[i].load(now);
+        let local = (!self.local.is_empty())
+            .then(|| self.local.pick(rng, chance, load))
+            .flatten();
+        local.or_else(|| self.all.pick(rng, chance, load))
     }
 }
 
@@ -52,18 +93,19 @@ impl State {
         &self,
         deadline: Option<Instant>,
         timeout: Option<Instant>,
+        avoid: &[Arc<Backend>],
     ) -> Result<Arc<Backend>, tower::BoxError> {
         let started = Instant::now();
         let mut waited = false;
         loop {
-            if let Some(backend) = self.snapshot().pick() {
+            if let Some(backend) = self.snapshot().pick_avoiding(avoid, self.in_panic()) {
                 return Ok(backend);
             }
             let notified = self.signals.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             // Again, now that a change cannot slip by unnoticed.
-            if let Some(backend) = self.snapshot().pick() {
+            if let Some(backend) = self.snapshot().pick_avoiding(avoid, self.in_panic()) {
                 return Ok(backend);
             }
             let until = match (deadline, self.startup_until(started)) {

@@ -47,6 +47,33 @@ struct Greeter {
     delay: Duration,
     calls: Arc<AtomicUsize>,
     first_call: Arc<OnceLock<std::time::Instant>>,
+    failing: Failing,
+}
+
+/// Which calls a [`TestServer`] fails, and with what code.
+#[derive(Debug, Clone, Copy)]
+pub struct Failing {
+    /// The status code of a failed call.
+    pub code: tonic::Code,
+    /// Fails every `every`-th call: 1 fails them all, 2 every other one, 0 none.
+    pub every: usize,
+}
+
+impl Failing {
+    /// Fails no call.
+    pub const NEVER: Failing = Failing {
+        code: tonic::Code::Ok,
+        every: 0,
+    };
+
+    /// Fails every call with `code`, at once.
+    pub fn always(code: tonic::Code) -> Failing {
+        Failing { code, every: 1 }
+    }
+
+    fn fails(&self, call: usize) -> bool {
+        self.every > 0 && call.is_multiple_of(self.every)
+    }
 }
 
 #[tonic::async_trait]
@@ -56,7 +83,10 @@ impl super::pb::greeter_server::Greeter for Greeter {
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloReply>, Status> {
         self.first_call.get_or_init(std::time::Instant::now);
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.failing.fails(call) {
+            return Err(Status::new(self.failing.code, "failing on purpose"));
+        }
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
@@ -81,6 +111,12 @@ impl TestServer {
     /// Starts a server on `127.0.0.1:0` that replies at once.
     pub async fn start() -> TestServer {
         Self::start_on(loopback_any(), Duration::ZERO).await
+    }
+
+    /// Starts a server on `127.0.0.1:0` that fails the calls `failing` says, at once, and
+    /// replies to the others at once.
+    pub async fn start_failing(failing: Failing) -> TestServer {
+        Self::serve_failing(loopback_any(), Duration::ZERO, Server::builder(), failing).await
     }
 
     /// Starts a server on `127.0.0.1:0` that waits `delay` before each reply.
@@ -153,7 +189,17 @@ impl TestServer {
     }
 
     /// Binds `addr` and serves a [`Greeter`] on it in a task, with `builder`'s settings.
-    async fn serve(addr: SocketAddr, delay: Duration, mut builder: Server) -> TestServer {
+    async fn serve(addr: SocketAddr, delay: Duration, builder: Server) -> TestServer {
+        Self::serve_failing(addr, delay, builder, Failing::NEVER).await
+    }
+
+    /// [`TestServer::serve`], failing the calls `failing` says.
+    async fn serve_failing(
+        addr: SocketAddr,
+        delay: Duration,
+        mut builder: Server,
+        failing: Failing,
+    ) -> TestServer {
         let incoming = wait_for(&format!("bind {addr}"), Duration::from_secs(5), || async {
             TcpIncoming::bind(addr)
                 .ok()
@@ -170,6 +216,7 @@ impl TestServer {
             delay,
             calls: calls.clone(),
             first_call: first_call.clone(),
+            failing,
         };
         let (tx, rx) = oneshot::channel::<()>();
         // A dropped sender also means shutdown, so the result of `rx` does not matter.

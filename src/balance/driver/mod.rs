@@ -55,6 +55,13 @@ pub(super) async fn drive(
     let mut status_open = true;
     let mut tick = tokio::time::interval(COOLING_CHECK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let sweep_every = state.config.outlier.map(|o| o.sweep_interval());
+    let mut sweep = tokio::time::interval_at(
+        Instant::now() + sweep_every.unwrap_or(COOLING_CHECK),
+        sweep_every.unwrap_or(COOLING_CHECK),
+    );
+    sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut rng = fastrand::Rng::new();
     loop {
         tokio::select! {
             // Biased: stopping wins over more changes, and changes over the status that
@@ -80,6 +87,7 @@ pub(super) async fn drive(
             () = sleep_until(pool.wake_at()), if pool.wake_at().is_some() => {
                 pool.rebalance(&state, Instant::now());
             }
+            _ = sweep.tick(), if sweep_every.is_some() => state.sweep_outliers(&mut rng),
         }
         if !discovering {
             state.mark_synced();

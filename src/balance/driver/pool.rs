@@ -106,6 +106,7 @@ impl<C: Connector> Pool<C> {
             instance,
             state.signals.clone(),
             state.config.latency_decay,
+            &state.config.outlier.unwrap_or_default(),
         );
         let endpoint = Endpoint {
             backend: Arc::new(backend),
@@ -176,11 +177,13 @@ impl<C: Connector> Pool<C> {
             .filter_map(|id| self.endpoints.get(id))
             .map(|e| e.backend.clone())
             .collect();
-        state.publish(Snapshot::new(
+        let mut snapshot = Snapshot::new(
             backends,
             self.all.clone(),
             state.config.zone.as_deref(),
             self.subset.has_candidates(),
-        ));
+        );
+        snapshot.slow_start = state.config.slow_start;
+        state.publish(snapshot);
     }
 }

@@ -22,8 +22,27 @@ pub(crate) enum Outcome {
 }
 
 /// Ejects endpoints that fail by gRPC status, after gRFC A50 (gRPC's outlier detection)
-/// and Envoy's outlier detection, in the crate's own terms. See the `outlier` module docs
-/// for how the parts fit.
+/// and Envoy's outlier detection, in the crate's own terms; set it with
+/// [`Balancer::outlier_detection`](crate::Balancer::outlier_detection). On by default.
+///
+/// - Each call that ends counts for its endpoint: a status in
+///   [`failure_codes`](Self::failure_codes), a response without status, a broken stream or
+///   a transport error once sent is a failure; any other status a success; a call
+///   cancelled by its caller or ended by its own deadline counts for nothing.
+/// - **Before any ejection**, failures lower the endpoint's share at once: its recent
+///   success rate (an EWMA that forgets with [`success_decay`](Self::success_decay)),
+///   squared, scales its chance in the pick, and an endpoint whose rate is far below the
+///   other candidate's loses the pick (go-zero's and Kratos's success-rate factor).
+/// - **Ejection** takes the endpoint out of the pick for the base ejection time times the
+///   times it was ejected recently, capped (A50); it comes back by itself. It follows
+///   [`consecutive_failures`](Self::consecutive_failures) at once, and the
+///   [`success_rate`](Self::success_rate) and
+///   [`failure_percentage`](Self::failure_percentage) checks every
+///   [`interval`](Self::interval).
+/// - **Limits**: never more than [`max_ejection_percent`](Self::max_ejection_percent) of
+///   the connected endpoints (but one may always be, while another stays), and none while
+///   fewer than [`panic_threshold`](Self::panic_threshold) of the others are healthy:
+///   when every endpoint fails alike, calls spread instead (Envoy's panic threshold).
 ///
 /// Defaults, and where they come from:
 ///
@@ -41,7 +60,7 @@ pub(crate) enum Outcome {
 /// | [`success_decay`](Self::success_decay) | 10 s | go-zero's success-rate decay |
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[must_use]
-pub(crate) struct OutlierDetection {
+pub struct OutlierDetection {
     pub(super) failure_codes: CodeSet,
     pub(super) consecutive_failures: Option<u32>,
     pub(super) success_rate: Option<SuccessRateEjection>,
@@ -84,52 +103,49 @@ impl OutlierDetection {
     /// answered; `NOT_FOUND` or `INVALID_ARGUMENT` are the caller's business), except
     /// `CANCELLED` and `DEADLINE_EXCEEDED`, which count for nothing unless in this set.
     /// `OK` is never a failure.
-    pub(crate) fn failure_codes(mut self, codes: CodeSet) -> Self {
-        self.failure_codes = codes.without(Code::Ok);
+    pub fn failure_codes(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
+        self.failure_codes = codes.into_iter().collect::<CodeSet>().without(Code::Ok);
         self
     }
 
     /// Ejects an endpoint at once after this many failures in a row (Envoy's
     /// `consecutive_5xx`; A50 has no such rule). Default: 5. 0 turns it off.
-    pub(crate) fn consecutive_failures(mut self, failures: u32) -> Self {
+    pub fn consecutive_failures(mut self, failures: u32) -> Self {
         self.consecutive_failures = (failures > 0).then_some(failures);
         self
     }
 
     /// Success-rate ejection, checked every [`interval`](Self::interval); `None` turns it
     /// off. Default: on, with [`SuccessRateEjection::default`].
-    pub(crate) fn success_rate(mut self, ejection: Option<SuccessRateEjection>) -> Self {
+    pub fn success_rate(mut self, ejection: Option<SuccessRateEjection>) -> Self {
         self.success_rate = ejection;
         self
     }
 
     /// Failure-percentage ejection, checked every [`interval`](Self::interval); `None`
     /// turns it off. Default: off (Envoy enforces it at 0 % by default).
-    pub(crate) fn failure_percentage(
-        mut self,
-        ejection: Option<FailurePercentageEjection>,
-    ) -> Self {
+    pub fn failure_percentage(mut self, ejection: Option<FailurePercentageEjection>) -> Self {
         self.failure_percentage = ejection;
         self
     }
 
     /// How often the success-rate and failure-percentage checks run, over the calls of
     /// the interval before. Default: 10 s (A50). At least 1 ms.
-    pub(crate) fn interval(mut self, interval: Duration) -> Self {
+    pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval.max(Duration::from_millis(1));
         self
     }
 
     /// The ejection time, multiplied by the times the endpoint was ejected recently (one
     /// less each interval it stays in rotation). Default: 30 s (A50).
-    pub(crate) fn base_ejection_time(mut self, time: Duration) -> Self {
+    pub fn base_ejection_time(mut self, time: Duration) -> Self {
         self.base_ejection_time = time;
         self
     }
 
     /// The longest ejection; the base ejection time if that is longer. Default: 300 s
     /// (A50).
-    pub(crate) fn max_ejection_time(mut self, time: Duration) -> Self {
+    pub fn max_ejection_time(mut self, time: Duration) -> Self {
         self.max_ejection_time = time;
         self
     }
@@ -138,7 +154,7 @@ impl OutlierDetection {
     /// percent. Default: 10 (A50, Envoy). One endpoint may be ejected whatever the share,
     /// as A50 says, as long as another stays in rotation; 0 turns ejection off (the pick
     /// factor still applies). Taken into 0 to 100.
-    pub(crate) fn max_ejection_percent(mut self, percent: u32) -> Self {
+    pub fn max_ejection_percent(mut self, percent: u32) -> Self {
         self.max_ejection_percent = percent.min(100);
         self
     }
@@ -148,14 +164,14 @@ impl OutlierDetection {
     /// the endpoint's own: no endpoint is ejected, and calls spread by the pick factor
     /// (Envoy's panic threshold). Default: 50 (Envoy's). 0 turns it off. Taken into 0
     /// to 100.
-    pub(crate) fn panic_threshold(mut self, percent: u32) -> Self {
+    pub fn panic_threshold(mut self, percent: u32) -> Self {
         self.panic_threshold = percent.min(100);
         self
     }
 
     /// The time constant with which an endpoint's past failures are forgotten while no
     /// call ends on it, for the pick factor. Default: 10 s (go-zero's).
-    pub(crate) fn success_decay(mut self, decay: Duration) -> Self {
+    pub fn success_decay(mut self, decay: Duration) -> Self {
         self.success_decay = decay;
         self
     }
@@ -194,7 +210,7 @@ impl OutlierDetection {
 /// the pick factor cover small sets.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[must_use]
-pub(crate) struct SuccessRateEjection {
+pub struct SuccessRateEjection {
     pub(super) stdev_factor: f64,
     pub(super) enforcement_percentage: u32,
     pub(super) minimum_hosts: usize,
@@ -215,7 +231,7 @@ impl Default for SuccessRateEjection {
 impl SuccessRateEjection {
     /// How many standard deviations below the mean an endpoint's rate must be. Default:
     /// 1.9 (A50 writes 1900, in thousandths). Below 0 or not a number is taken as 1.9.
-    pub(crate) fn stdev_factor(mut self, factor: f64) -> Self {
+    pub fn stdev_factor(mut self, factor: f64) -> Self {
         self.stdev_factor = if factor >= 0.0 && factor.is_finite() {
             factor
         } else {
@@ -226,21 +242,21 @@ impl SuccessRateEjection {
 
     /// The chance, in percent, that a detected outlier is ejected. Default: 100. At most
     /// 100.
-    pub(crate) fn enforcement_percentage(mut self, percent: u32) -> Self {
+    pub fn enforcement_percentage(mut self, percent: u32) -> Self {
         self.enforcement_percentage = percent.min(100);
         self
     }
 
     /// The fewest endpoints with enough calls for the check to run. Default: 5. At
     /// least 2.
-    pub(crate) fn minimum_hosts(mut self, hosts: usize) -> Self {
+    pub fn minimum_hosts(mut self, hosts: usize) -> Self {
         self.minimum_hosts = hosts.max(2);
         self
     }
 
     /// The fewest calls in the interval for an endpoint to take part. Default: 100. At
     /// least 1.
-    pub(crate) fn request_volume(mut self, calls: u64) -> Self {
+    pub fn request_volume(mut self, calls: u64) -> Self {
         self.request_volume = calls.max(1);
         self
     }
@@ -253,7 +269,7 @@ impl SuccessRateEjection {
 /// `request_volume` 50.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
-pub(crate) struct FailurePercentageEjection {
+pub struct FailurePercentageEjection {
     pub(super) threshold: u32,
     pub(super) enforcement_percentage: u32,
     pub(super) minimum_hosts: usize,
@@ -274,27 +290,27 @@ impl Default for FailurePercentageEjection {
 impl FailurePercentageEjection {
     /// The failure share, in percent, from which an endpoint is ejected. Default: 85.
     /// At most 100.
-    pub(crate) fn threshold(mut self, percent: u32) -> Self {
+    pub fn threshold(mut self, percent: u32) -> Self {
         self.threshold = percent.min(100);
         self
     }
 
     /// The chance, in percent, that a detected outlier is ejected. Default: 100. At most
     /// 100.
-    pub(crate) fn enforcement_percentage(mut self, percent: u32) -> Self {
+    pub fn enforcement_percentage(mut self, percent: u32) -> Self {
         self.enforcement_percentage = percent.min(100);
         self
     }
 
     /// The fewest endpoints in rotation for the check to run. Default: 5. At least 2.
-    pub(crate) fn minimum_hosts(mut self, hosts: usize) -> Self {
+    pub fn minimum_hosts(mut self, hosts: usize) -> Self {
         self.minimum_hosts = hosts.max(2);
         self
     }
 
     /// The fewest calls in the interval for an endpoint to take part. Default: 50. At
     /// least 1.
-    pub(crate) fn request_volume(mut self, calls: u64) -> Self {
+    pub fn request_volume(mut self, calls: u64) -> Self {
         self.request_volume = calls.max(1);
         self
     }
@@ -334,12 +350,12 @@ mod tests {
     #[test]
     fn failure_codes_are_configurable_but_never_ok() {
         let codes = CodeSet::EMPTY.with(Code::Ok).with(Code::ResourceExhausted);
-        let config = OutlierDetection::default().failure_codes(codes);
+        let config = OutlierDetection::default().failure_codes(codes.iter());
         let status = |code| config.outcome(Observed::Status(code));
         assert_eq!(status(Code::ResourceExhausted), Outcome::Failure);
         assert_eq!(status(Code::Unavailable), Outcome::Success);
         assert_eq!(status(Code::Ok), Outcome::Success);
-        let config = config.failure_codes(CodeSet::EMPTY.with(Code::DeadlineExceeded));
+        let config = config.failure_codes([Code::DeadlineExceeded]);
         assert_eq!(
             config.outcome(Observed::Status(Code::DeadlineExceeded)),
             Outcome::Failure,

@@ -36,8 +36,6 @@
 //! The set never loses its last endpoint in rotation, and never more than the max
 //! ejection percent (but always one, if another stays); when most endpoints fail alike,
 //! none is ejected and the pick factor spreads the calls (see [`allows_ejection`]).
-// Wired in by the balancer restructure.
-#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 
 mod config;
 mod state;
@@ -46,9 +44,14 @@ mod sweep;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use config::{
-    FailurePercentageEjection, Outcome, OutlierDetection, SuccessRateEjection,
+pub(crate) use config::Outcome;
+pub use config::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
+pub use state::EjectionReason;
+pub(crate) use state::OutlierState;
+pub(crate) use sweep::{in_panic, sweep, try_eject};
+#[cfg(test)]
+pub(crate) use {
+    state::{Counts, Ejection},
+    success::MIN_PICK_FACTOR,
+    sweep::allows_ejection,
 };
-pub(crate) use state::{Counts, Ejection, EjectionReason, OutlierState};
-pub(crate) use success::MIN_PICK_FACTOR;
-pub(crate) use sweep::{allows_ejection, in_panic, sweep, try_eject};

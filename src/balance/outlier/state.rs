@@ -11,15 +11,19 @@ use super::success::SuccessEwma;
 /// A success rate from which an endpoint counts as healthy, for the panic threshold.
 pub(super) const HEALTHY_SUCCESS_RATE: f64 = 0.5;
 
-/// Why an endpoint was ejected.
+/// Why an endpoint is out of rotation, in [`EndpointInfo`](crate::EndpointInfo).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum EjectionReason {
+#[non_exhaustive]
+pub enum EjectionReason {
+    /// A transport failure (refused, reset, GOAWAY, a failed health check): out until a
+    /// probe connects again.
+    Connection,
     /// It failed [`consecutive_failures`](OutlierDetection::consecutive_failures) calls
-    /// in a row.
+    /// in a row (outlier detection).
     ConsecutiveFailures,
-    /// Its success rate in an interval was far below the others'.
+    /// Its success rate in an interval was far below the others' (outlier detection).
     SuccessRate,
-    /// Its failure share in an interval reached the threshold.
+    /// Its failure share in an interval reached the threshold (outlier detection).
     FailurePercentage,
 }
 
