@@ -6,7 +6,7 @@ SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 CARGO ?= cargo
 
-.PHONY: deps demo test package interop go-deps
+.PHONY: deps demo test package interop go-deps plot plot-deps
 
 # What the build and the tests need from the system, checked by the file each package brings:
 # - protoc (protobuf-compiler): etcd-client's build and the examples' greeter proto;
@@ -71,3 +71,19 @@ go-deps: deps
 interop: go-deps
 	$(CARGO) build --examples
 	bash scripts/interop.sh
+
+# The README's plot (docs/timeline.png): a real run of both balancers through a rolling restart
+# and a kill -9 (benches/timeline.rs, to CSV), drawn by scripts/plot_timeline.py with
+# matplotlib. The CSV of the run is kept beside the PNG.
+# Debian's python3, where apt puts matplotlib (a python3 from pyenv or a venv may come first on
+# PATH).
+PYTHON ?= /usr/bin/python3
+plot-deps: deps
+	@$(PYTHON) -c 'import matplotlib' 2>/dev/null || { \
+		echo "installing: python3-matplotlib"; \
+		$(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends python3-matplotlib; }
+
+plot: plot-deps
+	TIMELINE_OUT=$(CURDIR)/docs/timeline $(CARGO) bench --bench timeline
+	$(PYTHON) scripts/plot_timeline.py docs/timeline docs/timeline.png
