@@ -39,12 +39,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let etcd_urls = std::env::var("ETCD_ENDPOINTS").unwrap_or("http://127.0.0.1:2379".into());
     // The address clients dial: a real one (0.0.0.0 would be refused), port 0 for any.
     let addr = std::env::var("LISTEN_ADDR").unwrap_or("127.0.0.1:50051".into());
-    let etcd = EtcdConfig::new(etcd_urls.split(',')).connect().await?;
+    // `report()`: the error and its causes on one line, in place of `?`'s Debug dump.
+    let etcd = EtcdConfig::new(etcd_urls.split(',')).connect().await;
+    let etcd = etcd.map_err(|e| e.report().to_string())?;
     let incoming = TcpIncoming::bind(addr.parse()?)?.with_nodelay(Some(true));
     let registration = Registrar::new(etcd)
         .ttl(Duration::from_secs(10)) // a crashed server's key lives this long
         .register("greeter", incoming.local_addr()?) // the bound address, so port 0 works
-        .await?;
+        .await
+        .map_err(|e| e.report().to_string())?;
     let server = tokio::spawn(
         Server::builder()
             .layer(registration.layer()) // counts calls in flight, for the drain
@@ -57,7 +60,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ = tokio::signal::ctrl_c() => {}
     }
     // Deregister (the key goes at once), wait the grace period, stop accepting, drain.
-    registration.shutdown().await?;
+    let drained = registration.shutdown().await;
+    drained.map_err(|e| e.report().to_string())?;
     server.await??;
     Ok(())
 }

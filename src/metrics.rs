@@ -8,9 +8,8 @@
 //! feature, the calls are compiled away.
 //!
 //! Names are dotted, as the `metrics` crate and OpenTelemetry write them; a Prometheus
-//! exporter turns the dots into underscores (and `metrics-exporter-prometheus` adds
-//! `_total` to counters): `tonic_etcd.lb.ejections` is scraped as
-//! `tonic_etcd_lb_ejections_total{grpc_target="greeter",reason="transport"}`.
+//! exporter turns the dots into underscores, in names and labels: `tonic_etcd.lb.ejections`
+//! is scraped as `tonic_etcd_lb_ejections{grpc_target="greeter",reason="transport"}`.
 //!
 //! Where gRPC's own metrics (gRFC A66 and A78, the subchannel metrics of gRFC A94, outlier
 //! detection's of gRFC A91, retries of gRFC A96) cover the same thing, the crate uses their
