@@ -108,8 +108,7 @@ pub const LEASES: &str = "tonic_etcd.registrar.leases";
 
 /// Why an endpoint was ejected: the `reason` label of [`EJECTIONS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// The outlier detection's reasons are recorded once it is wired into the balancer.
-#[allow(dead_code)]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) enum Ejection {
     Transport,
     HealthCheck,
@@ -133,8 +132,7 @@ impl Ejection {
 
 /// Which retry: the `kind` label of [`RETRIES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// `Policy` is recorded once the retry policy is wired into the balancer.
-#[allow(dead_code)]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) enum Retry {
     Transparent,
     Policy,

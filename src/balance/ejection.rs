@@ -177,4 +177,16 @@ fn log_ejection(backend: &Backend, reason: EjectionReason, times: u64) {
         times,
         "endpoint ejected by outlier detection"
     );
+    crate::metrics::ejection(backend.service(), metric_reason(reason));
+}
+
+/// The `reason` label of the ejection metric.
+fn metric_reason(reason: EjectionReason) -> crate::metrics::Ejection {
+    use crate::metrics::Ejection;
+    match reason {
+        EjectionReason::Connection => Ejection::Transport,
+        EjectionReason::ConsecutiveFailures => Ejection::ConsecutiveFailures,
+        EjectionReason::SuccessRate => Ejection::SuccessRate,
+        EjectionReason::FailurePercentage => Ejection::FailurePercentage,
+    }
 }

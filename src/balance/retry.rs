@@ -15,7 +15,9 @@ use super::backend::Backend;
 use super::direct::grpc_timeout;
 use super::hold;
 use super::replay::Recording;
-use super::retry_decision::{AttemptFailure, Attempts, PREVIOUS_ATTEMPTS, Pushback, RetryDecision};
+use super::retry_decision::{
+    AttemptFailure, Attempts, NoRetry, PREVIOUS_ATTEMPTS, Pushback, RetryDecision,
+};
 use super::retry_policy::RetryPolicy;
 use super::state::State;
 use super::status_observer::{self, Observed, grpc_status};
@@ -48,6 +50,7 @@ pub(super) async fn call(
         let throttle = state.throttle.as_ref();
         match attempts.after_failure(failure, throttle, Instant::now(), &mut rng) {
             RetryDecision::Retry { after } => {
+                crate::metrics::retry(&state.service, crate::metrics::Retry::Policy);
                 debug!(code = ?failure.code, attempt = attempts.made(), ?after, "retrying a failed call");
                 if !after.is_zero() {
                     tokio::time::sleep(after).await;
@@ -61,6 +64,9 @@ pub(super) async fn call(
                 }
             }
             RetryDecision::Stop(why) => {
+                if matches!(why, NoRetry::Throttled) {
+                    crate::metrics::retry_throttled(&state.service);
+                }
                 let tokens = throttle.map(|bucket| bucket.tokens());
                 debug!(code = ?failure.code, %why, ?tokens, "failed call not retried");
                 return result;

@@ -148,8 +148,6 @@ pub(crate) fn retry(target: &str, kind: Retry) {
 }
 
 /// Retry throttling refused a retry of a call to `target`.
-// Recorded once the retry policy is wired into the balancer.
-#[allow(dead_code)]
 pub(crate) fn retry_throttled(target: &str) {
     counter!(RETRIES_THROTTLED, TARGET => target.to_owned()).increment(1);
 }
