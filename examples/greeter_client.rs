@@ -147,7 +147,7 @@ async fn main() -> ExitCode {
         return ExitCode::from(common::EXIT_USAGE as u8);
     }
     let format = args.format.format();
-    if let Err(error) = tonic_etcd::format::check_service(&format, &args.service) {
+    if let Err(error) = tonic_etcd::check_service(&format, &args.service) {
         eprintln!("greeter_client: --service: {error}");
         return ExitCode::from(common::EXIT_USAGE as u8);
     }

@@ -214,7 +214,7 @@ async fn run(args: Args) -> Result<(), String> {
 /// Refuses, before any I/O, what the registrar would: a service name that names no service,
 /// an address clients cannot dial.
 fn check_registration(args: &Args) -> Result<(), String> {
-    use tonic_etcd::format::{check_instance, check_service};
+    use tonic_etcd::{check_instance, check_service};
     check_service(&args.format.format(), &args.service).map_err(|e| format!("--service: {e}"))?;
     match &args.advertise {
         Some(advertise) => check_instance(&Instance::new(advertise.as_str()))

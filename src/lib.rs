@@ -100,7 +100,7 @@ mod channel;
 mod discovery;
 mod error;
 mod etcd;
-pub mod format;
+mod format;
 mod inflight;
 pub mod metrics;
 mod registrar;
@@ -118,7 +118,10 @@ pub use channel::DiscoveryHandle;
 pub use discovery::{DiscoveryStatus, DiscoveryStream, EtcdDiscover, SharedDiscovery};
 pub use error::Error;
 pub use etcd::EtcdConfig;
-pub use format::{Blog, EtcdNaming, Format, GoZero, Instance, Kratos, PlainAddr};
+pub use format::{
+    Blog, DecodeError, EtcdNaming, Format, GoZero, Instance, Kratos, Metadata, PlainAddr,
+    check_instance, check_service,
+};
 pub use registrar::{
     CountedBody, InFlight, InFlightLayer, MIN_TTL, Registrar, Registration, RegistrationStatus,
     ResponseFuture,

@@ -470,7 +470,7 @@ async fn withdraw_removes_the_keys_but_keeps_the_lease() {
     let keys = [registration.key().to_owned(), admin];
     let lease = registration.lease_id().expect("registered");
 
-    registration.withdraw(true).await.expect("withdraw");
+    registration.withdraw().await.expect("withdraw");
     for key in &keys {
         wait_for_absent(&client, key, DEADLINE).await;
     }
@@ -490,7 +490,7 @@ async fn withdraw_removes_the_keys_but_keeps_the_lease() {
     .await;
     assert_eq!(registration.lease_id(), Some(lease));
 
-    registration.withdraw(false).await.expect("restore");
+    registration.restore().await.expect("restore");
     for key in &keys {
         wait_for_key(&client, key, DEADLINE, |l| l == lease).await;
     }

@@ -54,6 +54,16 @@ const EJECTED: u8 = 2;
 const IDLE: u8 = 3;
 
 impl EndpointState {
+    /// The state as stored in a backend's atomic: the one encoding, which `from_u8` reads.
+    const fn to_u8(self) -> u8 {
+        match self {
+            EndpointState::Connecting => CONNECTING,
+            EndpointState::Up => UP,
+            EndpointState::Ejected => EJECTED,
+            EndpointState::Idle => IDLE,
+        }
+    }
+
     fn from_u8(value: u8) -> Self {
         match value {
             UP => EndpointState::Up,
@@ -262,7 +272,8 @@ impl Backend {
             generation: connection.generation + 1,
             idle: Vec::new(),
         };
-        self.state.store(UP, Ordering::Release);
+        self.state
+            .store(EndpointState::Up.to_u8(), Ordering::Release);
         drop(connection);
         self.signals.notify();
     }
@@ -276,14 +287,16 @@ impl Backend {
 
     /// Starts connecting: called by the driver as it spawns the connector.
     pub(crate) fn activate(&self) {
-        self.state.store(CONNECTING, Ordering::Release);
+        self.state
+            .store(EndpointState::Connecting.to_u8(), Ordering::Release);
     }
 
     /// Leaves the subset: the driver has stopped the connector. The connection closes once
     /// the calls on it end.
     pub(crate) fn deactivate(&self) {
         let mut connection = self.lock_connection();
-        self.state.store(IDLE, Ordering::Release);
+        self.state
+            .store(EndpointState::Idle.to_u8(), Ordering::Release);
         *connection = Connection {
             generation: connection.generation + 1,
             ..Connection::default()
@@ -316,20 +329,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn states_round_trip() {
-        for s in [
+    fn every_state_reads_back_as_itself_from_its_own_code() {
+        let states = [
             EndpointState::Connecting,
             EndpointState::Up,
             EndpointState::Ejected,
             EndpointState::Idle,
-        ] {
-            let n = match s {
-                EndpointState::Connecting => CONNECTING,
-                EndpointState::Up => UP,
-                EndpointState::Ejected => EJECTED,
-                EndpointState::Idle => IDLE,
-            };
-            assert_eq!(EndpointState::from_u8(n), s);
+        ];
+        let codes: std::collections::BTreeSet<u8> = states.iter().map(|s| s.to_u8()).collect();
+        assert_eq!(codes.len(), states.len(), "one code per state");
+        for state in states {
+            assert_eq!(EndpointState::from_u8(state.to_u8()), state);
         }
     }
 }

@@ -24,7 +24,7 @@ const EXPECTED: &str = r#"a blog-format JSON value {"ID":..,"IP":"host:port"}"#;
 /// There is no metadata and no TLS flag.
 ///
 /// ```
-/// use tonic_etcd::format::{Blog, Format, Instance};
+/// use tonic_etcd::{Blog, Format, Instance};
 ///
 /// let instance = Instance::new("127.0.0.1:8080");
 /// assert_eq!(Blog::new().key("greeter", &instance, 0), "services/greeter/127.0.0.1:8080");

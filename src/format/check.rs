@@ -21,7 +21,7 @@ use crate::Error;
 /// end their prefixes with a slash.
 ///
 /// ```
-/// use tonic_etcd::format::{EtcdNaming, Kratos, check_service};
+/// use tonic_etcd::{EtcdNaming, Kratos, check_service};
 ///
 /// assert!(check_service(&EtcdNaming, "greeter").is_ok());
 /// assert!(check_service(&Kratos::new(), "greeter/admin").is_ok());
@@ -74,7 +74,7 @@ pub fn check_service<F: Format + ?Sized>(format: &F, service: &str) -> Result<()
 /// the address they should use, `Instance::new("10.0.0.5:50051")`).
 ///
 /// ```
-/// use tonic_etcd::format::{Instance, check_instance};
+/// use tonic_etcd::{Instance, check_instance};
 ///
 /// assert!(check_instance(&Instance::new("10.0.0.5:50051")).is_ok());
 /// assert!(check_instance(&Instance::new("greeter-0.svc:50051")).is_ok());
@@ -171,8 +171,8 @@ mod tests {
         fn value(&self, _: &str, instance: &Instance) -> Vec<u8> {
             instance.addr.clone().into_bytes()
         }
-        fn decode(&self, _: &str, _: &[u8]) -> Result<Instance, crate::format::DecodeError> {
-            Err(crate::format::DecodeError::MissingAddress)
+        fn decode(&self, _: &str, _: &[u8]) -> Result<Instance, crate::DecodeError> {
+            Err(crate::DecodeError::MissingAddress)
         }
     }
 

@@ -22,7 +22,7 @@ use super::{DecodeError, Format, Instance, one_segment_below, slash_prefix};
 /// [`EtcdDiscover`](crate::EtcdDiscover)).
 ///
 /// ```
-/// use tonic_etcd::format::{Format, GoZero, Instance};
+/// use tonic_etcd::{Format, GoZero, Instance};
 ///
 /// let instance = Instance::new("10.0.0.5:8080");
 /// assert_eq!(GoZero::new().key("greeter.rpc", &instance, 7587), "greeter.rpc/7587");

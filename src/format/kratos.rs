@@ -39,7 +39,7 @@ const DEFAULT_NAMESPACE: &str = "/microservices";
 /// listening server and stable across restarts on the same port.
 ///
 /// ```
-/// use tonic_etcd::format::{Format, Instance, Kratos};
+/// use tonic_etcd::{Format, Instance, Kratos};
 ///
 /// let instance = Instance::new("10.0.0.5:9000").version("1.2.0");
 /// assert_eq!(

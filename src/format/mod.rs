@@ -1,40 +1,4 @@
 //! Wire formats: how a server instance is written to etcd, and read back.
-//!
-//! A [`Format`] maps an [`Instance`] to a key and a value, and a key and a value back to an
-//! instance. The default, [`EtcdNaming`], is the convention of etcd's own Go naming package,
-//! so Go and Rust services discover each other with no glue. The others speak the registries
-//! of Go frameworks, or the simplest thing that works:
-//!
-//! | format | `service` is | key | value |
-//! |---|---|---|---|
-//! | [`EtcdNaming`] | the target | `<target>/<addr>` | `{"Op":0,"Addr":"10.0.0.1:50051","Metadata":null}` |
-//! | [`GoZero`] | the go-zero key | `<key>/<lease id>` | `10.0.0.5:8080` |
-//! | [`Kratos`] | the service name | `/microservices/<name>/<id>` | `{"id":..,"name":..,"version":..,"metadata":..,"endpoints":["grpc://10.0.0.5:9000"]}` |
-//! | [`Blog`] | the service name | `services/<name>/<addr>` | `{"ID":0,"IP":"127.0.0.1:8080"}` |
-//! | [`PlainAddr`] | the prefix | `<prefix>/<addr>` | `10.0.0.1:50051` |
-//!
-//! Every decoder validates the address (`host:port`, port in 1..=65535) and returns a
-//! [`DecodeError`] rather than panicking, whatever the bytes.
-//!
-//! # Nested services
-//!
-//! The keys of a service whose name extends another's with a slash (`greeter/admin` under
-//! `greeter`) lie under the other's prefix, so a listing of `greeter` sees them. Discovery
-//! decodes with [`Format::decode_for`], which tells them apart where the format can:
-//!
-//! | format | tells `greeter` from `greeter/admin` by | cannot tell apart |
-//! |---|---|---|
-//! | [`EtcdNaming`] | key depth: only `<target>/<one segment>` | an instance key of more than one segment (`<target>/<host>/<port>`), which etcd's Go resolver would take and this skips |
-//! | [`GoZero`] | key depth: only `<key>/<id>` | as etcd naming |
-//! | [`Kratos`] | the value's `name`, as Kratos's own registry does | instances whose `name` is the service's, wherever their key lies under the prefix |
-//! | [`Blog`] | key depth: only `services/<name>/<id>` | the original single key `services/<name>`, which it never reads |
-//! | [`PlainAddr`] | key depth: only `<prefix>/<addr>` | as etcd naming |
-//!
-//! No format can tell apart two services whose names differ only in leading or trailing
-//! slashes: they are one service. A value written in another format under the same prefix
-//! does not decode, and is skipped with a warning that names its key, with one exception:
-//! [`GoZero`] and [`PlainAddr`] values are both a bare address, so under one prefix each
-//! reads the other's keys.
 
 mod blog;
 mod check;
@@ -55,7 +19,45 @@ pub use plain::PlainAddr;
 use std::fmt;
 use std::sync::Arc;
 
-/// A registry wire format.
+/// A registry wire format: how a server instance is written to etcd, and read back.
+///
+/// A format maps an [`Instance`] to a key and a value, and a key and a value back to an
+/// instance. The default, [`EtcdNaming`], is the convention of etcd's own Go naming package,
+/// so Go and Rust services discover each other with no glue. The others speak the registries
+/// of Go frameworks, or the simplest thing that works:
+///
+/// | format | `service` is | key | value |
+/// |---|---|---|---|
+/// | [`EtcdNaming`] | the target | `<target>/<addr>` | `{"Op":0,"Addr":"10.0.0.1:50051","Metadata":null}` |
+/// | [`GoZero`] | the go-zero key | `<key>/<lease id>` | `10.0.0.5:8080` |
+/// | [`Kratos`] | the service name | `/microservices/<name>/<id>` | `{"id":..,"name":..,"version":..,"metadata":..,"endpoints":["grpc://10.0.0.5:9000"]}` |
+/// | [`Blog`] | the service name | `services/<name>/<addr>` | `{"ID":0,"IP":"127.0.0.1:8080"}` |
+/// | [`PlainAddr`] | the prefix | `<prefix>/<addr>` | `10.0.0.1:50051` |
+///
+/// Every decoder validates the address (`host:port`, port in 1..=65535) and returns a
+/// [`DecodeError`] rather than panicking, whatever the bytes.
+///
+/// # Nested services
+///
+/// The keys of a service whose name extends another's with a slash (`greeter/admin` under
+/// `greeter`) lie under the other's prefix, so a listing of `greeter` sees them. Discovery
+/// decodes with [`Format::decode_for`], which tells them apart where the format can:
+///
+/// | format | tells `greeter` from `greeter/admin` by | cannot tell apart |
+/// |---|---|---|
+/// | [`EtcdNaming`] | key depth: only `<target>/<one segment>` | an instance key of more than one segment (`<target>/<host>/<port>`), which etcd's Go resolver would take and this skips |
+/// | [`GoZero`] | key depth: only `<key>/<id>` | as etcd naming |
+/// | [`Kratos`] | the value's `name`, as Kratos's own registry does | instances whose `name` is the service's, wherever their key lies under the prefix |
+/// | [`Blog`] | key depth: only `services/<name>/<id>` | the original single key `services/<name>`, which it never reads |
+/// | [`PlainAddr`] | key depth: only `<prefix>/<addr>` | as etcd naming |
+///
+/// No format can tell apart two services whose names differ only in leading or trailing
+/// slashes: they are one service. A value written in another format under the same prefix
+/// does not decode, and is skipped with a warning that names its key, with one exception:
+/// [`GoZero`] and [`PlainAddr`] values are both a bare address, so under one prefix each
+/// reads the other's keys.
+///
+/// # Implementing one
 ///
 /// Implementations are synchronous, cheap and object-safe: discovery holds an
 /// `Arc<dyn Format>` and calls [`decode`](Format::decode) for every key it sees, and the
@@ -67,7 +69,7 @@ use std::sync::Arc;
 /// discovery skips the key with a warning that names it.
 ///
 /// ```
-/// use tonic_etcd::format::{DecodeError, Format, Instance};
+/// use tonic_etcd::{DecodeError, Format, Instance};
 ///
 /// /// Keys `<service>/<addr>`, values `addr` in upper case, for the sake of the example.
 /// #[derive(Debug)]
@@ -119,7 +121,7 @@ pub trait Format: fmt::Debug + Send + Sync + 'static {
     /// Discovery calls this for every key under [`prefix`](Format::prefix)`(service)`, and
     /// skips one that belongs to another service ([`DecodeError::NestedKey`] or
     /// [`DecodeError::OtherService`]) with a `debug!` that names the key. The built-in
-    /// formats check what they can (see the [module docs](crate::format#nested-services)).
+    /// formats check what they can (see [nested services](Format#nested-services)).
     ///
     /// The default takes every key under the prefix: it is [`decode`](Format::decode).
     fn decode_for(&self, service: &str, key: &str, value: &[u8]) -> Result<Instance, DecodeError> {
@@ -360,15 +362,51 @@ mod tests {
     }
 
     #[test]
-    fn every_error_says_why() {
-        let errors = [
-            DecodeError::NotUtf8,
-            DecodeError::MissingAddress,
-            DecodeError::NoGrpcEndpoint,
-            validate_addr("nope").expect_err("no port"),
+    fn every_error_names_what_is_wrong_and_where() {
+        let json = serde_json::from_str::<serde_json::Value>("{").expect_err("not json");
+        let cases = [
+            (DecodeError::NotUtf8, vec!["not utf-8"]),
+            (
+                DecodeError::Json {
+                    expected: "an etcd-naming JSON value",
+                    source: json,
+                },
+                vec!["not an etcd-naming JSON value"],
+            ),
+            (DecodeError::MissingAddress, vec!["no address"]),
+            (DecodeError::NoGrpcEndpoint, vec!["grpc://", "grpcs://"]),
+            (
+                validate_addr("nope").expect_err("no port"),
+                vec!["invalid address \"nope\": "],
+            ),
+            (
+                DecodeError::NestedKey {
+                    prefix: "greeter/".into(),
+                },
+                vec!["\"greeter/\"", "nested service"],
+            ),
+            (
+                DecodeError::OtherService {
+                    name: "greeter/admin".into(),
+                    service: "greeter".into(),
+                },
+                vec!["\"greeter/admin\"", "not \"greeter\""],
+            ),
         ];
-        for error in errors {
-            assert!(!error.to_string().is_empty(), "{error:?}");
+        for (error, parts) in cases {
+            let message = error.to_string();
+            for part in parts {
+                assert!(
+                    message.contains(part),
+                    "{error:?}: {message:?} lacks {part:?}"
+                );
+            }
         }
+        // The address's reason follows its colon: it is never empty.
+        let reason = validate_addr("nope").expect_err("no port").to_string();
+        assert!(
+            reason.len() > "invalid address \"nope\": ".len(),
+            "{reason}"
+        );
     }
 }

@@ -11,7 +11,7 @@ use super::{DecodeError, Format, Instance, one_segment_below, slash_prefix, vali
 /// so a value put with a trailing newline still decodes.
 ///
 /// ```
-/// use tonic_etcd::format::{Format, Instance, PlainAddr};
+/// use tonic_etcd::{Format, Instance, PlainAddr};
 ///
 /// let instance = Instance::new("10.0.0.1:50051");
 /// assert_eq!(PlainAddr.key("greeter", &instance, 0), "greeter/10.0.0.1:50051");

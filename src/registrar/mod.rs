@@ -190,9 +190,9 @@ impl Registrar {
     ///   9,000,000,000 s;
     /// - [`Error::InvalidDuration`] for a zero [`request_timeout`](Registrar::request_timeout);
     /// - [`Error::InvalidPrefix`] for an empty or root-only service name, or another that
-    ///   [`check_service`](crate::format::check_service) refuses;
+    ///   [`check_service`](crate::check_service) refuses;
     /// - [`Error::InvalidAddress`] for an address clients cannot dial: port 0, or the
-    ///   unspecified `0.0.0.0` or `::` ([`check_instance`](crate::format::check_instance)).
+    ///   unspecified `0.0.0.0` or `::` ([`check_instance`](crate::check_instance)).
     ///
     /// Then the errors of granting the lease and putting the key.
     #[must_use = "dropping the registration stops its keep-alives: the key expires after the TTL"]

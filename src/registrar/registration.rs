@@ -109,14 +109,24 @@ impl Registration {
         self.command(command, response, "adding an instance").await
     }
 
-    /// Takes the keys out of etcd while keeping the lease (`true`), or puts them back
-    /// (`false`): for a server that is up but should get no calls for a while. Returns once
-    /// done; fails like [`add`](Registration::add).
-    pub async fn withdraw(&self, withdraw: bool) -> Result<(), Error> {
+    /// Takes the keys out of etcd while keeping the lease: for a server that is up but should
+    /// get no calls for a while. Clients see the keys deleted and stop calling it; a crash
+    /// meanwhile still ends the lease after its TTL. [`restore`](Registration::restore) puts
+    /// them back. Returns once done; fails like [`add`](Registration::add).
+    pub async fn withdraw(&self) -> Result<(), Error> {
+        self.set_withdrawn(true, "withdrawing the keys").await
+    }
+
+    /// Puts the keys taken out by [`withdraw`](Registration::withdraw) back, under the same
+    /// lease. Returns once done; fails like [`add`](Registration::add).
+    pub async fn restore(&self) -> Result<(), Error> {
+        self.set_withdrawn(false, "restoring the keys").await
+    }
+
+    async fn set_withdrawn(&self, withdraw: bool, operation: &'static str) -> Result<(), Error> {
         let (reply, response) = oneshot::channel();
         let command = Command::Withdraw { withdraw, reply };
-        self.command(command, response, "withdrawing the keys")
-            .await
+        self.command(command, response, operation).await
     }
 
     async fn command<T>(

@@ -21,8 +21,8 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::{Map, Value};
 use tonic::transport::Endpoint;
-use tonic_etcd::format::{DecodeError, Instance};
 use tonic_etcd::{Blog, EtcdNaming, Format, GoZero, Kratos, PlainAddr};
+use tonic_etcd::{DecodeError, Instance};
 
 /// Cases per format in the regular run.
 const CASES_PER_FORMAT: u32 = 25_000;

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use tonic_etcd::Instance;
 use tonic_etcd::etcd_client::GetOptions;
-use tonic_etcd::format::Instance;
 use tonic_etcd::{Blog, EtcdDiscover, EtcdNaming, Format, GoZero, Kratos, PlainAddr, Registrar};
 
 use super::next;
