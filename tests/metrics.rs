@@ -1,5 +1,6 @@
 //! The metrics the examples serve with `--metrics-addr`, scraped over HTTP while real
-//! servers run and one of them is killed with SIGKILL (issue 13.4).
+//! servers run and one of them is killed with SIGKILL; and, in this process, the ejections
+//! of outlier detection and the retries of a policy (issue 13.4).
 
 #![cfg(feature = "metrics")]
 
@@ -9,12 +10,18 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tonic::Code;
+use tonic_etcd::{Balancer, EtcdDiscover, EtcdNaming, Format, Instance, RetryPolicy};
 
+use support::greeter::Failing;
+use support::pb::HelloRequest;
+use support::pb::greeter_client::GreeterClient;
 use support::process::free_ports;
-use support::{Etcd, POLL_INTERVAL, ServerProcess};
+use support::{Etcd, POLL_INTERVAL, ServerProcess, TestServer};
 
 /// A TTL longer than the test: the killed server's key stays, so only the balancer's
 /// ejection can keep calls off it.
@@ -132,4 +139,79 @@ async fn the_client_scrape_shows_the_ejection_of_a_killed_server() {
     assert_eq!(sample(&text, &keys), Some(2.0), "{text}");
     let failed = format!(r#"grpc_subchannel_connection_attempts_failed{{{target}}}"#);
     wait_for_sample(client_metrics, &failed, |v| v >= 1.0).await;
+}
+
+/// Calls through `channel` from 4 callers until `stop` is set.
+async fn call_until(
+    channel: tonic_etcd::BalancedChannel,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let mut client = GreeterClient::new(channel.clone());
+        let mut stop = stop.clone();
+        callers.spawn(async move {
+            while !*stop.borrow_and_update() {
+                let request = HelloRequest {
+                    name: "metrics".into(),
+                };
+                let _ = client.say_hello(request).await;
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+    while callers.join_next().await.is_some() {}
+}
+
+/// Waits until `render()` has `series` at `at_least` or more; fails showing the last text.
+async fn wait_for_rendered(render: impl Fn() -> String, series: &str, at_least: f64) {
+    let deadline = Instant::now() + DEADLINE;
+    let mut interval = tokio::time::interval(POLL_INTERVAL);
+    loop {
+        interval.tick().await;
+        let text = render();
+        if sample(&text, series).is_some_and(|v| v >= at_least) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for {series} >= {at_least}; the last \
+             rendering:\n{text}"
+        );
+    }
+}
+
+/// In this process, with a Prometheus recorder installed: one server of three fails every
+/// call with `UNAVAILABLE`; outlier detection ejects it, and the retry policy sends its
+/// calls again elsewhere, both counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_ejections_and_policy_retries_are_counted() {
+    const SERVICE: &str = "metrics-outlier";
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only recorder of this test binary");
+    let etcd = Etcd::start().await;
+    let healthy = [TestServer::start().await, TestServer::start().await];
+    let failing = TestServer::start_failing(Failing::always(Code::Unavailable)).await;
+    let mut kv = etcd.client().await;
+    for server in [&healthy[0], &healthy[1], &failing] {
+        let instance = Instance::new(server.addr().to_string());
+        let (key, value) = (
+            EtcdNaming.key(SERVICE, &instance, 0),
+            EtcdNaming.value(SERVICE, &instance),
+        );
+        kv.put(key, value, None).await.expect("put a registration");
+    }
+    let balancer = Balancer::new().retry_policy("/", RetryPolicy::default());
+    let channel = balancer.channel(EtcdDiscover::new(etcd.client().await, SERVICE));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let callers = tokio::spawn(call_until(channel, stopped));
+
+    let target = format!(r#"grpc_target="{SERVICE}""#);
+    let ejections = format!(r#"tonic_etcd_lb_ejections{{{target},reason="consecutive_failures"}}"#);
+    wait_for_rendered(|| handle.render(), &ejections, 1.0).await;
+    let retries = format!(r#"tonic_etcd_lb_retries{{{target},kind="policy"}}"#);
+    wait_for_rendered(|| handle.render(), &retries, 1.0).await;
+    let _ = stop.send(true);
+    callers.await.expect("the callers end");
 }
