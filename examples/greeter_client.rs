@@ -96,8 +96,23 @@ struct Args {
     /// registered host, usually an IP address).
     #[arg(long, value_name = "NAME", requires = "tls_ca")]
     tls_domain: Option<String>,
+    /// Retry calls that failed with one of these status codes, on another server, under a
+    /// gRPC retry policy with retry throttling (comma-separated names or numbers:
+    /// `unavailable,internal`), with the crate's own balancer. Default: none; calls that
+    /// never left are retried anyway.
+    #[arg(long, value_name = "CODES", value_delimiter = ',', value_parser = parse_code)]
+    retry_codes: Vec<tonic::Code>,
+    /// The most attempts of a call under --retry-codes, the first included.
+    #[arg(long, default_value_t = 4, requires = "retry_codes",
+          value_parser = clap::value_parser!(u32).range(1..=5))]
+    retry_attempts: u32,
     #[command(flatten)]
     metrics: common::MetricsArgs,
+}
+
+/// A status code as --retry-codes gives it.
+fn parse_code(text: &str) -> Result<tonic::Code, String> {
+    tonic_etcd::parse_code(text).ok_or_else(|| format!("{text:?} is not a gRPC status code"))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -168,7 +183,15 @@ async fn main() -> ExitCode {
     };
     let (channel, discovery) = match args.balancer {
         BalancerArg::Etcd => {
-            let channel = discover.channel();
+            let policy = tonic_etcd::RetryPolicy::default()
+                .retryable_codes(args.retry_codes.iter().copied())
+                .max_attempts(args.retry_attempts);
+            let channel = match args.retry_codes.is_empty() {
+                true => discover.channel(),
+                false => tonic_etcd::Balancer::new()
+                    .retry_policy("/", policy)
+                    .channel(discover),
+            };
             let status = channel.status();
             let channel = AnyChannel::new(channel.map_err(tonic::Status::from_error));
             (channel, (status, None))

@@ -112,7 +112,7 @@ pub use backoff::Backoff;
 pub use balance::{
     BalancedChannel, Balancer, EjectionReason, EndpointInfo, EndpointState,
     FailurePercentageEjection, OutlierDetection, RetryPolicy, RetryThrottling, SlowStart,
-    SuccessRateEjection,
+    SuccessRateEjection, parse_code,
 };
 pub use channel::DiscoveryHandle;
 pub use discovery::{DiscoveryStatus, DiscoveryStream, EtcdDiscover, SharedDiscovery};

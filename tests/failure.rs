@@ -8,6 +8,8 @@ mod support;
 mod outlier;
 #[path = "failure/retry.rs"]
 mod retry;
+#[path = "failure/slow_start.rs"]
+mod slow_start;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

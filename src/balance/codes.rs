@@ -117,11 +117,19 @@ pub(crate) fn name(code: Code) -> &'static str {
     NAMES[code as i32 as usize]
 }
 
-/// The code a name or number stands for, as a command line gives it: the canonical name
-/// in any case, with `-` or `_` (`UNAVAILABLE`, `deadline-exceeded`), tonic's variant
-/// name (`DeadlineExceeded`), or the number (`14`). `None` for anything else.
-#[cfg_attr(not(test), allow(dead_code))] // for the retry settings
-pub(crate) fn code_named(text: &str) -> Option<Code> {
+/// The gRPC status code a name or number stands for, as a command line or a
+/// configuration file gives it: the canonical name in any case, with `-` or `_`
+/// (`UNAVAILABLE`, `deadline-exceeded`), tonic's variant name (`DeadlineExceeded`), or the
+/// number (`14`). `None` for anything else. For
+/// [`RetryPolicy::retryable_codes`](crate::RetryPolicy::retryable_codes) and
+/// [`OutlierDetection::failure_codes`](crate::OutlierDetection::failure_codes).
+///
+/// ```
+/// assert_eq!(tonic_etcd::parse_code("unavailable"), Some(tonic::Code::Unavailable));
+/// assert_eq!(tonic_etcd::parse_code("4"), Some(tonic::Code::DeadlineExceeded));
+/// assert_eq!(tonic_etcd::parse_code("17"), None);
+/// ```
+pub fn parse_code(text: &str) -> Option<Code> {
     let text = text.trim();
     if let Ok(number) = text.parse::<usize>() {
         return ALL.get(number).copied();
@@ -165,25 +173,25 @@ mod tests {
     fn names_follow_the_numbers() {
         for (number, code) in ALL.into_iter().enumerate() {
             assert_eq!(code as i32 as usize, number);
-            assert_eq!(code_named(&number.to_string()), Some(code));
-            assert_eq!(code_named(name(code)), Some(code));
+            assert_eq!(parse_code(&number.to_string()), Some(code));
+            assert_eq!(parse_code(name(code)), Some(code));
         }
         assert_eq!(name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
     }
 
     #[test]
     fn reads_names_as_a_command_line_gives_them() {
-        assert_eq!(code_named("unavailable"), Some(Code::Unavailable));
+        assert_eq!(parse_code("unavailable"), Some(Code::Unavailable));
         assert_eq!(
-            code_named(" deadline-exceeded "),
+            parse_code(" deadline-exceeded "),
             Some(Code::DeadlineExceeded)
         );
-        assert_eq!(code_named("DeadlineExceeded"), Some(Code::DeadlineExceeded));
-        assert_eq!(code_named("DATA_LOSS"), Some(Code::DataLoss));
-        assert_eq!(code_named("17"), None);
-        assert_eq!(code_named("unavailabl"), None);
-        assert_eq!(code_named("unavailablee"), None);
-        assert_eq!(code_named(""), None);
+        assert_eq!(parse_code("DeadlineExceeded"), Some(Code::DeadlineExceeded));
+        assert_eq!(parse_code("DATA_LOSS"), Some(Code::DataLoss));
+        assert_eq!(parse_code("17"), None);
+        assert_eq!(parse_code("unavailabl"), None);
+        assert_eq!(parse_code("unavailablee"), None);
+        assert_eq!(parse_code(""), None);
     }
 
     #[test]

@@ -55,6 +55,7 @@ mod subset;
 mod wait;
 
 pub use backend::EndpointState;
+pub use codes::parse_code;
 pub use info::EndpointInfo;
 pub use outlier::{
     EjectionReason, FailurePercentageEjection, OutlierDetection, SuccessRateEjection,
