@@ -67,6 +67,12 @@ pub const FAIL_FASTS: &str = "tonic_etcd.lb.fail_fasts";
 /// `grpc.target`.
 pub const WAITS: &str = "tonic_etcd.lb.waits";
 
+/// Histogram, seconds (`s`): how long each of the [`WAITS`] lasted, until an endpoint was
+/// picked or the call failed; label `grpc.target`. The pick latency that matters: a pick
+/// that finds an endpoint up at once takes well under a microsecond and is not recorded,
+/// so a call that succeeds records nothing.
+pub const WAIT_DURATION: &str = "tonic_etcd.lb.wait_duration";
+
 // --- discovery (label: `prefix`, the etcd prefix watched, with its trailing slash) ---
 
 /// Gauge: 1 for the discovery's current status, 0 for the others; labels `prefix` and

@@ -96,7 +96,8 @@ impl State {
         avoid: &[Arc<Backend>],
     ) -> Result<Arc<Backend>, tower::BoxError> {
         let started = Instant::now();
-        let mut waited = false;
+        // Counts the wait, once, and records its duration when the pick ends.
+        let mut waiting = None;
         loop {
             if let Some(backend) = self.snapshot().pick_avoiding(avoid, self.in_panic()) {
                 return Ok(backend);
@@ -122,9 +123,7 @@ impl State {
                 _ => {}
             }
             let until = timeout.map_or(until, |timeout| until.min(timeout));
-            if !std::mem::replace(&mut waited, true) {
-                crate::metrics::wait(&self.service);
-            }
+            waiting.get_or_insert_with(|| crate::metrics::Waiting::start(&self.service));
             let _ = tokio::time::timeout_at(until, notified).await;
         }
     }

@@ -18,8 +18,16 @@ pub(crate) fn retry(_: &str, _: Retry) {}
 pub(crate) fn retry_throttled(_: &str) {}
 #[inline(always)]
 pub(crate) fn fail_fast(_: &str) {}
-#[inline(always)]
-pub(crate) fn wait(_: &str) {}
+/// A call waiting for an endpoint: nothing without the feature.
+#[derive(Debug)]
+pub(crate) struct Waiting;
+
+impl Waiting {
+    #[inline(always)]
+    pub(crate) fn start(_: &str) -> Self {
+        Waiting
+    }
+}
 #[inline(always)]
 pub(crate) fn discovery_status(_: &str, _: &DiscoveryStatus) {}
 #[inline(always)]

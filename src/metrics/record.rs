@@ -1,6 +1,8 @@
 //! Recording through the `metrics` facade (the `metrics` feature).
 
-use ::metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
+use ::metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 
 use super::*;
 
@@ -50,6 +52,11 @@ pub fn describe() {
         "Calls failed with Unavailable: no endpoint up"
     );
     describe_counter!(WAITS, count, "Calls that waited for an endpoint to be up");
+    describe_histogram!(
+        WAIT_DURATION,
+        Unit::Seconds,
+        "How long calls waited for an endpoint to be up"
+    );
     describe_gauge!(
         DISCOVERY_STATUS,
         "1 for discovery's current status, 0 for the others"
@@ -157,9 +164,30 @@ pub(crate) fn fail_fast(target: &str) {
     counter!(FAIL_FASTS, TARGET => target.to_owned()).increment(1);
 }
 
-/// A call to `target` waits for an endpoint.
-pub(crate) fn wait(target: &str) {
-    counter!(WAITS, TARGET => target.to_owned()).increment(1);
+/// A call waiting for an endpoint: counted when it starts, its duration recorded when
+/// it is dropped (the pick ended, either way).
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    target: String,
+    started: tokio::time::Instant,
+}
+
+impl Waiting {
+    pub(crate) fn start(target: &str) -> Self {
+        counter!(WAITS, TARGET => target.to_owned()).increment(1);
+        Waiting {
+            target: target.to_owned(),
+            started: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let target = std::mem::take(&mut self.target);
+        histogram!(WAIT_DURATION, TARGET => target).record(seconds);
+    }
 }
 
 /// Discovery of `prefix` reports `status`: the status gauges, and the revision and keys

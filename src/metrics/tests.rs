@@ -69,3 +69,16 @@ fn statuses_are_one_hot_and_synced_sets_the_revision() {
         assert!(text.contains(line), "{line} in {text}");
     }
 }
+
+#[test]
+fn a_wait_is_counted_when_it_starts_and_timed_when_it_ends() {
+    let text = scrape(|| drop(Waiting::start("greeter")));
+    assert!(
+        text.contains(r#"tonic_etcd_lb_waits{grpc_target="greeter"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tonic_etcd_lb_wait_duration_count{grpc_target="greeter"} 1"#),
+        "{text}"
+    );
+}
