@@ -10,8 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 use tower::discover::Change;
 use tracing::{Instrument, debug, error};
 
-use crate::discovery::DiscoveryStream;
-use crate::{DiscoveryStatus, EtcdDiscover};
+use crate::discovery::{DiscoveryStatus, DiscoveryStream, EtcdDiscover};
 
 /// How many changes tonic's balancer may have queued before the forwarder coalesces.
 const CHANNEL_CAPACITY: usize = 1024;

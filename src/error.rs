@@ -49,7 +49,7 @@ pub enum Error {
         /// The target as given.
         target: String,
         /// The part that is wrong, and why.
-        reason: crate::TargetError,
+        reason: crate::target::TargetError,
     },
 
     /// An instance's address cannot be registered: clients could not dial it.

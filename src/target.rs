@@ -6,7 +6,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::{Blog, Error, EtcdConfig, EtcdNaming, Format, GoZero, Kratos, PlainAddr};
+use crate::error::Error;
+use crate::etcd::EtcdConfig;
+use crate::format::{Blog, EtcdNaming, Format, GoZero, Kratos, PlainAddr};
 
 /// The etcd port used when an endpoint of a target gives none.
 pub const DEFAULT_ETCD_PORT: u16 = 2379;

@@ -23,14 +23,14 @@
 
 use std::collections::HashMap;
 
-use super::entries::Entry;
+use super::entries::KeyValue;
 
 /// What to announce after a key changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Announce {
     /// The endpoint of an address is new or changed: announce it under `key`, as `entry`
     /// (one of the address's keys and its value) describes it.
-    Insert { key: String, entry: Entry },
+    Insert { key: String, entry: KeyValue },
     /// The endpoint announced under this key is gone.
     Remove(String),
 }
@@ -44,16 +44,16 @@ pub(super) struct Addresses {
 #[derive(Debug)]
 struct Holders {
     /// The entry whose key the endpoint is announced under; its key is one of `keys`'.
-    announced: Entry,
+    announced: KeyValue,
     /// The entries holding the address, the most recently put last: the endpoint follows it.
-    keys: Vec<Entry>,
+    keys: Vec<KeyValue>,
 }
 
 /// An address's endpoint as announced: its key, and the entry it follows.
 #[derive(Debug, Clone)]
 struct Shown {
-    key: Entry,
-    follows: Entry,
+    key: KeyValue,
+    follows: KeyValue,
 }
 
 impl Shown {
@@ -78,7 +78,7 @@ impl Addresses {
     /// `entry`'s key now holds `addr`; before, it held `previous` (an address), if anything.
     pub(super) fn put(
         &mut self,
-        entry: Entry,
+        entry: KeyValue,
         addr: &str,
         previous: Option<&str>,
     ) -> Vec<Announce> {
@@ -114,7 +114,7 @@ impl Addresses {
             .collect()
     }
 
-    fn attach(&mut self, addr: &str, entry: Entry) {
+    fn attach(&mut self, addr: &str, entry: KeyValue) {
         match self.by_addr.get_mut(addr) {
             Some(holders) => holders.keys.push(entry),
             None => {

@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 use super::Discovered;
 use super::addresses::{Addresses, Announce};
 use super::diff::RawChange;
-use super::entries::{Entries, Entry};
+use super::entries::{Entries, KeyValue};
 use super::recipe::{EndpointRecipe, Skip};
 use crate::format::Format;
 
@@ -124,7 +124,7 @@ impl Decoder {
     }
 
     /// `entry`, which decoded to `discovered`, is good: the changes it makes.
-    fn put(&mut self, entry: Entry, discovered: Discovered) -> Vec<Change<String, Discovered>> {
+    fn put(&mut self, entry: KeyValue, discovered: Discovered) -> Vec<Change<String, Discovered>> {
         let previous = self.good.insert(entry.clone());
         let previous = previous.and_then(|old| self.addr_of(&old));
         let addr = discovered.instance.addr.clone();
@@ -177,7 +177,7 @@ impl Decoder {
     }
 
     /// The address a good entry holds.
-    fn addr_of(&self, entry: &Entry) -> Option<String> {
+    fn addr_of(&self, entry: &KeyValue) -> Option<String> {
         let decoded = self
             .format
             .decode_for(&self.service, entry.key(), entry.value());

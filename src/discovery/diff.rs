@@ -1,12 +1,12 @@
 //! The pure diff between the announced entries and a fresh listing.
 
-use super::entries::{Entries, Entry};
+use super::entries::{Entries, KeyValue};
 
 /// A change to the raw registry entries, before decoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RawChange {
     /// The entry's key now holds its value.
-    Put(Entry),
+    Put(KeyValue),
     /// The key is gone.
     Delete(String),
 }
@@ -26,7 +26,7 @@ pub(crate) struct Diff {
     /// Keys that were announced and are gone.
     pub(crate) removed: Vec<String>,
     /// Entries that are new, or whose value changed.
-    pub(crate) upserted: Vec<Entry>,
+    pub(crate) upserted: Vec<KeyValue>,
 }
 
 /// Compares what has been announced with what etcd holds now.

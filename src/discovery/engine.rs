@@ -24,9 +24,9 @@ use tracing::{debug, info, warn};
 
 use super::DiscoveryStatus;
 use super::diff::{RawChange, diff};
-use super::entries::{Entries, Entry};
-use crate::Error;
+use super::entries::{Entries, KeyValue};
 use crate::backoff::{Backoff, Retry};
+use crate::error::Error;
 use crate::etcd::history::{Header, History, Regression};
 use crate::etcd::list::list_prefix;
 use crate::etcd::request::request;
@@ -109,7 +109,7 @@ impl Engine {
         let pages = list_prefix(client, prefix, self.config.request_timeout, |kvs| {
             for kv in kvs {
                 if let Some(key) = key_of(prefix, kv.key()) {
-                    listing.insert(Entry::new(key, kv.value()));
+                    listing.insert(KeyValue::new(key, kv.value()));
                 }
             }
         });
@@ -257,7 +257,7 @@ impl Engine {
                 continue;
             };
             changes.extend(match event.event_type() {
-                EventType::Put => self.put(Entry::new(key, kv.value())),
+                EventType::Put => self.put(KeyValue::new(key, kv.value())),
                 EventType::Delete => self.delete(key),
             });
         }
@@ -272,7 +272,7 @@ impl Engine {
     }
 
     /// Applies a put: announces it if the value is new. Decoding is the subscriber's job.
-    fn put(&mut self, entry: Entry) -> Option<RawChange> {
+    fn put(&mut self, entry: KeyValue) -> Option<RawChange> {
         if self.announced.get(entry.key()) == Some(&entry) {
             return None;
         }

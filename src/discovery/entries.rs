@@ -11,16 +11,16 @@ use std::sync::Arc;
 /// A clone shares the same allocation, so the engine, the hub and every subscriber that
 /// hold an entry hold one copy of its key and value between them.
 #[derive(Clone)]
-pub(crate) struct Entry(Arc<KeyValue>);
+pub(crate) struct KeyValue(Arc<Pair>);
 
-struct KeyValue {
+struct Pair {
     key: Box<str>,
     value: Box<[u8]>,
 }
 
-impl Entry {
+impl KeyValue {
     pub(crate) fn new(key: impl Into<Box<str>>, value: impl Into<Box<[u8]>>) -> Self {
-        Entry(Arc::new(KeyValue {
+        KeyValue(Arc::new(Pair {
             key: key.into(),
             value: value.into(),
         }))
@@ -36,18 +36,18 @@ impl Entry {
 }
 
 /// Two entries are equal when their keys and values are, shared or not.
-impl PartialEq for Entry {
+impl PartialEq for KeyValue {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
             || (self.key() == other.key() && self.value() == other.value())
     }
 }
 
-impl Eq for Entry {}
+impl Eq for KeyValue {}
 
-impl fmt::Debug for Entry {
+impl fmt::Debug for KeyValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Entry")
+        f.debug_tuple("KeyValue")
             .field(&self.key())
             .field(&String::from_utf8_lossy(self.value()))
             .finish()
@@ -56,14 +56,14 @@ impl fmt::Debug for Entry {
 
 /// Raw registry entries by etcd key, in key order.
 ///
-/// A set of shared [`Entry`]s, ordered and looked up by key: a pointer each, where a map
+/// A set of shared [`KeyValue`]s, ordered and looked up by key: a pointer each, where a map
 /// of owned keys and values would hold its own copy of both.
 #[derive(Clone, Default)]
 pub(crate) struct Entries(BTreeSet<ByKey>);
 
 /// An entry that compares by its key alone, so that the set can be searched by key.
 #[derive(Clone)]
-struct ByKey(Entry);
+struct ByKey(KeyValue);
 
 impl Borrow<str> for ByKey {
     fn borrow(&self) -> &str {
@@ -101,7 +101,7 @@ impl Entries {
     }
 
     /// The entry of `key`, if any.
-    pub(crate) fn get(&self, key: &str) -> Option<&Entry> {
+    pub(crate) fn get(&self, key: &str) -> Option<&KeyValue> {
         self.0.get(key).map(|e| &e.0)
     }
 
@@ -110,24 +110,24 @@ impl Entries {
     }
 
     /// Puts `entry` in place of the entry of its key, if any, and returns that one.
-    pub(crate) fn insert(&mut self, entry: Entry) -> Option<Entry> {
+    pub(crate) fn insert(&mut self, entry: KeyValue) -> Option<KeyValue> {
         self.0.replace(ByKey(entry)).map(|e| e.0)
     }
 
     /// Takes out the entry of `key`, if any.
-    pub(crate) fn remove(&mut self, key: &str) -> Option<Entry> {
+    pub(crate) fn remove(&mut self, key: &str) -> Option<KeyValue> {
         self.0.take(key).map(|e| e.0)
     }
 
     /// The entries in key order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &KeyValue> {
         self.0.iter().map(|e| &e.0)
     }
 }
 
-impl FromIterator<Entry> for Entries {
+impl FromIterator<KeyValue> for Entries {
     /// The entries; of two with the same key, the last one.
-    fn from_iter<I: IntoIterator<Item = Entry>>(iter: I) -> Self {
+    fn from_iter<I: IntoIterator<Item = KeyValue>>(iter: I) -> Self {
         let mut entries = Entries::new();
         for entry in iter {
             entries.insert(entry);
@@ -159,8 +159,8 @@ pub(crate) fn entries(pairs: &[(&str, &str)]) -> Entries {
 
 /// An entry from text, for tests.
 #[cfg(test)]
-pub(crate) fn entry(key: &str, value: &str) -> Entry {
-    Entry::new(key, value.as_bytes())
+pub(crate) fn entry(key: &str, value: &str) -> KeyValue {
+    KeyValue::new(key, value.as_bytes())
 }
 
 #[cfg(test)]
@@ -197,7 +197,7 @@ mod tests {
         assert!(set.contains_key("c"));
         assert_eq!(set.remove("b"), Some(entry("b", "2")));
         assert_eq!(set.remove("b"), None);
-        let keys: Vec<&str> = set.iter().map(Entry::key).collect();
+        let keys: Vec<&str> = set.iter().map(KeyValue::key).collect();
         assert_eq!(keys, ["a", "c"], "in key order");
     }
 

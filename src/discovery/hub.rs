@@ -13,7 +13,7 @@ use super::DiscoveryStatus;
 use super::diff::RawChange;
 use super::engine::{Engine, EngineConfig, State};
 use super::entries::Entries;
-use crate::Error;
+use crate::error::Error;
 
 /// Batches a slow subscriber may fall behind by before it resyncs from the snapshot.
 const BACKLOG: usize = 1024;
@@ -72,7 +72,7 @@ impl Watches {
 /// The request settings of an engine: two discoveries share one only if theirs are equal.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Settings {
-    pub(super) backoff: crate::Backoff,
+    pub(super) backoff: crate::backoff::Backoff,
     pub(super) request_timeout: Duration,
     pub(super) progress_interval: Duration,
     pub(super) idle_timeout: Duration,
@@ -88,7 +88,7 @@ pub(super) struct Subscription {
 
 /// The entries published when a subscriber (re)subscribes, which its receiver of changes
 /// follows. The subscriber catches up from it, then drops it.
-pub(super) struct Snapshot {
+pub(super) struct Catchup {
     pub(super) entries: Entries,
     /// Whether the entries are a complete listing.
     pub(super) listed: bool,
@@ -102,7 +102,7 @@ impl Hub {
         prefix: &str,
         settings: Settings,
         config: impl FnOnce() -> EngineConfig,
-    ) -> (Subscription, Snapshot) {
+    ) -> (Subscription, Catchup) {
         let mut hubs = watches.hubs.lock().unwrap_or_else(PoisonError::into_inner);
         hubs.retain(|_, engines| {
             engines.retain(|(_, hub)| hub.strong_count() > 0);
@@ -145,7 +145,7 @@ impl Hub {
         }
     }
 
-    fn subscribe(self: Arc<Self>) -> (Subscription, Snapshot) {
+    fn subscribe(self: Arc<Self>) -> (Subscription, Catchup) {
         let (snapshot, changes) = self.resubscribe();
         let status = self.status.clone();
         let subscription = Subscription {
@@ -159,13 +159,13 @@ impl Hub {
     /// The entries now and a receiver of the changes after them: taken under one lock, so
     /// no batch falls in between or is seen twice. Once the engine has ended, the receiver
     /// is closed.
-    pub(super) fn resubscribe(&self) -> (Snapshot, broadcast::Receiver<Arc<Message>>) {
+    pub(super) fn resubscribe(&self) -> (Catchup, broadcast::Receiver<Arc<Message>>) {
         let published = self.lock();
         let changes = match &published.sender {
             Some(sender) => sender.subscribe(),
             None => broadcast::channel(1).1,
         };
-        let snapshot = Snapshot {
+        let snapshot = Catchup {
             entries: published.entries.clone(),
             listed: published.listed,
         };

@@ -24,10 +24,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::Endpoint;
 
-#[cfg(feature = "tls")]
-use crate::TlsConfig;
+use crate::backoff::Backoff;
+use crate::error::Error;
 use crate::format::{EtcdNaming, Format, Instance, check_service};
-use crate::{Backoff, Error};
+#[cfg(feature = "tls")]
+use crate::tls::TlsConfig;
 use engine::EngineConfig;
 use hub::{Settings, Watches};
 use recipe::EndpointRecipe;
@@ -150,7 +151,7 @@ impl EtcdDiscover {
     /// [`Error::InvalidTarget`], naming the bad part, before any I/O; then the errors of
     /// [`EtcdConfig::connect`](crate::EtcdConfig::connect).
     pub async fn from_target(target: &str) -> Result<Self, Error> {
-        let target = crate::Target::parse_or_error(target)?;
+        let target = crate::target::Target::parse_or_error(target)?;
         let client = target.etcd_config().connect().await?;
         Ok(EtcdDiscover::new(client, target.service.as_str()).format(target.format()))
     }

@@ -27,7 +27,7 @@ pub(crate) enum Route {
     /// By itself, in plain text: the endpoint has the default settings (`http://<addr>`,
     /// a 5 s connect timeout, no TLS, no hook).
     Plain,
-    /// By itself, over TLS with the crate's own [`TlsConfig`](crate::TlsConfig), and
+    /// By itself, over TLS with the crate's own [`TlsConfig`](crate::tls::TlsConfig), and
     /// otherwise the default settings.
     #[cfg(feature = "tls")]
     Tls(crate::tls::Connector),
@@ -60,8 +60,8 @@ pub(super) enum BackendTls {
 }
 
 #[cfg(feature = "tls")]
-impl From<crate::TlsConfig> for BackendTls {
-    fn from(config: crate::TlsConfig) -> Self {
+impl From<crate::tls::TlsConfig> for BackendTls {
+    fn from(config: crate::tls::TlsConfig) -> Self {
         BackendTls::Own {
             tonic: config.tonic(),
             connector: config.connector(),
@@ -202,7 +202,7 @@ mod tests {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = params.self_signed(&key).expect("self-signed").pem();
-        Some(crate::TlsConfig::new().ca_certificate(ca).into())
+        Some(crate::tls::TlsConfig::new().ca_certificate(ca).into())
     }
 
     #[cfg(feature = "tls")]
@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn an_invalid_tls_configuration_skips_the_instance_saying_why() {
         let recipe = EndpointRecipe {
-            tls: Some(crate::TlsConfig::new().into()),
+            tls: Some(crate::tls::TlsConfig::new().into()),
             hook: None,
         };
         let error = recipe.endpoint(&instance(false)).expect_err("no ca");

@@ -1,6 +1,6 @@
 //! What discovery reports about itself.
 
-use crate::Error;
+use crate::error::Error;
 
 /// The state of an [`EtcdDiscover`](crate::EtcdDiscover), published through a
 /// [`tokio::sync::watch`] channel so an application can see it and report it.

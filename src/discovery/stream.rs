@@ -12,7 +12,7 @@ use tower::discover::Change;
 #[cfg(doc)]
 use super::EtcdDiscover;
 use super::{Discovered, DiscoveryStatus};
-use crate::Error;
+use crate::error::Error;
 
 pub(super) type ChangeStream =
     Pin<Box<dyn Stream<Item = Result<Change<String, Discovered>, Error>> + Send>>;

@@ -10,7 +10,7 @@ use super::entries::Entries;
 use super::hub::{Hub, Message, Subscription};
 use super::stream::ChangeStream;
 use super::{Config, Discovered, DiscoveryStatus};
-use crate::Error;
+use crate::error::Error;
 
 /// Starts a subscriber: validates the prefix, joins (or starts) the shared engine of its prefix, then turns the engine's raw changes into endpoint changes.
 pub(super) fn run(config: Config) -> ChangeStream {

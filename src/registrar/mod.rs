@@ -19,9 +19,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info};
 
+use crate::backoff::Backoff;
 use crate::backoff::Retry;
+use crate::error::Error;
 use crate::format::{EtcdNaming, Format, Instance, check_instance, check_service};
-use crate::{Backoff, Error};
 use lease::{LeaseTask, State};
 
 /// The smallest lease TTL accepted: etcd's own minimum is about 2 s.
@@ -120,7 +121,7 @@ impl Registrar {
     /// [`Error::InvalidTarget`], naming the bad part, before any I/O; then the errors of
     /// [`EtcdConfig::connect`](crate::EtcdConfig::connect).
     pub async fn from_target(target: &str) -> Result<(Self, String), Error> {
-        let target = crate::Target::parse_or_error(target)?;
+        let target = crate::target::Target::parse_or_error(target)?;
         let client = target.etcd_config().connect().await?;
         let registrar = Registrar::new(client).format(target.format());
         Ok((registrar, target.service))
@@ -317,7 +318,7 @@ pub enum RegistrationStatus {
 mod tests {
     use super::lease::ttl_secs;
     use super::{MAX_TTL, MIN_TTL, check_settings};
-    use crate::Error;
+    use crate::error::Error;
     use std::time::Duration;
 
     #[test]
