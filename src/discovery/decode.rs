@@ -1,6 +1,5 @@
 //! Turning raw registry changes into endpoint changes, per subscriber.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tower::discover::Change;
@@ -29,7 +28,9 @@ pub(super) struct Decoder {
     /// The keys under the prefix that are not endpoints: their values do not decode, or
     /// they are another service's. Counted in the status, so that a call that finds no
     /// endpoint can say that keys exist but were skipped.
-    skipped: BTreeSet<String>,
+    /// Held with their values, so that what this decoder has seen under the prefix (every
+    /// key's latest value, [`seen`](Decoder::seen)) is `good` overlaid with these.
+    skipped: Entries,
     /// Why the last key skipped was, with its key.
     skip_reason: Option<String>,
 }
@@ -49,7 +50,7 @@ impl Decoder {
             recipe,
             good: Entries::new(),
             addresses: Addresses::default(),
-            skipped: BTreeSet::new(),
+            skipped: Entries::new(),
             skip_reason: None,
         }
     }
@@ -65,9 +66,21 @@ impl Decoder {
         }
     }
 
-    fn skip(&mut self, key: &str, reason: String) {
-        self.skipped.insert(key.to_owned());
+    fn skip(&mut self, entry: KeyValue, reason: String) {
+        let key = entry.key().to_owned();
+        self.skipped.insert(entry);
         self.skip_reason = Some(format!("{key}: {reason}"));
+    }
+
+    /// Every key this decoder has seen under the prefix and not seen deleted, with its latest
+    /// value, whether it decoded or not: what it must be reconciled from when it falls
+    /// behind the shared watch or joins a new one.
+    pub(super) fn seen(&self) -> Entries {
+        let mut seen = self.good.clone();
+        for entry in self.skipped.iter() {
+            seen.insert(entry.clone());
+        }
+        seen
     }
 
     /// How many endpoints are announced: one per address.
@@ -89,6 +102,8 @@ impl Decoder {
         match change {
             RawChange::Put(entry) => {
                 if self.good.get(entry.key()) == Some(&entry) {
+                    // Back to the value it is announced with, after a value that was skipped.
+                    self.skipped.remove(entry.key());
                     return Vec::new();
                 }
                 match self.endpoint_for(entry.key(), entry.value()) {
@@ -98,13 +113,14 @@ impl Decoder {
                     }
                     Err(Skip::Decode(error)) if error.is_other_service() => {
                         debug!(key = entry.key(), service = %self.service, reason = %error, "skipping another service's instance");
-                        self.skip(entry.key(), error.to_string());
+                        let reason = error.to_string();
+                        self.skip(entry, reason);
                         Vec::new()
                     }
                     Err(error) => {
                         let reason = crate::error::Chain(&error).to_string();
                         warn!(key = entry.key(), error = %reason, "skipping undecodable value");
-                        self.skip(entry.key(), reason);
+                        self.skip(entry, reason);
                         Vec::new()
                     }
                 }

@@ -100,6 +100,10 @@ impl Entries {
         self.0.len()
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The entry of `key`, if any.
     pub(crate) fn get(&self, key: &str) -> Option<&KeyValue> {
         self.0.get(key).map(|e| &e.0)

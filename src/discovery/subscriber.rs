@@ -92,15 +92,12 @@ type Output = Result<Vec<Change<String, Discovered>>, Error>;
 enum Step {
     /// Find the cluster, and join the engine watching the prefix there.
     Join,
-    /// Follow the engine; `seen` is every raw entry received.
+    /// Follow the engine.
     Follow {
         subscription: Subscription,
-        seen: Entries,
     },
     /// Join a new engine after the last one went away, keeping what was seen.
-    Rejoin {
-        seen: Entries,
-    },
+    Rejoin,
     Done,
 }
 
@@ -139,9 +136,8 @@ impl Subscriber {
 impl Subscriber {
     async fn step(&mut self, step: Step) -> (Output, Step) {
         match step {
-            Step::Join => self.join(Entries::new()).await,
-            Step::Rejoin { seen } => self.join(seen).await,
-            Step::Follow { subscription, seen } => self.follow(subscription, seen).await,
+            Step::Join | Step::Rejoin => self.join().await,
+            Step::Follow { subscription } => self.follow(subscription).await,
             Step::Done => (Ok(Vec::new()), Step::Done),
         }
     }
@@ -149,25 +145,22 @@ impl Subscriber {
     /// Joins the engine of the group watching the prefix with this discovery's settings,
     /// starting one if none runs.
     ///
-    /// `seen` is what an earlier engine had sent, when joining again: it is reconciled with
-    /// the new engine's listing by diff, at once if the listing is complete, else when it is.
-    async fn join(&mut self, seen: Entries) -> (Output, Step) {
+    /// What the decoder has seen from an earlier engine, when joining again, is reconciled
+    /// with the new engine's listing by diff, at once if the listing is complete, else when
+    /// it is.
+    async fn join(&mut self) -> (Output, Step) {
         let config = &self.config;
         let (subscription, snapshot) =
             Hub::join(&config.watches, &self.prefix, config.settings, || {
                 config.engine_config()
             });
-        let (seen, raw) = catch_up(seen, &snapshot.entries, snapshot.listed);
+        let raw = catch_up(&self.decoder.seen(), &snapshot.entries, snapshot.listed);
         let changes = self.apply(raw);
         self.derive_status(&subscription.status);
-        (Ok(changes), Step::Follow { subscription, seen })
+        (Ok(changes), Step::Follow { subscription })
     }
 
-    async fn follow(
-        &mut self,
-        mut subscription: Subscription,
-        mut seen: Entries,
-    ) -> (Output, Step) {
+    async fn follow(&mut self, mut subscription: Subscription) -> (Output, Step) {
         use tokio::sync::broadcast::error::RecvError;
         let received = tokio::select! {
             // Biased: a batch already queued is applied before a status change is looked
@@ -177,7 +170,7 @@ impl Subscriber {
             received = subscription.changes.recv() => received,
             Ok(()) = subscription.status.changed() => {
                 self.derive_status(&subscription.status);
-                return (Ok(Vec::new()), Step::Follow { subscription, seen });
+                return (Ok(Vec::new()), Step::Follow { subscription });
             }
         };
         let raw: Vec<RawChange> = match received {
@@ -185,7 +178,7 @@ impl Subscriber {
                 Message::Batch(changes) => changes.clone(),
                 // The first listing of a new engine: anything seen before that it does not
                 // hold is gone.
-                Message::Listed => reconcile(&seen, &mut subscription),
+                Message::Listed => reconcile(&self.decoder.seen(), &mut subscription),
                 Message::Failed(error) => {
                     let error = error.clone();
                     let failed = DiscoveryStatus::Failed {
@@ -198,24 +191,21 @@ impl Subscriber {
             Err(RecvError::Lagged(missed)) => {
                 // Fell behind the engine: catch up from its snapshot, by diff.
                 tracing::debug!(prefix = %self.prefix, missed, "subscriber lagged, resyncing");
-                reconcile(&seen, &mut subscription)
+                reconcile(&self.decoder.seen(), &mut subscription)
             }
             Err(RecvError::Closed) => {
                 // The engine is gone without failing: its runtime was shut down. Join again,
                 // on this one, keeping what was seen.
                 tracing::debug!(prefix = %self.prefix, "shared watch ended, joining again");
-                return (Ok(Vec::new()), Step::Rejoin { seen });
+                return (Ok(Vec::new()), Step::Rejoin);
             }
         };
-        for change in &raw {
-            apply_raw(&mut seen, change);
-        }
         let before = (self.decoder.len(), self.decoder.skipped());
         let changes = self.apply(raw);
         if (self.decoder.len(), self.decoder.skipped()) != before {
             self.derive_status(&subscription.status);
         }
-        (Ok(changes), Step::Follow { subscription, seen })
+        (Ok(changes), Step::Follow { subscription })
     }
 }
 
@@ -228,22 +218,18 @@ impl Subscriber {
     }
 }
 
-/// What to announce on joining an engine, and the entries seen after it: everything in its
-/// snapshot; and, if the snapshot is a complete listing, the removal of what was seen before
-/// and is gone.
-fn catch_up(mut seen: Entries, snapshot: &Entries, listed: bool) -> (Entries, Vec<RawChange>) {
-    let diff = diff::diff(&seen, snapshot);
-    let raw: Vec<RawChange> = if listed {
-        diff.into_changes().collect()
+/// What to announce on joining an engine, given what was `seen` before: everything in its
+/// snapshot that is new or changed; and, if the snapshot is a complete listing, the removal
+/// of what was seen before and is gone.
+fn catch_up(seen: &Entries, snapshot: &Entries, listed: bool) -> Vec<RawChange> {
+    let changes = diff::diff(seen, snapshot).into_changes();
+    if listed {
+        changes.collect()
     } else {
-        diff.into_changes()
+        changes
             .filter(|c| matches!(c, RawChange::Put(..)))
             .collect()
-    };
-    for change in &raw {
-        apply_raw(&mut seen, change);
     }
-    (seen, raw)
 }
 
 /// The changes that make `seen` match what the engine has published, with a fresh receiver
@@ -252,17 +238,6 @@ fn reconcile(seen: &Entries, subscription: &mut Subscription) -> Vec<RawChange> 
     let (snapshot, changes) = subscription.hub.resubscribe();
     subscription.changes = changes;
     diff::diff(seen, &snapshot.entries).into_changes().collect()
-}
-
-fn apply_raw(seen: &mut Entries, change: &RawChange) {
-    match change {
-        RawChange::Put(entry) => {
-            seen.insert(entry.clone());
-        }
-        RawChange::Delete(key) => {
-            seen.remove(key);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -274,8 +249,7 @@ mod tests {
     fn joining_a_listed_engine_removes_what_is_gone() {
         let seen = entries(&[("a", "1"), ("b", "2")]);
         let snapshot = entries(&[("b", "2"), ("c", "3")]);
-        let (seen, raw) = catch_up(seen, &snapshot, true);
-        assert_eq!(seen, snapshot);
+        let raw = catch_up(&seen, &snapshot, true);
         assert_eq!(
             raw,
             vec![
@@ -288,8 +262,11 @@ mod tests {
     #[test]
     fn joining_an_engine_still_listing_removes_nothing_yet() {
         let seen = entries(&[("a", "1"), ("b", "2")]);
-        let (seen, raw) = catch_up(seen, &Entries::new(), false);
-        assert!(raw.is_empty(), "{raw:?}");
-        assert_eq!(seen.len(), 2, "kept until the listing completes");
+        let raw = catch_up(&seen, &entries(&[("b", "3")]), false);
+        assert_eq!(
+            raw,
+            vec![RawChange::Put(entry("b", "3"))],
+            "a removes nothing until the listing completes"
+        );
     }
 }

@@ -1,6 +1,6 @@
 use super::*;
-use crate::EtcdNaming;
 use crate::discovery::recipe::EndpointHook;
+use crate::format::EtcdNaming;
 use tonic::transport::Endpoint;
 
 fn put(key: &str, value: &str) -> RawChange {
@@ -202,4 +202,26 @@ fn a_tls_configuration_makes_every_endpoint_https() {
         uri_of(apply1(&mut d, put("s/a", GOOD))),
         "https://127.0.0.1:1/"
     );
+}
+
+#[test]
+fn what_it_has_seen_is_every_keys_latest_value_decoded_or_not() {
+    use crate::discovery::entries::entries;
+    let mut d = Decoder::new(Arc::new(EtcdNaming), "s".into(), EndpointRecipe::default());
+    d.apply(put("s/a", GOOD));
+    d.apply(put("s/b", "garbage"));
+    assert_eq!(d.seen(), entries(&[("s/a", GOOD), ("s/b", "garbage")]));
+    // A bad value over a good one: seen as it is, while the endpoint keeps the good one.
+    d.apply(put("s/a", "worse"));
+    assert_eq!(d.seen(), entries(&[("s/a", "worse"), ("s/b", "garbage")]));
+    assert_eq!(d.len(), 1);
+    assert_eq!(d.skipped().keys, 2);
+    // Back to the announced value: no longer skipped.
+    d.apply(put("s/a", GOOD));
+    assert_eq!(d.seen(), entries(&[("s/a", GOOD), ("s/b", "garbage")]));
+    assert_eq!(d.skipped().keys, 1);
+    d.apply(RawChange::Delete("s/b".into()));
+    d.apply(RawChange::Delete("s/a".into()));
+    assert_eq!(d.seen(), entries(&[]));
+    assert_eq!(d.skipped(), Skipped::default());
 }
