@@ -10,7 +10,8 @@
 //! One recorder is installed for the whole process (the `metrics` facade allows one): a
 //! switch in front of it hands out the real counters and gauges while on, and no-op ones
 //! while off. Runs alternate (off on, on off, ...) so that machine noise falls on both
-//! alike; the result is the median of the rounds' ratios, with the goal ≥ 0.98. Environment:
+//! alike; the result is the median of the rounds' ratios, with the goal ≥ 0.98, beside the
+//! CPU the whole process spends per call, off and on (steadier on a busy machine). Environment:
 //! `BENCH_SECS` [1] seconds per run, `BENCH_ROUNDS` [8].
 
 #[path = "../tests/support/mod.rs"]
@@ -117,6 +118,9 @@ async fn main() {
 
     let mut ratios = Vec::new();
     let (mut calls_on, mut calls_off, mut secs_on, mut secs_off) = (0, 0, 0.0, 0.0);
+    // CPU time of the whole process, off and on: far less sensitive than throughput to
+    // what else runs on the machine.
+    let (mut cpu_on, mut cpu_off) = (0.0, 0.0);
     for round in 0..config.rounds {
         let mut rates = [0.0; 2];
         // Alternate which goes first, so that drift falls on both.
@@ -127,9 +131,15 @@ async fn main() {
             assert_eq!(load.failed, 0, "calls failed: {}", load.error_summary());
             rates[usize::from(metrics_on)] = load.rate();
             let secs = load.elapsed.as_secs_f64();
+            let cpu = load.cpu.as_secs_f64();
             match metrics_on {
-                true => (calls_on, secs_on) = (calls_on + load.ok, secs_on + secs),
-                false => (calls_off, secs_off) = (calls_off + load.ok, secs_off + secs),
+                true => {
+                    (calls_on, secs_on, cpu_on) = (calls_on + load.ok, secs_on + secs, cpu_on + cpu)
+                }
+                false => {
+                    (calls_off, secs_off, cpu_off) =
+                        (calls_off + load.ok, secs_off + secs, cpu_off + cpu)
+                }
             }
         }
         let ratio = rates[1] / rates[0];
@@ -150,6 +160,8 @@ async fn main() {
         .filter(|l| l.starts_with("tonic_etcd") || l.starts_with("grpc"))
         .count();
     println!("  the last scrape holds {series} series");
+    let per_call = |cpu: f64, calls: u64| cpu * 1e6 / calls.max(1) as f64;
+    let (cpu_off, cpu_on) = (per_call(cpu_off, calls_off), per_call(cpu_on, calls_on));
     let row = Row::new("unary throughput, 64 in flight, 1 backend", "metrics off")
         .value(format!("{:.0} calls/s", calls_off as f64 / secs_off))
         .ours(format!(
@@ -157,7 +169,9 @@ async fn main() {
             calls_on as f64 / secs_on
         ))
         .ratio(format!(
-            "on/off = {median:.3} (median; rounds {lo:.2}–{hi:.2}) / ≥ 0.98"
+            "on/off = {median:.3} (median; rounds {lo:.2}–{hi:.2}); CPU per call off/on = \
+             {:.3} ({cpu_off:.1} vs {cpu_on:.1} µs) / ≥ 0.98",
+            cpu_off / cpu_on
         ))
         .met(median >= 0.98);
     println!("\n{}", common::table(&[row]));
