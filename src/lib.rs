@@ -68,6 +68,13 @@
 //! the standard includes for etcd-client's build; this crate has no build script. The guide
 //! is in the repository's `docs/`.
 //!
+//! # Features
+//!
+//! - `tls`: TLS to etcd and to the discovered servers (rustls), `TlsConfig`.
+//! - `health`: `Registration::follow_health`, and active health checks in the balancer.
+//! - `metrics`: endpoints, ejections, retries, discovery and the registrar recorded through
+//!   the `metrics` facade, for the exporter the application installs; see [`metrics`].
+//!
 //! # Layout
 //!
 //! - `discovery`: [`EtcdDiscover`]; the list-then-watch state machine, shared by the
