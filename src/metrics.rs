@@ -26,7 +26,8 @@ use crate::{DiscoveryStatus, EndpointState, RegistrationStatus};
 
 /// Gauge, `{endpoint}`: the endpoints the [`BalancedChannel`](crate::BalancedChannel)
 /// knows, by state; labels `grpc.target` and `state`: `connecting`, `up`, `ejected`, `idle`
-/// (see [`EndpointState`]). Updated by the channel's own task as endpoints change.
+/// (see [`EndpointState`]). Updated by the channel's own task as endpoints change, at
+/// least once a second; two channels over one service in a process share the series.
 pub const ENDPOINTS: &str = "tonic_etcd.lb.endpoints";
 
 /// Counter, `{ejection}`: endpoints taken out of rotation; labels `grpc.target` and
