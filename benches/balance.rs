@@ -6,6 +6,7 @@
 //! BENCH_SECS=5 BENCH_ROUNDS=5 cargo bench --bench balance     # longer, steadier runs
 //! BENCH_ONLY=1,2 cargo bench --bench balance                  # some measures only
 //! BENCH_ONLY=7 cargo bench --bench balance --features tls     # throughput over tls
+//! BENCH_ONLY=8,9,10 cargo bench --bench balance               # failure handling (issue 11)
 //! ```
 //!
 //! Each measure runs its peers in this one process, against the same etcd and the same
@@ -16,8 +17,9 @@
 //! Environment (defaults in brackets):
 //!
 //! - `BENCH_SECS` [1]: seconds per timed run of measures 1, 2 and 7.
-//! - `BENCH_ROUNDS` [8]: interleaved rounds of measures 1, 2, 3, 6 and 7.
-//! - `BENCH_KILL_ROUNDS` [2]: rounds of measure 4 (each spawns three server processes).
+//! - `BENCH_ROUNDS` [8]: interleaved rounds of measures 1, 2, 3, 6, 7 and 8, trials of 10.
+//! - `BENCH_KILL_ROUNDS` [2]: rounds of measures 4 and 9 (each spawns three server
+//!   processes per peer).
 //! - `BENCH_TRIALS` [100]: registrations timed by measure 5.
 //! - `BENCH_INSTANCES` [10000]: instances under one prefix in measure 6.
 //! - `BENCH_ONLY` [all]: a comma-separated list of measures to run, e.g. `1,4`. Measure 7
@@ -35,6 +37,8 @@ mod support;
 
 #[path = "balance/common.rs"]
 mod common;
+#[path = "balance/failing.rs"]
+mod failing;
 #[path = "balance/failures.rs"]
 mod failures;
 #[path = "balance/registration.rs"]
@@ -194,6 +198,15 @@ async fn main() {
     #[cfg(feature = "tls")]
     if config.runs(7) {
         rows.extend(tls::unary(&etcd, &config).await);
+    }
+    if config.runs(8) {
+        rows.extend(failing::fast_failing(&etcd, &config).await);
+    }
+    if config.runs(9) {
+        rows.extend(failing::kill9_retry(&etcd, &config).await);
+    }
+    if config.runs(10) {
+        rows.extend(failing::put_while_spinning(&etcd, &config).await);
     }
     println!("\n## Results ({config})\n");
     println!("{}", common::table(&rows));

@@ -75,6 +75,46 @@
 //! - `metrics`: endpoints, ejections, retries, discovery and the registrar recorded through
 //!   the `metrics` facade, for the exporter the application installs; see [`metrics`].
 //!
+//! # Failure handling
+//!
+//! What the crate's own [`BalancedChannel`] does when endpoints fail, and where each
+//! behaviour comes from (the guide's `docs/failure-handling.md` has the measurements):
+//!
+//! - **Dead or unreachable endpoint** (refused, reset, GOAWAY, a failed health check): out
+//!   of rotation at once ([`EndpointState::Ejected`], [`EjectionReason::Connection`]),
+//!   readmitted by a probe with jittered backoff ([`Balancer::probe_backoff`]). A call that
+//!   never left is retried at once on another endpoint, at most 4 times, outside any
+//!   retry policy or budget (gRFC A6's transparent retry).
+//! - **Endpoint up but failing by status** (`UNAVAILABLE`, `INTERNAL`, `UNKNOWN`,
+//!   `DATA_LOSS`): [`OutlierDetection`], on by default. Each failure lowers the endpoint's
+//!   share at once (its recent success rate, squared, scales its chance in the pick, as
+//!   go-zero and Kratos fold success into the load); 5 failures in a row eject it for 30 s,
+//!   growing with each ejection to 300 s (gRFC A50; Envoy's `consecutive_5xx`); a
+//!   success-rate check every 10 s ejects an endpoint far below the others' (A50). At
+//!   most 10 % of the endpoints are ejected at once (at least one may be, while another
+//!   stays), and while fewer than half of the others are healthy none is: when every
+//!   endpoint fails, calls spread over all of them (Envoy's panic threshold). A call's
+//!   own deadline or cancellation never counts against an endpoint.
+//! - **Sent calls that failed**: retried only under a [`RetryPolicy`] the application
+//!   sets per method with [`Balancer::retry_policy`] (gRFC A6): retryable codes, up to 5
+//!   attempts, jittered exponential backoff, a different endpoint where one is up,
+//!   `grpc-retry-pushback-ms` honoured. A request larger than [`Balancer::retry_buffer`]
+//!   (256 KiB) is not retried once sent, nor is a call whose response headers reached
+//!   the caller (the channel holds a response until its first message is in, so a server
+//!   killed mid-call is retried). [`RetryThrottling`] (a token bucket, on by default with
+//!   a policy) stops retries while most calls fail: calls sent stay within `(1 +
+//!   token_ratio)` × calls made, plus half the bucket.
+//! - **Endpoint just joined or readmitted**: full share at once by default; with
+//!   [`Balancer::slow_start`], its share ramps up over a window ([`SlowStart`], after
+//!   Envoy's slow start mode).
+//! - **No endpoint**: fails fast with `Unavailable` naming the cause, waits while one is
+//!   on its way ([`Balancer::startup_wait`]) or when asked ([`Balancer::wait_for_ready`]);
+//!   a call that fails at once yields first, so callers that retry at once cannot starve
+//!   the runtime.
+//!
+//! [`BalancedChannel::endpoints`] shows, per endpoint, its state, the ejection reason and
+//! count, its recent success rate, and its slow-start factor.
+//!
 //! # Layout
 //!
 //! - `discovery`: [`EtcdDiscover`]; the list-then-watch state machine, shared by the

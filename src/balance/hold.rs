@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame};
@@ -15,9 +16,15 @@ use super::status_observer::grpc_status;
 
 type Outcome = Result<http::Response<Body>, tower::BoxError>;
 
-/// Reads a response's body until its first data frame is in and no further frame is
-/// ready at once (a unary response's trailers come with its message), then gives the
-/// response on with those frames in front. Trailers that come before any data are merged
+/// How long, after a data frame, the next frame may take and still be held back: a unary
+/// response's trailers follow its message at once, so a server killed between the two
+/// fails a call that can still be retried; a stream's next message may come much later,
+/// and the caller gets the first one after this wait at most.
+const AFTER_DATA: Duration = Duration::from_millis(20);
+
+/// Reads a response's body until its end, or until its first data frame is in and no
+/// further frame comes within [`AFTER_DATA`], then gives the response on with the frames
+/// read in front. Trailers that come before any data are merged
 /// into the headers, as a trailers-only response; a body that fails before the response
 /// is given on becomes the attempt's error ([`BodyFailed`]). A trailers-only response or
 /// an error passes as it is.
@@ -32,14 +39,13 @@ pub(super) async fn first_frames(result: Outcome) -> Outcome {
         if body.is_end_stream() {
             break;
         }
-        let next = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
-            Poll::Pending if !frames.is_empty() => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(frame) => Poll::Ready(Some(frame)),
-        })
-        .await;
+        let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+        let next = match frames.is_empty() {
+            true => Some(next.await),
+            false => tokio::time::timeout(AFTER_DATA, next).await.ok(),
+        };
         match next {
-            // Data in, and nothing more ready: give it on.
+            // Data in, and nothing more for a while: a stream; give it on.
             None => break,
             // The end.
             Some(None) => {

@@ -25,7 +25,9 @@
 //!   stays, and it comes back when the ejection time ends.
 //! - `slow_start` (pure): the ramp of an endpoint that comes into rotation.
 //! - `retry_policy`, `retry_decision`, `retry_throttle`, `codes` (pure): retries of sent
-//!   calls (gRFC A6).
+//!   calls (gRFC A6); `retry`: the shell around `call::call` that carries them out,
+//!   `replay`: the request body recorded to send it again, `hold`: a response held until
+//!   its first message is in, so that the caller has seen nothing of a retried attempt.
 
 mod backend;
 mod call;
