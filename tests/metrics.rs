@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -141,6 +143,16 @@ async fn the_client_scrape_shows_the_ejection_of_a_killed_server() {
     wait_for_sample(client_metrics, &failed, |v| v >= 1.0).await;
 }
 
+/// The Prometheus recorder of this test binary, installed by the first test that asks.
+fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only recorder of this test binary")
+    })
+}
+
 /// Calls through `channel` from 4 callers until `stop` is set.
 async fn call_until(
     channel: tonic_etcd::BalancedChannel,
@@ -187,9 +199,7 @@ async fn wait_for_rendered(render: impl Fn() -> String, series: &str, at_least: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outlier_ejections_and_policy_retries_are_counted() {
     const SERVICE: &str = "metrics-outlier";
-    let handle = PrometheusBuilder::new()
-        .install_recorder()
-        .expect("the only recorder of this test binary");
+    let handle = recorder();
     let etcd = Etcd::start().await;
     let healthy = [TestServer::start().await, TestServer::start().await];
     let failing = TestServer::start_failing(Failing::always(Code::Unavailable)).await;
@@ -214,4 +224,38 @@ async fn outlier_ejections_and_policy_retries_are_counted() {
     wait_for_rendered(|| handle.render(), &retries, 1.0).await;
     let _ = stop.send(true);
     callers.await.expect("the callers end");
+}
+
+/// In this process: etcd is killed and started again under a running discovery, which
+/// counts the failed requests, reports retrying, opens its watch again and is synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_counts_errors_and_a_watch_restart_across_an_etcd_restart() {
+    const SERVICE: &str = "metrics-restart";
+    let handle = recorder();
+    let mut etcd = Etcd::start().await;
+    let instance = Instance::new("127.0.0.1:1");
+    let mut kv = etcd.client().await;
+    let (key, value) = (
+        EtcdNaming.key(SERVICE, &instance, 0),
+        EtcdNaming.value(SERVICE, &instance),
+    );
+    kv.put(key, value, None).await.expect("put a registration");
+    let channel = EtcdDiscover::new(etcd.client().await, SERVICE).channel();
+
+    let prefix = format!(r#"prefix="{SERVICE}/""#);
+    let status = |s: &str| format!(r#"tonic_etcd_discovery_status{{{prefix},status="{s}"}}"#);
+    let watches = format!("tonic_etcd_discovery_watches{{{prefix}}}");
+    wait_for_rendered(|| handle.render(), &status("synced"), 1.0).await;
+    wait_for_rendered(|| handle.render(), &watches, 1.0).await;
+    let keys = format!("tonic_etcd_discovery_keys{{{prefix}}}");
+    assert_eq!(sample(&handle.render(), &keys), Some(1.0));
+
+    etcd.kill();
+    let errors = format!("tonic_etcd_discovery_errors{{{prefix}}}");
+    wait_for_rendered(|| handle.render(), &errors, 1.0).await;
+    wait_for_rendered(|| handle.render(), &status("retrying"), 1.0).await;
+    etcd.restart().await;
+    wait_for_rendered(|| handle.render(), &watches, 2.0).await;
+    wait_for_rendered(|| handle.render(), &status("synced"), 1.0).await;
+    drop(channel);
 }
