@@ -1,6 +1,10 @@
-//! Jittered, capped exponential backoff.
+//! Jittered, capped exponential backoff, and the one retry path that uses it.
+
+mod retry;
 
 use std::time::Duration;
+
+pub(crate) use retry::{Failure, Retry, within};
 
 /// How long to wait between retries of a failing etcd operation.
 ///
@@ -24,6 +28,7 @@ pub struct Backoff {
     initial: Duration,
     max: Duration,
     multiplier: f64,
+    denied_max: Duration,
 }
 
 impl Default for Backoff {
@@ -32,6 +37,7 @@ impl Default for Backoff {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(10),
             multiplier: 2.0,
+            denied_max: Duration::from_secs(30),
         }
     }
 }
@@ -59,6 +65,26 @@ impl Backoff {
         self
     }
 
+    /// The largest delay, before jitter, while etcd denies a permission that discovery or
+    /// the registrar has already used with the same credentials: a role revoked for a while
+    /// (etcd's RBAC). Such retries start at [`max`](Backoff::max) and grow to this, so that
+    /// discovery or the registration comes back on its own once the role is granted again.
+    /// A permission denied the first time is an error at once. Default: 30 s.
+    pub fn denied_max(mut self, max: Duration) -> Self {
+        self.denied_max = max;
+        self
+    }
+
+    /// The backoff while a permission used before is denied: from [`max`](Backoff::max)
+    /// to [`denied_max`](Backoff::denied_max).
+    pub(crate) fn denied(&self) -> Backoff {
+        Backoff {
+            initial: self.max,
+            max: self.denied_max,
+            ..*self
+        }
+    }
+
     /// The un-jittered delay before retry number `attempt` (1-based).
     pub(crate) fn base_delay(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(64) as i32;
@@ -79,108 +105,9 @@ impl Backoff {
     }
 }
 
-/// The retry count of one failing operation, and what it has waited so far.
-#[derive(Debug, Clone)]
-pub(crate) struct Retry {
-    policy: Backoff,
-    attempt: u32,
-    /// The current run of failures, for the logs.
-    outage: Outage,
-}
-
-impl Retry {
-    pub(crate) fn new(policy: Backoff) -> Self {
-        Retry {
-            policy,
-            attempt: 0,
-            outage: Outage::default(),
-        }
-    }
-
-    /// Whether a failure now should be logged at WARN; see [`Outage::failed`].
-    pub(crate) fn warn_now(&mut self) -> bool {
-        self.outage.failed(tokio::time::Instant::now())
-    }
-
-    /// How long the failures that a success now ends lasted, if any: see
-    /// [`Outage::succeeded`].
-    pub(crate) fn recovered_now(&mut self) -> Option<Duration> {
-        self.outage.succeeded(tokio::time::Instant::now())
-    }
-
-    /// Counts one more failure and returns how long to wait before the next try.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        self.attempt = self.attempt.saturating_add(1);
-        self.policy.delay(self.attempt)
-    }
-
-    /// The number of failures since the last reset.
-    pub(crate) fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// Forgets past failures after a healthy period.
-    pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// How often a failure of an outage that goes on is logged at WARN again.
-const WARN_EVERY: Duration = Duration::from_secs(30);
-
-/// One run of failures of an operation, for its logs: the first failure is worth a WARN,
-/// then one every [`WARN_EVERY`] while it lasts; its end is worth an INFO.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Outage {
-    /// When the current run of failures began, if one is under way.
-    since: Option<tokio::time::Instant>,
-    last_warned: Option<tokio::time::Instant>,
-}
-
-impl Outage {
-    /// Counts a failure at `now`; returns whether to log it at WARN (else at DEBUG).
-    pub(crate) fn failed(&mut self, now: tokio::time::Instant) -> bool {
-        self.since.get_or_insert(now);
-        let due = self
-            .last_warned
-            .is_none_or(|at| now.saturating_duration_since(at) >= WARN_EVERY);
-        if due {
-            self.last_warned = Some(now);
-        }
-        due
-    }
-
-    /// Counts a success at `now`; returns how long the failures lasted, if this ends a run
-    /// of them (log it at INFO).
-    pub(crate) fn succeeded(&mut self, now: tokio::time::Instant) -> Option<Duration> {
-        self.last_warned = None;
-        self.since
-            .take()
-            .map(|since| now.saturating_duration_since(since))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_outage_warns_first_then_every_30_s_and_reports_its_end() {
-        let t0 = tokio::time::Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut outage = Outage::default();
-        assert_eq!(
-            outage.succeeded(at(0)),
-            None,
-            "no outage, nothing to report"
-        );
-        assert!(outage.failed(at(1)));
-        assert!(!outage.failed(at(2)));
-        assert!(!outage.failed(at(30)));
-        assert!(outage.failed(at(31)));
-        assert_eq!(outage.succeeded(at(41)), Some(Duration::from_secs(40)));
-        assert!(outage.failed(at(42)), "a new outage warns at once");
-    }
 
     #[test]
     fn base_delay_grows_then_caps() {
@@ -218,20 +145,22 @@ mod tests {
     }
 
     #[test]
+    fn a_denied_permission_backs_off_from_max_to_denied_max() {
+        let b = Backoff::default()
+            .max(Duration::from_secs(10))
+            .denied_max(Duration::from_secs(30))
+            .denied();
+        assert_eq!(b.base_delay(1), Duration::from_secs(10));
+        assert_eq!(b.base_delay(2), Duration::from_secs(20));
+        assert_eq!(b.base_delay(3), Duration::from_secs(30));
+        assert_eq!(b.base_delay(9), Duration::from_secs(30));
+    }
+
+    #[test]
     fn bad_multiplier_is_tamed() {
         let b = Backoff::default().multiplier(f64::NAN);
         assert_eq!(b.base_delay(2), Duration::from_millis(200));
         let b = Backoff::default().multiplier(0.1);
         assert_eq!(b.base_delay(10), Duration::from_millis(100));
-    }
-
-    #[test]
-    fn retry_counts_and_resets() {
-        let mut r = Retry::new(Backoff::default());
-        r.next_delay();
-        r.next_delay();
-        assert_eq!(r.attempt(), 2);
-        r.reset();
-        assert_eq!(r.attempt(), 0);
     }
 }

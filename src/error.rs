@@ -288,6 +288,24 @@ impl Error {
         }
     }
 
+    /// Returns `true` if etcd refused the operation for want of a permission (its RBAC):
+    /// final for credentials that never had it, over once a revoked role is granted again.
+    pub(crate) fn is_permission_denied(&self) -> bool {
+        match self {
+            Error::WatchCancelled { reason, .. } => reason.contains("permission denied"),
+            Error::List { source, .. }
+            | Error::Watch { source, .. }
+            | Error::LeaseGrant { source, .. }
+            | Error::Put { source, .. }
+            | Error::Delete { source, .. }
+            | Error::KeepAlive { source, .. }
+            | Error::Revoke { source, .. } => {
+                status_of(source).is_some_and(|s| s.code() == tonic::Code::PermissionDenied)
+            }
+            _ => false,
+        }
+    }
+
     /// Returns `true` if etcd said the lease this operation used does not exist.
     pub(crate) fn is_lease_not_found(&self) -> bool {
         match self {

@@ -18,9 +18,14 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tonic_etcd::etcd_client::{self, Client, ConnectOptions, GetOptions, Txn, TxnOp};
-use tonic_etcd::{Backoff, EtcdDiscover};
+use tonic_etcd::etcd_client::{
+    self, Client, ConnectOptions, GetOptions, Permission, RoleRevokePermissionOptions, Txn, TxnOp,
+};
+use tonic_etcd::{
+    Backoff, DiscoveryStatus, EtcdConfig, EtcdDiscover, Registrar, RegistrationStatus,
+};
 
+use support::leases::wait_for_key;
 use support::observe::{CONVERGE_DEADLINE, Event, Feed, StatusLog};
 use support::{
     Etcd, EtcdCluster, Load, Relay, Tally, TestServer, wait_for, wait_until, wait_until_quietly,
@@ -936,4 +941,183 @@ impl<'a> History<'a> {
             feed.status.summary()
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// A role revoked for a while (etcd's RBAC)
+// ---------------------------------------------------------------------------------------
+
+/// The backoff of the RBAC tests: short, and 1 s at most while a permission is denied.
+fn denied_backoff() -> Backoff {
+    Backoff::default()
+        .initial(Duration::from_millis(50))
+        .max(Duration::from_millis(200))
+        .denied_max(Duration::from_secs(1))
+}
+
+/// An error with its causes, `outer: inner`.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// etcd with authentication on, `role` granted `permission` on `<service>/`, and `user`
+/// (password `secret`) holding it; returns etcd and a root client.
+async fn etcd_with_role(role: &str, user: &str, permission: Permission) -> (Etcd, Client) {
+    let etcd = Etcd::start().await;
+    etcd.add_role(role, vec![permission]).await;
+    etcd.add_user(user, "secret", &[role]).await;
+    etcd.enable_auth("root-secret").await;
+    let root = etcd.client_as("root", "root-secret").await;
+    (etcd, root)
+}
+
+/// Revokes `role`'s permission on the keys under `prefix`, or grants `permission` again.
+async fn set_permission(root: &Client, role: &str, prefix: &str, permission: Option<Permission>) {
+    let mut root = root.clone();
+    match permission {
+        None => {
+            let options = RoleRevokePermissionOptions::new().with_prefix();
+            root.role_revoke_permission(role, prefix, Some(options))
+                .await
+                .unwrap_or_else(|e| panic!("revoke {role}'s permission on {prefix}: {e}"));
+        }
+        Some(permission) => {
+            root.role_grant_permission(role, permission)
+                .await
+                .unwrap_or_else(|e| panic!("grant {role} a permission on {prefix}: {e}"));
+        }
+    }
+}
+
+/// A client's role loses read access to the prefix while its watch is made again (the
+/// connection cut, as by an etcd restart): discovery reports `Retrying` with the
+/// permission error, never `Failed`, keeps calling the server it knows, and once the role
+/// is granted again calls a server registered meanwhile (issue 12.5). Prints the time from
+/// the grant to the first call that server serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_comes_back_once_a_revoked_role_is_granted_again() {
+    let service = "services/rbac";
+    let prefix = format!("{service}/");
+    let read = || Permission::read(prefix.as_str()).with_prefix();
+    let (etcd, root) = etcd_with_role("reader", "client", read()).await;
+    let relay = Relay::start(&etcd.endpoint()).await;
+    let servers = [TestServer::start().await, TestServer::start().await];
+    register(&root, service, &servers[0]).await;
+    let client = EtcdConfig::new([relay.url()])
+        .user("client", "secret")
+        .connect()
+        .await
+        .expect("connect as client");
+    let discover = EtcdDiscover::new(client, service).backoff(denied_backoff());
+    let (channel, handle) = discover.balance_channel();
+    let status = StatusLog::start(handle.status());
+    let load = Load::start(channel, CALLERS, CALL_TIMEOUT);
+    wait_until(
+        "calls reach the first server",
+        CONVERGE_DEADLINE,
+        || async { servers[0].calls() > 0 },
+    )
+    .await;
+
+    set_permission(&root, "reader", &prefix, None).await;
+    let retrying = status.retrying();
+    relay.close();
+    status
+        .wait_retrying_after(retrying, "discovery reports the cut")
+        .await;
+    relay.open();
+    let mut receiver = handle.status();
+    let denied = receiver.wait_for(|s| {
+        matches!(s, DiscoveryStatus::Retrying { error, .. } if chain(error).contains("permission denied"))
+    });
+    tokio::time::timeout(CONVERGE_DEADLINE, denied)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no Retrying with the permission error: {}",
+                status.summary()
+            )
+        })
+        .expect("discovery runs");
+    drop(receiver);
+
+    register(&root, service, &servers[1]).await;
+    let granted = Instant::now();
+    set_permission(&root, "reader", &prefix, Some(read())).await;
+    wait_until(
+        "calls reach the server registered meanwhile",
+        CONVERGE_DEADLINE,
+        || async { servers[1].calls() > 0 },
+    )
+    .await;
+    let Tally { failed, .. } = load.stop().await;
+    eprintln!(
+        "role granted again: first call served by the new server {} ms later \
+         (denied backoff 0.2 s to 1 s); {failed} calls failed; statuses: {}",
+        granted.elapsed().as_millis(),
+        status.summary()
+    );
+    status.assert_never_failed("a role revoked for a while");
+    handle.stop().await;
+}
+
+/// A server's role loses write access while the registrar must put its key again (an
+/// operator revoked its lease): the registration reports `Retrying` with the permission
+/// error, never `Failed`, and puts the key back once the role is granted again (issue
+/// 12.5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registration_comes_back_once_a_revoked_role_is_granted_again() {
+    let service = "services/rbac";
+    let prefix = format!("{service}/");
+    let write = || Permission::read_write(prefix.as_str()).with_prefix();
+    let (etcd, root) = etcd_with_role("writer", "server", write()).await;
+    let client = EtcdConfig::new([etcd.endpoint()])
+        .user("server", "secret")
+        .connect()
+        .await
+        .expect("connect as server");
+    let registration = Registrar::new(client)
+        .ttl(Duration::from_secs(3))
+        .backoff(denied_backoff())
+        .register(service, SocketAddr::from(([127, 0, 0, 1], 50051)))
+        .await
+        .expect("register");
+    let key = registration.key().to_owned();
+    let lease = registration.lease_id().expect("registered");
+
+    set_permission(&root, "writer", &prefix, None).await;
+    root.clone()
+        .lease_revoke(lease)
+        .await
+        .unwrap_or_else(|e| panic!("revoke lease {lease:#x}: {e}"));
+    let (mut status, last) = (registration.status(), registration.status());
+    let denied = status.wait_for(|s| {
+        matches!(s, RegistrationStatus::Retrying { error, .. } if chain(error).contains("permission denied"))
+    });
+    tokio::time::timeout(CONVERGE_DEADLINE, denied)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no Retrying with the permission error: {:?}",
+                *last.borrow()
+            )
+        })
+        .expect("the registration runs");
+
+    set_permission(&root, "writer", &prefix, Some(write())).await;
+    let back = wait_for_key(&root, &key, CONVERGE_DEADLINE, |l| l != lease).await;
+    let registered = status.wait_for(
+        |s| matches!(s, RegistrationStatus::Registered { lease_id } if *lease_id == back),
+    );
+    tokio::time::timeout(CONVERGE_DEADLINE, registered)
+        .await
+        .unwrap_or_else(|_| panic!("not registered again: {:?}", *last.borrow()))
+        .expect("the registration runs");
+    registration.shutdown().await.expect("deregister");
 }

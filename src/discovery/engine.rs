@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use super::DiscoveryStatus;
 use super::diff::{RawChange, diff};
 use super::entries::{Entries, KeyValue};
-use crate::backoff::{Backoff, Retry};
+use crate::backoff::{Backoff, Failure, Retry};
 use crate::error::Error;
 use crate::etcd::history::{Header, History, Regression};
 use crate::etcd::list::list_prefix;
@@ -298,21 +298,21 @@ impl Engine {
     /// Handles a failed step: a permanent error ends the stream; a transient one is logged,
     /// published, waited out with backoff, and followed by `next`.
     async fn fail(&mut self, error: Error, next: State) -> (Output, State) {
-        if error.is_permanent() {
-            self.config.status.send_replace(DiscoveryStatus::Failed {
-                error: error.clone(),
-            });
-            crate::metrics::discovery_status(&self.prefix, &self.config.status.borrow());
-            return (Err(error), State::Done);
-        }
-        let delay = self.retry.next_delay();
-        let attempt = self.retry.attempt();
-        let chain = crate::error::Chain(&error).to_string();
-        if self.retry.warn_now() {
-            warn!(prefix = %self.prefix, attempt, ?delay, error = %chain, "etcd request failed, keeping the last known endpoints and retrying");
-        } else {
-            debug!(prefix = %self.prefix, attempt, ?delay, error = %chain, "retrying");
-        }
+        const RETRYING: &str = "etcd request failed, keeping the last known endpoints and retrying";
+        let (error, attempt, delay) = match self.retry.failed(error, None, RETRYING) {
+            Failure::Permanent(error) => {
+                self.config.status.send_replace(DiscoveryStatus::Failed {
+                    error: error.clone(),
+                });
+                crate::metrics::discovery_status(&self.prefix, &self.config.status.borrow());
+                return (Err(error), State::Done);
+            }
+            Failure::Transient {
+                error,
+                attempt,
+                delay,
+            } => (error, attempt, delay),
+        };
         self.config.status.send_replace(DiscoveryStatus::Retrying {
             attempt,
             error,
@@ -328,7 +328,7 @@ impl Engine {
     }
 
     fn publish_synced(&mut self, revision: i64) {
-        if let Some(after) = self.retry.recovered_now() {
+        if let Some(after) = self.retry.succeeded() {
             info!(prefix = %self.prefix, revision, ?after, "etcd answers again, discovery is current");
         }
         let endpoints = self.announced.len();

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::RegistrationStatus;
 use crate::Error;
-use crate::backoff::Retry;
+use crate::backoff::{Failure, Retry};
 use crate::error::Chain;
 use crate::etcd::request::request;
 use crate::format::{Format, Instance};
@@ -106,6 +106,9 @@ impl LeaseTask {
         mut commands: mpsc::Receiver<Command>,
         mut stop: watch::Receiver<bool>,
     ) {
+        // The first registration succeeded before the task starts: a permission denied from
+        // now on is a role revoked for a while.
+        self.retry.succeeded();
         let mut state = start;
         loop {
             tokio::select! {
@@ -135,7 +138,7 @@ impl LeaseTask {
                     } else {
                         info!(lease_id, keys = self.entries.len(), "registered");
                     }
-                    self.retry.recovered_now();
+                    self.retry.succeeded();
                     self.status
                         .send_replace(RegistrationStatus::Registered { lease_id });
                     crate::metrics::registrar_status(&self.status.borrow());
@@ -377,7 +380,7 @@ impl LeaseTask {
     }
 
     fn mark_registered(&mut self, lease_id: i64) {
-        if let Some(after) = self.retry.recovered_now() {
+        if let Some(after) = self.retry.succeeded() {
             info!(
                 lease_id,
                 ?after,
@@ -396,37 +399,36 @@ impl LeaseTask {
     }
 
     async fn fail(&mut self, error: Error, next: State) -> State {
-        if error.is_permanent() {
-            warn!(error = %Chain(&error), "registration failed for good");
-            self.status
-                .send_replace(RegistrationStatus::Failed { error });
-            crate::metrics::registrar_status(&self.status.borrow());
-            return State::Failed;
-        }
         if error.is_lease_not_found() {
             // etcd answered, so it is up; only the lease is gone. Grant again after a short
             // jittered pause, not after the backoff that the outage built up.
             self.retry.reset();
         }
-        let mut delay = self.retry.next_delay();
         // While the lease may be alive (etcd extends leases by their TTL when it recovers),
         // retry at least every TTL/3, jittered, to reach etcd before the lease expires. That
         // is the keepalive rate: no more load on etcd than when all is well.
-        let cap = self.ttl / 3;
-        if matches!(next, State::Put { .. }) && delay > cap {
-            delay = cap / 2 + (cap / 2).mul_f64(fastrand::f64());
+        let cap = matches!(next, State::Put { .. }).then_some(self.ttl / 3);
+        const RETRYING: &str = "etcd request failed, the registration retries";
+        match self.retry.failed(error, cap, RETRYING) {
+            Failure::Permanent(error) => {
+                warn!(error = %Chain(&error), "registration failed for good");
+                self.status
+                    .send_replace(RegistrationStatus::Failed { error });
+                crate::metrics::registrar_status(&self.status.borrow());
+                State::Failed
+            }
+            Failure::Transient {
+                error,
+                attempt,
+                delay,
+            } => {
+                self.status
+                    .send_replace(RegistrationStatus::Retrying { attempt, error });
+                crate::metrics::registrar_status(&self.status.borrow());
+                tokio::time::sleep(delay).await;
+                next
+            }
         }
-        let attempt = self.retry.attempt();
-        if self.retry.warn_now() {
-            warn!(attempt, ?delay, error = %Chain(&error), "etcd request failed, the registration retries");
-        } else {
-            debug!(attempt, ?delay, error = %Chain(&error), "retrying");
-        }
-        self.status
-            .send_replace(RegistrationStatus::Retrying { attempt, error });
-        crate::metrics::registrar_status(&self.status.borrow());
-        tokio::time::sleep(delay).await;
-        next
     }
 }
 

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use super::lease::Command;
 use super::{InFlightLayer, RegistrationStatus};
 use crate::Error;
+use crate::backoff::within;
 use crate::etcd::request::request;
 use crate::format::{Format, Instance, check_instance, check_service};
 use crate::inflight::InFlightCounter;
@@ -135,7 +136,6 @@ impl Registration {
         response: oneshot::Receiver<Result<T, Error>>,
         operation: &'static str,
     ) -> Result<T, Error> {
-        let after = self.request_timeout;
         let exchange = async {
             self.commands
                 .send(command)
@@ -143,9 +143,7 @@ impl Registration {
                 .map_err(|_| Error::Stopped)?;
             response.await.map_err(|_| Error::Stopped)?
         };
-        tokio::time::timeout(after, exchange)
-            .await
-            .map_err(|_| Error::Timeout { operation, after })?
+        within(operation, self.request_timeout, exchange).await
     }
 
     /// A receiver of the registration status.
