@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use etcd_client::ConnectOptions;
 
-use crate::Error;
+use crate::error::Error;
 
 /// How to reach etcd: a consuming builder whose [`connect`](EtcdConfig::connect) returns a
 /// client that has already answered.

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use super::Backoff;
-use crate::Error;
 use crate::error::Chain;
+use crate::error::Error;
 
 /// Runs `future` for at most `after`; past that, fails with [`Error::Timeout`] naming
 /// `operation`.

@@ -223,44 +223,9 @@ impl Engine {
             return self.went_back(regression).await;
         }
         if response.canceled() {
-            if response.compact_revision() > 0 {
-                info!(
-                    prefix = %self.prefix,
-                    compact_revision = response.compact_revision(),
-                    "watch fell behind a compaction, re-listing"
-                );
-                return (Ok(Vec::new()), State::List);
-            }
-            let error = Error::WatchCancelled {
-                prefix: self.prefix.clone(),
-                reason: response.cancel_reason().to_owned(),
-            };
-            return self
-                .fail(
-                    error,
-                    State::Watch {
-                        from: s.revision + 1,
-                    },
-                )
-                .await;
+            return self.on_cancel(&response, s.revision + 1).await;
         }
-        let floor = s.revision;
-        let mut changes = Vec::new();
-        for event in response.events() {
-            let Some(kv) = event.kv() else { continue };
-            // etcd 3.4 can repeat events; one at or below the applied revision is a repeat.
-            if kv.mod_revision() <= floor {
-                continue;
-            }
-            s.revision = s.revision.max(kv.mod_revision());
-            let Some(key) = key_of(&self.prefix, kv.key()) else {
-                continue;
-            };
-            changes.extend(match event.event_type() {
-                EventType::Put => self.put(KeyValue::new(key, kv.value())),
-                EventType::Delete => self.delete(key),
-            });
-        }
+        let changes = self.apply(&response, &mut s.revision);
         // A progress notification proves only that the stream is alive. etcd 3.4.23 (like
         // every release without the fix of etcd-io/etcd#15220) answers a progress request at
         // once with its current revision, even when this watcher has not been sent the
@@ -269,6 +234,46 @@ impl Engine {
         // as repeats, for good.
         self.publish_synced(s.revision);
         (Ok(changes), State::Streaming(s))
+    }
+
+    /// A cancelled watch: listed again if it fell behind a compaction, else resumed from
+    /// `from` after the backoff (or ended, if etcd's reason is permanent).
+    async fn on_cancel(&mut self, response: &WatchResponse, from: i64) -> (Output, State) {
+        if response.compact_revision() > 0 {
+            info!(
+                prefix = %self.prefix,
+                compact_revision = response.compact_revision(),
+                "watch fell behind a compaction, re-listing"
+            );
+            return (Ok(Vec::new()), State::List);
+        }
+        let error = Error::WatchCancelled {
+            prefix: self.prefix.clone(),
+            reason: response.cancel_reason().to_owned(),
+        };
+        self.fail(error, State::Watch { from }).await
+    }
+
+    /// Applies the events of `response` above `revision`, the applied one, which it raises.
+    fn apply(&mut self, response: &WatchResponse, revision: &mut i64) -> Vec<RawChange> {
+        let floor = *revision;
+        let mut changes = Vec::new();
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            // etcd 3.4 can repeat events; one at or below the applied revision is a repeat.
+            if kv.mod_revision() <= floor {
+                continue;
+            }
+            *revision = (*revision).max(kv.mod_revision());
+            let Some(key) = key_of(&self.prefix, kv.key()) else {
+                continue;
+            };
+            changes.extend(match event.event_type() {
+                EventType::Put => self.put(KeyValue::new(key, kv.value())),
+                EventType::Delete => self.delete(key),
+            });
+        }
+        changes
     }
 
     /// Applies a put: announces it if the value is new. Decoding is the subscriber's job.

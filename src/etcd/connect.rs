@@ -20,9 +20,9 @@ use tokio::time::Instant;
 
 use super::EtcdConfig;
 use super::endpoint::check_endpoints;
-use crate::Error;
 use crate::backoff::{Backoff, Retry};
 use crate::error::Chain;
+use crate::error::Error;
 
 /// The key the probe reads (count only) to learn whether etcd wants credentials.
 const PROBE_KEY: &str = "tonic-etcd/probe";

@@ -1,6 +1,6 @@
 //! Checking the endpoints before any I/O.
 
-use crate::Error;
+use crate::error::Error;
 
 /// Checks, before any I/O, that each endpoint is a URL etcd-client can connect to:
 /// `http://` or `https://` (in lower case, as etcd-client matches them) and `host:port`, or

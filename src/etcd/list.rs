@@ -16,7 +16,7 @@ use etcd_client::{Client, GetOptions, KeyValue};
 
 use super::history::Header;
 use super::request::request;
-use crate::Error;
+use crate::error::Error;
 
 /// The most keys one page holds.
 pub(crate) const PAGE: i64 = 1000;

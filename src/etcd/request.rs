@@ -32,8 +32,8 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use crate::Error;
 use crate::backoff::Backoff;
+use crate::error::Error;
 
 /// How long an attempt may go unanswered before a second one is sent alongside it.
 pub(crate) const HEDGE_AFTER: Duration = Duration::from_millis(300);
@@ -96,17 +96,8 @@ where
             biased;
             Some(result) = in_flight.next() => match result {
                 Ok(value) => return Ok(value),
-                Err(error) if !error.is_member_local() => return Err(error),
-                Err(error) if failures + 1 >= MAX_FAILURES => return Err(error),
                 Err(error) => {
-                    tracing::debug!(operation, error = %crate::error::Chain(&error), "etcd request failed, trying another member");
-                    last = Some(error);
-                    failures += 1;
-                    let delay = match failures.checked_sub(AT_ONCE) {
-                        None | Some(0) => Duration::ZERO,
-                        Some(n) => backoff().delay(n),
-                    };
-                    retry_at = Some(Instant::now() + delay);
+                    retry_at = Some(after_failure(operation, error, &mut failures, &mut last)?);
                 }
             },
             _ = sleep_until(retry_at), if can_start => {
@@ -128,6 +119,28 @@ where
             }
         }
     }
+}
+
+/// After a failed attempt: the error, if it is final (an answer every member would give, or
+/// [`MAX_FAILURES`] in a row), else when the next attempt may start. Counts the failure and
+/// keeps the error as the `last` one.
+fn after_failure(
+    operation: &'static str,
+    error: Error,
+    failures: &mut u32,
+    last: &mut Option<Error>,
+) -> Result<Instant, Error> {
+    if !error.is_member_local() || *failures + 1 >= MAX_FAILURES {
+        return Err(error);
+    }
+    tracing::debug!(operation, error = %crate::error::Chain(&error), "etcd request failed, trying another member");
+    *last = Some(error);
+    *failures += 1;
+    let delay = match failures.checked_sub(AT_ONCE) {
+        None | Some(0) => Duration::ZERO,
+        Some(n) => backoff().delay(n),
+    };
+    Ok(Instant::now() + delay)
 }
 
 /// Sleeps until `at`; never, without one.

@@ -11,7 +11,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName}
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use super::EtcdConfig;
-use crate::Error;
+use crate::error::Error;
 use crate::tls::is_certificate_alert;
 
 /// How long the diagnosis waits for etcd's verdict on the client certificate, which TLS 1.3

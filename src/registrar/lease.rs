@@ -15,21 +15,23 @@
 //! watches its own keys and puts back one that someone deletes. It never gives up.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, PutOptions, WatchOptions, WatchStream};
+use etcd_client::Client;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::RegistrationStatus;
-use crate::Error;
 use crate::backoff::{Failure, Retry};
 use crate::error::Chain;
-use crate::etcd::request::request;
+use crate::error::Error;
 use crate::format::{Format, Instance};
 use crate::metrics::KeepAlive;
+use keepalive::Interrupt;
+
+mod keepalive;
+mod writes;
 
 /// What the registration asks of its lease task.
 pub(super) enum Command {
@@ -58,16 +60,6 @@ pub(super) enum State {
         lease_id: i64,
         from: i64,
     },
-}
-
-/// Why keeping alive stopped.
-enum Interrupt {
-    Failed(Error),
-    /// A key is missing, or must be written again.
-    Rewrite,
-    /// A keepalive went unanswered for a third of the TTL: its member may be frozen, so the
-    /// stream is opened again at once, most likely on another member.
-    Stalled,
 }
 
 pub(super) struct Entry {
@@ -169,216 +161,6 @@ impl LeaseTask {
         }
     }
 
-    pub(super) async fn grant(&mut self) -> Result<i64, Error> {
-        let ttl_secs = ttl_secs(self.ttl);
-        let response = request("granting a lease", self.request_timeout, || async {
-            let mut lease = self.client.lease_client();
-            lease
-                .grant(ttl_secs, None)
-                .await
-                .map_err(|source| Error::LeaseGrant {
-                    ttl_secs,
-                    source: Arc::new(source),
-                })
-        })
-        .await?;
-        self.lease.store(response.id(), Ordering::Release);
-        crate::metrics::lease_granted();
-        Ok(response.id())
-    }
-
-    /// Puts every key under `lease_id` (unless withdrawn); returns the revision of the first
-    /// put, from which the keys are watched: a key deleted while the later ones were being
-    /// put is then seen, and put back.
-    pub(super) async fn put_all(&mut self, lease_id: i64) -> Result<i64, Error> {
-        for entry in &mut self.entries {
-            // Formats that name the key after the lease get the new key.
-            entry.key = self.format.key(&entry.service, &entry.instance, lease_id);
-        }
-        if self.withdrawn {
-            // Make sure they are out: a withdraw may have been cut short.
-            self.delete_all().await?;
-            return Ok(0);
-        }
-        let mut first = None;
-        for entry in &self.entries {
-            let revision = self.put(entry, lease_id).await?;
-            first.get_or_insert(revision);
-        }
-        Ok(first.unwrap_or(0))
-    }
-
-    async fn put(&self, entry: &Entry, lease_id: i64) -> Result<i64, Error> {
-        let value = self.format.value(&entry.service, &entry.instance);
-        let response = request("putting a key", self.request_timeout, || async {
-            let mut kv = self.client.kv_client();
-            let options = PutOptions::new().with_lease(lease_id);
-            kv.put(entry.key.as_str(), value.clone(), Some(options))
-                .await
-                .map_err(|source| Error::Put {
-                    key: entry.key.clone(),
-                    lease_id,
-                    source: Arc::new(source),
-                })
-        })
-        .await?;
-        Ok(response.header().map_or(0, |h| h.revision()))
-    }
-
-    async fn delete_all(&self) -> Result<(), Error> {
-        for entry in &self.entries {
-            request("deleting a key", self.request_timeout, || async {
-                let mut kv = self.client.kv_client();
-                kv.delete(entry.key.as_str(), None)
-                    .await
-                    .map_err(|source| Error::Delete {
-                        key: entry.key.clone(),
-                        source: Arc::new(source),
-                    })
-            })
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Keeps `lease_id` alive every TTL/3, watches the keys from revision `from`, and serves
-    /// commands, until something needs another state.
-    async fn keep_alive(
-        &mut self,
-        lease_id: i64,
-        from: i64,
-        commands: &mut mpsc::Receiver<Command>,
-    ) -> Interrupt {
-        match self.keep_alive_inner(lease_id, from, commands).await {
-            Ok(interrupt) => interrupt,
-            Err(error) => Interrupt::Failed(error),
-        }
-    }
-
-    async fn keep_alive_inner(
-        &mut self,
-        lease_id: i64,
-        from: i64,
-        commands: &mut mpsc::Receiver<Command>,
-    ) -> Result<Interrupt, Error> {
-        let wrap = |source| Error::KeepAlive {
-            lease_id,
-            source: Arc::new(source),
-        };
-        let open = || async {
-            let mut lease = self.client.lease_client();
-            lease.keep_alive(lease_id).await.map_err(wrap)
-        };
-        let (mut keeper, mut responses) =
-            request("opening a keepalive stream", self.request_timeout, open).await?;
-        let open = || async { self.watch_keys(from).await.map_err(wrap) };
-        let mut keys = request("watching the keys", self.request_timeout, open).await?;
-        let interval = self.ttl / 3;
-        let opened = Instant::now();
-        let mut next_keepalive = Instant::now();
-        loop {
-            tokio::select! {
-                // Biased: the keepalive is due before anything else is looked at.
-                biased;
-                _ = tokio::time::sleep_until(next_keepalive) => {
-                    keeper.keep_alive().await.map_err(wrap)?;
-                    // Unanswered for a third of the TTL: one more such wait on another member
-                    // still comes before the lease expires.
-                    let after = interval.min(self.request_timeout);
-                    let Ok(response) = tokio::time::timeout(after, responses.message()).await else {
-                        return Ok(Interrupt::Stalled);
-                    };
-                    let response = response
-                        .map_err(wrap)?
-                        .ok_or_else(|| wrap(etcd_client::Error::LeaseKeepAliveError("stream ended".into())))?;
-                    if response.ttl() <= 0 {
-                        return Err(Error::LeaseLost { lease_id });
-                    }
-                    if opened.elapsed() >= self.ttl {
-                        self.retry.reset();
-                    }
-                    self.mark_registered(lease_id);
-                    next_keepalive = Instant::now() + interval;
-                }
-                message = next_message(&mut keys) => {
-                    let response = message.map_err(wrap)?.ok_or_else(|| {
-                        wrap(etcd_client::Error::WatchError("key watch ended".into()))
-                    })?;
-                    if response.canceled() {
-                        if response.compact_revision() > 0 {
-                            return Ok(Interrupt::Rewrite);
-                        }
-                        // Registering needs write access only: without read access to its
-                        // own keys, the task stops watching them rather than loop.
-                        warn!(lease_id, reason = response.cancel_reason(), "cannot watch the registered keys");
-                        keys = None;
-                        continue;
-                    }
-                    if response.events().iter().any(|e| e.event_type() == EventType::Delete) {
-                        warn!(lease_id, "a registered key was deleted, putting it back");
-                        return Ok(Interrupt::Rewrite);
-                    }
-                }
-                Some(command) = commands.recv() => return self.serve(command, lease_id).await,
-            }
-        }
-    }
-
-    /// Carries out a command; then the keys are written and watched again.
-    async fn serve(&mut self, command: Command, lease_id: i64) -> Result<Interrupt, Error> {
-        match command {
-            Command::Add {
-                service,
-                instance,
-                reply,
-            } => {
-                let entry = self.entry(service, instance, lease_id);
-                let result = match self.withdrawn {
-                    true => Ok(0),
-                    false => self.put(&entry, lease_id).await,
-                };
-                let key = entry.key.clone();
-                if result.is_ok() {
-                    self.entries.push(entry);
-                }
-                let _ = reply.send(result.clone().map(|_| key));
-                result.map(|_| Interrupt::Rewrite)
-            }
-            Command::Withdraw { withdraw, reply } => {
-                let changed = withdraw != self.withdrawn;
-                // The wanted state: if acting on it fails, the Put state reconciles to it.
-                self.withdrawn = withdraw;
-                let result = match (changed, withdraw) {
-                    (false, _) => Ok(()),
-                    (true, true) => {
-                        info!(lease_id, "withdrawing the keys");
-                        self.delete_all().await
-                    }
-                    (true, false) => {
-                        info!(lease_id, "restoring the keys");
-                        self.put_all(lease_id).await.map(|_| ())
-                    }
-                };
-                let _ = reply.send(result.clone());
-                result.map(|_| Interrupt::Rewrite)
-            }
-        }
-    }
-
-    /// Watches every key from revision `from`, on one stream; none while withdrawn.
-    async fn watch_keys(&self, from: i64) -> Result<Option<WatchStream>, etcd_client::Error> {
-        let (Some(first), false) = (self.entries.first(), self.withdrawn) else {
-            return Ok(None);
-        };
-        let options = || Some(WatchOptions::new().with_start_revision(from.max(1)));
-        let mut client = self.client.watch_client();
-        let mut stream = client.watch(first.key.as_str(), options()).await?;
-        for entry in &self.entries[1..] {
-            stream.watch(entry.key.as_str(), options()).await?;
-        }
-        Ok(Some(stream))
-    }
-
     fn mark_registered(&mut self, lease_id: i64) {
         if let Some(after) = self.retry.succeeded() {
             info!(
@@ -429,16 +211,6 @@ impl LeaseTask {
                 next
             }
         }
-    }
-}
-
-/// The next message of the key watch; never, if there is none.
-async fn next_message(
-    stream: &mut Option<WatchStream>,
-) -> Result<Option<etcd_client::WatchResponse>, etcd_client::Error> {
-    match stream {
-        Some(stream) => stream.message().await,
-        None => std::future::pending().await,
     }
 }
 

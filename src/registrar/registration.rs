@@ -12,8 +12,8 @@ use tracing::{debug, info, warn};
 
 use super::lease::Command;
 use super::{InFlightLayer, RegistrationStatus};
-use crate::Error;
 use crate::backoff::within;
+use crate::error::Error;
 use crate::etcd::request::request;
 use crate::format::{Format, Instance, check_instance, check_service};
 use crate::inflight::InFlightCounter;

@@ -1,0 +1,85 @@
+//! The lease task's one-shot requests: grant the lease, put and delete the keys, each
+//! through the crate's one-shot [`request`] path.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use etcd_client::PutOptions;
+
+use super::{Entry, LeaseTask, ttl_secs};
+use crate::error::Error;
+use crate::etcd::request::request;
+
+impl LeaseTask {
+    pub(in crate::registrar) async fn grant(&mut self) -> Result<i64, Error> {
+        let ttl_secs = ttl_secs(self.ttl);
+        let response = request("granting a lease", self.request_timeout, || async {
+            let mut lease = self.client.lease_client();
+            lease
+                .grant(ttl_secs, None)
+                .await
+                .map_err(|source| Error::LeaseGrant {
+                    ttl_secs,
+                    source: Arc::new(source),
+                })
+        })
+        .await?;
+        self.lease.store(response.id(), Ordering::Release);
+        crate::metrics::lease_granted();
+        Ok(response.id())
+    }
+
+    /// Puts every key under `lease_id` (unless withdrawn); returns the revision of the first
+    /// put, from which the keys are watched: a key deleted while the later ones were being
+    /// put is then seen, and put back.
+    pub(in crate::registrar) async fn put_all(&mut self, lease_id: i64) -> Result<i64, Error> {
+        for entry in &mut self.entries {
+            // Formats that name the key after the lease get the new key.
+            entry.key = self.format.key(&entry.service, &entry.instance, lease_id);
+        }
+        if self.withdrawn {
+            // Make sure they are out: a withdraw may have been cut short.
+            self.delete_all().await?;
+            return Ok(0);
+        }
+        let mut first = None;
+        for entry in &self.entries {
+            let revision = self.put(entry, lease_id).await?;
+            first.get_or_insert(revision);
+        }
+        Ok(first.unwrap_or(0))
+    }
+
+    pub(super) async fn put(&self, entry: &Entry, lease_id: i64) -> Result<i64, Error> {
+        let value = self.format.value(&entry.service, &entry.instance);
+        let response = request("putting a key", self.request_timeout, || async {
+            let mut kv = self.client.kv_client();
+            let options = PutOptions::new().with_lease(lease_id);
+            kv.put(entry.key.as_str(), value.clone(), Some(options))
+                .await
+                .map_err(|source| Error::Put {
+                    key: entry.key.clone(),
+                    lease_id,
+                    source: Arc::new(source),
+                })
+        })
+        .await?;
+        Ok(response.header().map_or(0, |h| h.revision()))
+    }
+
+    pub(super) async fn delete_all(&self) -> Result<(), Error> {
+        for entry in &self.entries {
+            request("deleting a key", self.request_timeout, || async {
+                let mut kv = self.client.kv_client();
+                kv.delete(entry.key.as_str(), None)
+                    .await
+                    .map_err(|source| Error::Delete {
+                        key: entry.key.clone(),
+                        source: Arc::new(source),
+                    })
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
