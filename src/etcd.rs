@@ -5,6 +5,7 @@ mod endpoint;
 pub(crate) mod history;
 pub(crate) mod list;
 pub(crate) mod request;
+pub(crate) mod seam;
 #[cfg(feature = "tls")]
 mod tls;
 

@@ -17,7 +17,6 @@
 
 use std::sync::Arc;
 
-use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
@@ -27,9 +26,10 @@ use super::diff::{RawChange, diff};
 use super::entries::{Entries, KeyValue};
 use crate::backoff::{Backoff, Failure, Retry};
 use crate::error::Error;
-use crate::etcd::history::{Header, History, Regression};
+use crate::etcd::history::{History, Regression};
 use crate::etcd::list::list_prefix;
 use crate::etcd::request::request;
+use crate::etcd::seam::{Etcd, Message, Watch};
 
 /// What one step of the machine announces.
 pub(super) type Output = Result<Vec<RawChange>, Error>;
@@ -48,9 +48,6 @@ pub(super) struct EngineConfig {
 /// Failed resumes in a row after which the machine re-lists instead.
 const RELIST_AFTER: u32 = 3;
 
-/// The largest watch response accepted: etcd batches many events into one.
-const MAX_WATCH_MESSAGE: usize = 64 * 1024 * 1024;
-
 pub(super) enum State {
     /// Get the whole prefix, then diff it against what has been announced.
     List,
@@ -63,7 +60,7 @@ pub(super) enum State {
 }
 
 pub(super) struct Streaming {
-    stream: WatchStream,
+    stream: Box<dyn Watch>,
     revision: i64,
     opened_at: Instant,
     last_message: Instant,
@@ -72,6 +69,8 @@ pub(super) struct Streaming {
 
 pub(super) struct Engine {
     config: EngineConfig,
+    /// etcd, through the crate's seam: the config's client, or a fake in unit tests.
+    etcd: Arc<dyn Etcd>,
     /// The prefix with its trailing slash.
     prefix: String,
     /// Announced keys and their raw values, whether they decode or not.
@@ -83,10 +82,17 @@ pub(super) struct Engine {
 
 impl Engine {
     pub(super) fn new(config: EngineConfig, prefix: String) -> Self {
+        let etcd = Arc::new(config.client.clone());
+        Engine::with_etcd(config, prefix, etcd)
+    }
+
+    /// An engine that reaches etcd through `etcd` rather than the config's client.
+    fn with_etcd(config: EngineConfig, prefix: String, etcd: Arc<dyn Etcd>) -> Self {
         let retry = Retry::new(config.backoff);
         crate::metrics::discovery_status(&prefix, &DiscoveryStatus::Syncing);
         Engine {
             config,
+            etcd,
             prefix,
             announced: Entries::new(),
             history: History::default(),
@@ -105,11 +111,11 @@ impl Engine {
 
     async fn list(&mut self) -> (Output, State) {
         let mut listing = Entries::new();
-        let (client, prefix) = (&self.config.client, self.prefix.as_str());
-        let pages = list_prefix(client, prefix, self.config.request_timeout, |kvs| {
-            for kv in kvs {
-                if let Some(key) = key_of(prefix, kv.key()) {
-                    listing.insert(KeyValue::new(key, kv.value()));
+        let (etcd, prefix) = (&*self.etcd, self.prefix.as_str());
+        let pages = list_prefix(etcd, prefix, self.config.request_timeout, |kvs| {
+            for (key, value) in kvs {
+                if let Some(key) = key_of(prefix, key) {
+                    listing.insert(KeyValue::new(key, value.as_slice()));
                 }
             }
         });
@@ -135,19 +141,11 @@ impl Engine {
 
     async fn open(&mut self, from: i64) -> (Output, State) {
         let open = || async {
-            let mut client = self
-                .config
-                .client
-                .watch_client()
-                .max_decoding_message_size(MAX_WATCH_MESSAGE);
-            let options = WatchOptions::new().with_prefix().with_start_revision(from);
-            client
-                .watch(self.prefix.as_str(), Some(options))
-                .await
-                .map_err(|source| Error::Watch {
-                    prefix: self.prefix.clone(),
-                    source: Arc::new(source),
-                })
+            let watch = self.etcd.watch(self.prefix.clone(), from);
+            watch.await.map_err(|source| Error::Watch {
+                prefix: self.prefix.clone(),
+                source: Arc::new(source),
+            })
         };
         let result = request("opening a watch", self.config.request_timeout, open).await;
         match result {
@@ -209,20 +207,15 @@ impl Engine {
         }
     }
 
-    async fn on_response(
-        &mut self,
-        response: WatchResponse,
-        mut s: Box<Streaming>,
-    ) -> (Output, State) {
+    async fn on_response(&mut self, response: Message, mut s: Box<Streaming>) -> (Output, State) {
         s.last_message = Instant::now();
         if s.last_message - s.opened_at >= self.config.healthy_after {
             self.retry.reset();
         }
-        let header = Header::of(response.header());
-        if let Err(regression) = self.history.check(header, s.revision) {
+        if let Err(regression) = self.history.check(response.header, s.revision) {
             return self.went_back(regression).await;
         }
-        if response.canceled() {
+        if response.canceled {
             return self.on_cancel(&response, s.revision + 1).await;
         }
         let changes = self.apply(&response, &mut s.revision);
@@ -238,39 +231,38 @@ impl Engine {
 
     /// A cancelled watch: listed again if it fell behind a compaction, else resumed from
     /// `from` after the backoff (or ended, if etcd's reason is permanent).
-    async fn on_cancel(&mut self, response: &WatchResponse, from: i64) -> (Output, State) {
-        if response.compact_revision() > 0 {
+    async fn on_cancel(&mut self, response: &Message, from: i64) -> (Output, State) {
+        if response.compact_revision > 0 {
             info!(
                 prefix = %self.prefix,
-                compact_revision = response.compact_revision(),
+                compact_revision = response.compact_revision,
                 "watch fell behind a compaction, re-listing"
             );
             return (Ok(Vec::new()), State::List);
         }
         let error = Error::WatchCancelled {
             prefix: self.prefix.clone(),
-            reason: response.cancel_reason().to_owned(),
+            reason: response.cancel_reason.clone(),
         };
         self.fail(error, State::Watch { from }).await
     }
 
     /// Applies the events of `response` above `revision`, the applied one, which it raises.
-    fn apply(&mut self, response: &WatchResponse, revision: &mut i64) -> Vec<RawChange> {
+    fn apply(&mut self, response: &Message, revision: &mut i64) -> Vec<RawChange> {
         let floor = *revision;
         let mut changes = Vec::new();
-        for event in response.events() {
-            let Some(kv) = event.kv() else { continue };
+        for event in &response.events {
             // etcd 3.4 can repeat events; one at or below the applied revision is a repeat.
-            if kv.mod_revision() <= floor {
+            if event.mod_revision <= floor {
                 continue;
             }
-            *revision = (*revision).max(kv.mod_revision());
-            let Some(key) = key_of(&self.prefix, kv.key()) else {
+            *revision = (*revision).max(event.mod_revision);
+            let Some(key) = key_of(&self.prefix, &event.key) else {
                 continue;
             };
-            changes.extend(match event.event_type() {
-                EventType::Put => self.put(KeyValue::new(key, kv.value())),
-                EventType::Delete => self.delete(key),
+            changes.extend(match event.put {
+                true => self.put(KeyValue::new(key, event.value.as_slice())),
+                false => self.delete(key),
             });
         }
         changes
@@ -370,3 +362,6 @@ fn key_of(prefix: &str, raw: &[u8]) -> Option<String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

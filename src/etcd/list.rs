@@ -12,26 +12,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions, KeyValue};
-
 use super::history::Header;
 use super::request::request;
+use super::seam::Etcd;
 use crate::error::Error;
 
 /// The most keys one page holds.
 pub(crate) const PAGE: i64 = 1000;
 
-/// The largest page response accepted.
-const MAX_PAGE_MESSAGE: usize = 64 * 1024 * 1024;
-
-/// Lists every key under `prefix`, handing each page's key-values to `page` in key order,
-/// and returns the first page's header: the listing is current at its revision. Each page
-/// may take `deadline`.
+/// Lists every key under `prefix`, handing each page's keys and values to `page` in key
+/// order, and returns the first page's header: the listing is current at its revision. Each
+/// page may take `deadline`.
 pub(crate) async fn list_prefix(
-    client: &Client,
+    etcd: &dyn Etcd,
     prefix: &str,
     deadline: Duration,
-    mut page: impl FnMut(&[KeyValue]),
+    mut page: impl FnMut(&[(Vec<u8>, Vec<u8>)]),
 ) -> Result<Header, Error> {
     let end = prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
@@ -39,29 +35,20 @@ pub(crate) async fn list_prefix(
     let mut revision = 0;
     loop {
         let get = || async {
-            let mut kv = client
-                .kv_client()
-                .max_decoding_message_size(MAX_PAGE_MESSAGE);
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-            if revision > 0 {
-                options = options.with_revision(revision);
-            }
-            kv.get(from.clone(), Some(options))
-                .await
-                .map_err(|source| Error::List {
-                    prefix: prefix.to_owned(),
-                    source: Arc::new(source),
-                })
+            let range = etcd.range(from.clone(), end.clone(), PAGE, revision);
+            range.await.map_err(|source| Error::List {
+                prefix: prefix.to_owned(),
+                source: Arc::new(source),
+            })
         };
         let response = request("listing the prefix", deadline, get).await?;
         if revision == 0 {
-            first = Header::of(response.header());
+            first = response.header;
             revision = first.revision;
         }
-        let kvs = response.kvs();
-        page(kvs);
-        match (response.more(), kvs.last()) {
-            (true, Some(last)) => from = after(last.key()),
+        page(&response.kvs);
+        match (response.more, response.kvs.last()) {
+            (true, Some((last, _))) => from = after(last),
             _ => return Ok(first),
         }
         // A long listing must not hold the runtime's thread between pages.

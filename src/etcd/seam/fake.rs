@@ -1,0 +1,265 @@
+//! An in-memory etcd behind the seam, for unit tests on paused time: revisions, a history of
+//! events, compaction, an etcd that loses its data, watches that break, injected errors.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use super::{BoxFuture, Etcd, Event, Message, Page, Watch};
+use crate::etcd::history::Header;
+
+/// A cloneable handle to one in-memory etcd.
+#[derive(Clone)]
+pub(crate) struct FakeEtcd {
+    state: Arc<Mutex<State>>,
+    /// Bumped on every change, so that open watches look again.
+    changed: Arc<watch::Sender<u64>>,
+}
+
+struct State {
+    revision: i64,
+    raft_term: u64,
+    compacted: i64,
+    /// Watches opened before the last break fail at their next read.
+    generation: u64,
+    kvs: BTreeMap<Vec<u8>, Vec<u8>>,
+    events: Vec<Event>,
+    /// Errors the next range or watch calls return, one each, in order.
+    errors: VecDeque<etcd_client::Error>,
+}
+
+impl FakeEtcd {
+    /// An empty etcd at revision 1.
+    pub(crate) fn new() -> FakeEtcd {
+        let state = State {
+            revision: 1,
+            raft_term: 2,
+            compacted: 0,
+            generation: 0,
+            kvs: BTreeMap::new(),
+            events: Vec::new(),
+            errors: VecDeque::new(),
+        };
+        FakeEtcd {
+            state: Arc::new(Mutex::new(state)),
+            changed: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .expect("the fake's lock is never poisoned")
+    }
+
+    fn changed(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Puts `key = value`; returns its revision.
+    pub(crate) fn put(&self, key: &str, value: &str) -> i64 {
+        self.write(key, Some(value))
+    }
+
+    /// Deletes `key`; returns the revision (unchanged if it was absent).
+    pub(crate) fn delete(&self, key: &str) -> i64 {
+        self.write(key, None)
+    }
+
+    fn write(&self, key: &str, value: Option<&str>) -> i64 {
+        let revision = {
+            let mut state = self.state();
+            let key = key.as_bytes().to_vec();
+            let changed = match value {
+                Some(value) => {
+                    state.kvs.insert(key.clone(), value.into());
+                    true
+                }
+                None => state.kvs.remove(&key).is_some(),
+            };
+            if changed {
+                state.revision += 1;
+                let event = Event {
+                    put: value.is_some(),
+                    key,
+                    value: value.unwrap_or_default().into(),
+                    mod_revision: state.revision,
+                };
+                state.events.push(event);
+            }
+            state.revision
+        };
+        self.changed();
+        revision
+    }
+
+    /// Compacts the history at the current revision.
+    pub(crate) fn compact(&self) {
+        let mut state = self.state();
+        state.compacted = state.revision;
+        let compacted = state.compacted;
+        state.events.retain(|e| e.mod_revision > compacted);
+    }
+
+    /// Breaks every open watch: its next read fails, as when a connection drops.
+    pub(crate) fn break_watches(&self) {
+        self.state().generation += 1;
+        self.changed();
+    }
+
+    /// Loses every key and the history, back at revision 1 with the same cluster id: a data
+    /// directory removed, or a restore from an older snapshot. Open watches break.
+    pub(crate) fn wipe(&self) {
+        {
+            let mut state = self.state();
+            state.revision = 1;
+            state.compacted = 0;
+            state.kvs.clear();
+            state.events.clear();
+        }
+        self.break_watches();
+    }
+
+    /// Makes the next range or watch call fail with `error`.
+    pub(crate) fn fail_next(&self, error: etcd_client::Error) {
+        self.state().errors.push_back(error);
+    }
+
+    fn header(state: &State) -> Header {
+        Header {
+            cluster_id: 7,
+            revision: state.revision,
+            raft_term: state.raft_term,
+        }
+    }
+}
+
+impl Etcd for FakeEtcd {
+    fn range(
+        &self,
+        from: Vec<u8>,
+        end: Vec<u8>,
+        limit: i64,
+        revision: i64,
+    ) -> BoxFuture<'_, Result<Page, etcd_client::Error>> {
+        let mut state = self.state();
+        let page = match state.errors.pop_front() {
+            Some(error) => Err(error),
+            None if revision > 0 && revision <= state.compacted => Err(compacted()),
+            None => {
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                let mut kvs: Vec<_> = (state.kvs.range(from..end))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .take(limit + 1)
+                    .collect();
+                let more = kvs.len() > limit;
+                kvs.truncate(limit);
+                let header = FakeEtcd::header(&state);
+                Ok(Page { header, kvs, more })
+            }
+        };
+        Box::pin(std::future::ready(page))
+    }
+
+    fn watch(
+        &self,
+        prefix: String,
+        from: i64,
+    ) -> BoxFuture<'_, Result<Box<dyn Watch>, etcd_client::Error>> {
+        let mut state = self.state();
+        let watch = match state.errors.pop_front() {
+            Some(error) => Err(error),
+            None => Ok(Box::new(FakeWatch {
+                etcd: self.clone(),
+                changed: self.changed.subscribe(),
+                generation: state.generation,
+                prefix: prefix.into_bytes(),
+                next: from,
+                created: false,
+            }) as Box<dyn Watch>),
+        };
+        Box::pin(std::future::ready(watch))
+    }
+}
+
+/// etcd's error for a read at a compacted revision.
+fn compacted() -> etcd_client::Error {
+    let status =
+        tonic::Status::out_of_range("etcdserver: mvcc: required revision has been compacted");
+    etcd_client::Error::GRpcStatus(status)
+}
+
+struct FakeWatch {
+    etcd: FakeEtcd,
+    changed: watch::Receiver<u64>,
+    generation: u64,
+    prefix: Vec<u8>,
+    /// The next revision to send.
+    next: i64,
+    created: bool,
+}
+
+impl FakeWatch {
+    /// The next message if one is ready; an error if the watch is broken.
+    fn poll_message(&mut self) -> Result<Option<Message>, etcd_client::Error> {
+        let state = self.etcd.state();
+        if state.generation != self.generation {
+            return Err(etcd_client::Error::WatchError("connection reset".into()));
+        }
+        let header = FakeEtcd::header(&state);
+        if !self.created {
+            self.created = true;
+            if self.next <= state.compacted {
+                let compact_revision = state.compacted;
+                let reason = "etcdserver: mvcc: required revision has been compacted".into();
+                let (canceled, cancel_reason) = (true, reason);
+                let message = Message {
+                    header,
+                    canceled,
+                    compact_revision,
+                    cancel_reason,
+                    ..Message::default()
+                };
+                return Ok(Some(message));
+            }
+            return Ok(Some(Message {
+                header,
+                ..Message::default()
+            }));
+        }
+        let events: Vec<Event> = (state.events.iter())
+            .filter(|e| e.mod_revision >= self.next && e.key.starts_with(&self.prefix))
+            .cloned()
+            .collect();
+        if events.is_empty() {
+            return Ok(None);
+        }
+        self.next = state.revision + 1;
+        Ok(Some(Message {
+            header,
+            events,
+            ..Message::default()
+        }))
+    }
+}
+
+impl Watch for FakeWatch {
+    fn message(&mut self) -> BoxFuture<'_, Result<Option<Message>, etcd_client::Error>> {
+        Box::pin(async move {
+            loop {
+                self.changed.borrow_and_update();
+                if let Some(message) = self.poll_message()? {
+                    return Ok(Some(message));
+                }
+                if self.changed.changed().await.is_err() {
+                    return Ok(None);
+                }
+            }
+        })
+    }
+
+    fn request_progress(&mut self) -> BoxFuture<'_, Result<(), etcd_client::Error>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
