@@ -36,7 +36,9 @@ impl State {
         let ask = backend.standing().outlier.record(outcome, config, now);
         if ask {
             self.eject_by_outliers(backend, EjectionReason::ConsecutiveFailures, config, now);
-        } else if outcome != Outcome::Ignored && self.panic.due(now) {
+        } else if (outcome == Outcome::Failure || self.panic.get()) && self.panic.due(now) {
+            // Only failures can start a panic, and only calls during one end it: a healthy
+            // channel writes no shared state here.
             let _set = self
                 .outlier_set
                 .lock()

@@ -37,6 +37,10 @@ impl SuccessEwma {
     }
 
     fn failure(&self, now: Instant) -> f64 {
+        if self.failure == 0.0 {
+            // A healthy endpoint's, on every call: no exponential to compute.
+            return 0.0;
+        }
         let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
         self.failure * (-elapsed / self.decay).exp()
     }
