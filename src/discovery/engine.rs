@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use super::DiscoveryStatus;
 use super::diff::{RawChange, diff};
 use super::entries::{Entries, KeyValue};
+use super::published::{Publisher, delete, put};
 use crate::backoff::{Backoff, Failure, Retry};
 use crate::error::Error;
 use crate::etcd::history::{History, Regression};
@@ -31,7 +32,7 @@ use crate::etcd::list::list_prefix;
 use crate::etcd::request::request;
 use crate::etcd::seam::{Etcd, Message, Watch};
 
-/// What one step of the machine announces.
+/// What one step of the machine announces: changes it has published already.
 pub(super) type Output = Result<Vec<RawChange>, Error>;
 
 /// How the machine talks to etcd.
@@ -74,16 +75,21 @@ pub(super) struct Engine {
     /// The prefix with its trailing slash.
     prefix: String,
     /// Announced keys and their raw values, whether they decode or not.
-    announced: Entries,
+    /// The published keys and their raw values, whether they decode or not: the one copy
+    /// of the prefix, which the engine changes and its subscribers read.
+    published: Publisher,
     /// The history the last listing started, checked on every watch response.
     history: History,
     retry: Retry,
 }
 
 impl Engine {
-    pub(super) fn new(config: EngineConfig, prefix: String) -> Self {
+    pub(super) fn new(config: EngineConfig, prefix: String, published: Publisher) -> Self {
         let etcd = Arc::new(config.client.clone());
-        Engine::with_etcd(config, prefix, etcd)
+        Engine {
+            published,
+            ..Engine::with_etcd(config, prefix, etcd)
+        }
     }
 
     /// An engine that reaches etcd through `etcd` rather than the config's client.
@@ -94,7 +100,7 @@ impl Engine {
             config,
             etcd,
             prefix,
-            announced: Entries::new(),
+            published: Publisher::new(),
             history: History::default(),
             retry,
         }
@@ -125,16 +131,20 @@ impl Engine {
         };
         let revision = header.revision;
         self.history = History::listed(header);
-        let diff = diff(&self.announced, &listing);
-        let mut changes = Vec::with_capacity(diff.removed.len() + diff.upserted.len());
-        for key in diff.removed {
-            changes.extend(self.delete(key));
-        }
-        for entry in diff.upserted {
-            changes.extend(self.put(entry));
-        }
+        let changes = self.published.publish(true, |announced| {
+            let diff = diff(announced, &listing);
+            let mut changes = Vec::with_capacity(diff.removed.len() + diff.upserted.len());
+            for key in diff.removed {
+                changes.extend(delete(announced, key));
+            }
+            for entry in diff.upserted {
+                changes.extend(put(announced, entry));
+            }
+            changes
+        });
         debug!(prefix = %self.prefix, revision, changes = changes.len(), "listed");
         crate::metrics::discovery_listed(&self.prefix);
+        // After the changes: a subscriber never sees `Synced` before the listing.
         self.publish_synced(revision);
         (Ok(changes), State::Watch { from: revision + 1 })
     }
@@ -248,38 +258,28 @@ impl Engine {
     }
 
     /// Applies the events of `response` above `revision`, the applied one, which it raises.
-    fn apply(&mut self, response: &Message, revision: &mut i64) -> Vec<RawChange> {
-        let floor = *revision;
-        let mut changes = Vec::new();
-        for event in &response.events {
-            // etcd 3.4 can repeat events; one at or below the applied revision is a repeat.
-            if event.mod_revision <= floor {
-                continue;
+    /// They are published as they are applied, before the status that covers them.
+    fn apply(&self, response: &Message, revision: &mut i64) -> Vec<RawChange> {
+        let (floor, prefix) = (*revision, self.prefix.as_str());
+        self.published.publish(false, |announced| {
+            let mut changes = Vec::new();
+            for event in &response.events {
+                // etcd 3.4 can repeat events; one at or below the applied revision is a
+                // repeat.
+                if event.mod_revision <= floor {
+                    continue;
+                }
+                *revision = (*revision).max(event.mod_revision);
+                let Some(key) = key_of(prefix, &event.key) else {
+                    continue;
+                };
+                changes.extend(match event.put {
+                    true => put(announced, KeyValue::new(key, event.value.as_slice())),
+                    false => delete(announced, key),
+                });
             }
-            *revision = (*revision).max(event.mod_revision);
-            let Some(key) = key_of(&self.prefix, &event.key) else {
-                continue;
-            };
-            changes.extend(match event.put {
-                true => self.put(KeyValue::new(key, event.value.as_slice())),
-                false => self.delete(key),
-            });
-        }
-        changes
-    }
-
-    /// Applies a put: announces it if the value is new. Decoding is the subscriber's job.
-    fn put(&mut self, entry: KeyValue) -> Option<RawChange> {
-        if self.announced.get(entry.key()) == Some(&entry) {
-            return None;
-        }
-        self.announced.insert(entry.clone());
-        Some(RawChange::Put(entry))
-    }
-
-    fn delete(&mut self, key: String) -> Option<RawChange> {
-        self.announced.remove(&key)?;
-        Some(RawChange::Delete(key))
+            changes
+        })
     }
 
     /// Lists again after a short jittered pause: etcd serves an older history than the one
@@ -313,7 +313,7 @@ impl Engine {
         self.config.status.send_replace(DiscoveryStatus::Retrying {
             attempt,
             error,
-            endpoints: self.announced.len(),
+            endpoints: self.published.len(),
         });
         crate::metrics::discovery_status(&self.prefix, &self.config.status.borrow());
         tokio::time::sleep(delay).await;
@@ -328,7 +328,7 @@ impl Engine {
         if let Some(after) = self.retry.succeeded() {
             info!(prefix = %self.prefix, revision, ?after, "etcd answers again, discovery is current");
         }
-        let endpoints = self.announced.len();
+        let endpoints = self.published.len();
         self.config.status.send_if_modified(|status| {
             let current = DiscoveryStatus::Synced {
                 revision,

@@ -10,38 +10,13 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tracing::Instrument;
 
 use super::DiscoveryStatus;
-use super::diff::RawChange;
 use super::engine::{Engine, EngineConfig, State};
 use super::entries::Entries;
-use crate::error::Error;
-
-/// Batches a slow subscriber may fall behind by before it resyncs from the snapshot.
-const BACKLOG: usize = 1024;
-
-/// What the engine tells its subscribers.
-#[derive(Debug)]
-pub(super) enum Message {
-    Batch(Vec<RawChange>),
-    /// The engine's first listing is complete: the published entries are etcd's truth.
-    Listed,
-    Failed(Error),
-}
-
-/// What has been published so far: the state a new subscriber starts from.
-#[derive(Default)]
-pub(super) struct Published {
-    pub(super) entries: Entries,
-    /// Whether the first listing is complete.
-    pub(super) listed: bool,
-    pub(super) failed: Option<Error>,
-    /// Hands out receivers while the engine runs. The engine task clears it when it ends,
-    /// so that every receiver then sees the channel closed.
-    sender: Option<broadcast::Sender<Arc<Message>>>,
-}
+use super::published::{Message, Published, Publisher};
 
 /// A running engine and its subscribers' channel. Dropping the last `Arc` stops the engine.
 pub(super) struct Hub {
-    published: Arc<Mutex<Published>>,
+    published: Publisher,
     status: watch::Receiver<DiscoveryStatus>,
     task: tokio::task::JoinHandle<()>,
     _stop: oneshot::Sender<()>,
@@ -125,17 +100,15 @@ impl Hub {
     }
 
     fn start(config: EngineConfig, prefix: String) -> Hub {
-        let gate = StatusGate::new(config.status.subscribe());
-        let status = gate.published.subscribe();
-        let (sender, _) = broadcast::channel(BACKLOG);
-        let published = Arc::new(Mutex::new(Published {
-            sender: Some(sender.clone()),
-            ..Published::default()
-        }));
+        // The engine publishes its changes before the status that covers them, so a
+        // subscriber that applies what is queued before it looks at the status never
+        // reports `Synced` ahead of its stream.
+        let status = config.status.subscribe();
+        let published = Publisher::new();
         let (stop, stopped) = oneshot::channel();
         let span = tracing::info_span!("tonic_etcd::watch", prefix = %prefix);
-        let engine = Engine::new(config, prefix);
-        let task = run(engine, published.clone(), sender, gate, stopped);
+        let engine = Engine::new(config, prefix, published.clone());
+        let task = run(engine, published.clone(), stopped);
         let task = tokio::spawn(task.instrument(span));
         Hub {
             published,
@@ -161,10 +134,7 @@ impl Hub {
     /// is closed.
     pub(super) fn resubscribe(&self) -> (Catchup, broadcast::Receiver<Arc<Message>>) {
         let published = self.lock();
-        let changes = match &published.sender {
-            Some(sender) => sender.subscribe(),
-            None => broadcast::channel(1).1,
-        };
+        let changes = published.subscribe();
         let snapshot = Catchup {
             entries: published.entries.clone(),
             listed: published.listed,
@@ -172,10 +142,8 @@ impl Hub {
         (snapshot, changes)
     }
 
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Published> {
-        self.published
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Published> {
+        self.published.lock()
     }
 
     /// Whether the engine has stopped: on a permanent error, or because the runtime it ran
@@ -185,175 +153,27 @@ impl Hub {
     }
 }
 
-async fn run(
-    mut engine: Engine,
-    published: Arc<Mutex<Published>>,
-    sender: broadcast::Sender<Arc<Message>>,
-    mut gate: StatusGate,
-    mut stopped: oneshot::Receiver<()>,
-) {
+async fn run(mut engine: Engine, published: Publisher, mut stopped: oneshot::Receiver<()>) {
     /// Closes the subscribers' channel however the task ends, even when its runtime drops it.
-    struct Closing(Arc<Mutex<Published>>);
+    struct Closing(Publisher);
     impl Drop for Closing {
         fn drop(&mut self) {
-            self.0.lock().unwrap_or_else(PoisonError::into_inner).sender = None;
+            self.0.close();
         }
     }
     let _closing = Closing(published.clone());
     let mut state = State::List;
     loop {
-        let step = engine.step(state);
-        tokio::pin!(step);
-        let (output, next) = loop {
-            tokio::select! {
-                // Biased: once the last subscriber is gone, no further request is started;
-                // a step that is done wins over the status it has just set.
-                biased;
-                _ = &mut stopped => return,
-                done = &mut step => break done,
-                Ok(()) = gate.engine.changed() => gate.during_step(),
-            }
+        let (output, next) = tokio::select! {
+            // Biased: once the last subscriber is gone, no further request is started.
+            biased;
+            _ = &mut stopped => return,
+            step = engine.step(state) => step,
         };
         state = next;
-        let ended = publish(
-            &mut published.lock().unwrap_or_else(PoisonError::into_inner),
-            &sender,
-            output,
-            &gate.engine,
-        );
-        gate.after_step();
-        if ended {
+        if let Err(error) = output {
+            published.fail(error);
             return;
         }
-    }
-}
-
-/// Publishes a step's output to the subscribers; `true` if the engine has failed for good.
-fn publish(
-    published: &mut Published,
-    sender: &broadcast::Sender<Arc<Message>>,
-    output: Result<Vec<RawChange>, Error>,
-    status: &watch::Receiver<DiscoveryStatus>,
-) -> bool {
-    match output {
-        Ok(changes) if changes.is_empty() => {}
-        Ok(changes) => {
-            for change in &changes {
-                match change {
-                    RawChange::Put(entry) => {
-                        published.entries.insert(entry.clone());
-                    }
-                    RawChange::Delete(key) => {
-                        published.entries.remove(key);
-                    }
-                }
-            }
-            let _ = sender.send(Arc::new(Message::Batch(changes)));
-        }
-        Err(error) => {
-            published.failed = Some(error.clone());
-            let _ = sender.send(Arc::new(Message::Failed(error)));
-            return true;
-        }
-    }
-    if !published.listed && status.borrow().is_synced() {
-        published.listed = true;
-        let _ = sender.send(Arc::new(Message::Listed));
-    }
-    false
-}
-
-/// The engine's status as its subscribers see it: `Synced` only once the changes it covers
-/// are published, so that no subscriber reports synced before its stream has the listing.
-/// The engine sets `Synced` as it ends the step that lists or reads up to the revision, a
-/// moment before the hub sends that step's changes.
-pub(super) struct StatusGate {
-    engine: watch::Receiver<DiscoveryStatus>,
-    published: watch::Sender<DiscoveryStatus>,
-    /// A `Synced` seen during a step, held until the step's changes are published.
-    held: bool,
-}
-
-impl StatusGate {
-    fn new(engine: watch::Receiver<DiscoveryStatus>) -> Self {
-        StatusGate {
-            engine,
-            published: watch::Sender::new(DiscoveryStatus::Syncing),
-            held: false,
-        }
-    }
-
-    /// During a step: passes on at once anything but `Synced` (a retry, a failure).
-    fn during_step(&mut self) {
-        let status = self.engine.borrow_and_update().clone();
-        self.held = status.is_synced();
-        if !self.held {
-            self.published.send_replace(status);
-        }
-    }
-
-    /// Once the step's changes are published: passes on the status, if it changed.
-    fn after_step(&mut self) {
-        if self.held || self.engine.has_changed().unwrap_or(false) {
-            self.held = false;
-            let status = self.engine.borrow_and_update().clone();
-            self.published.send_replace(status);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    fn synced(revision: i64) -> DiscoveryStatus {
-        DiscoveryStatus::Synced {
-            revision,
-            endpoints: 1,
-            prefix: "p/".into(),
-            skipped: 0,
-            skip_reason: None,
-        }
-    }
-
-    #[test]
-    fn synced_waits_for_the_steps_changes_and_a_retry_does_not() {
-        let (engine, receiver) = watch::channel(DiscoveryStatus::Syncing);
-        let mut gate = StatusGate::new(receiver);
-        let published = gate.published.subscribe();
-        let retrying = DiscoveryStatus::Retrying {
-            attempt: 1,
-            error: Error::Timeout {
-                operation: "listing",
-                after: Duration::from_secs(1),
-            },
-            endpoints: 0,
-        };
-        engine.send_replace(retrying);
-        gate.during_step();
-        assert!(matches!(
-            *published.borrow(),
-            DiscoveryStatus::Retrying { .. }
-        ));
-        engine.send_replace(synced(7));
-        gate.during_step();
-        assert!(
-            matches!(*published.borrow(), DiscoveryStatus::Retrying { .. }),
-            "held until the listing is published"
-        );
-        gate.after_step();
-        assert!(matches!(
-            *published.borrow(),
-            DiscoveryStatus::Synced { revision: 7, .. }
-        ));
-        // A step that set `Synced` and ended before the gate looked at it.
-        engine.send_replace(synced(8));
-        gate.after_step();
-        assert!(matches!(
-            *published.borrow(),
-            DiscoveryStatus::Synced { revision: 8, .. }
-        ));
     }
 }

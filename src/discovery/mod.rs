@@ -1,11 +1,13 @@
 //! Client side: turning the keys under an etcd prefix into endpoint changes.
 
 mod addresses;
+mod config;
 mod decode;
 mod diff;
 mod engine;
 mod entries;
 mod hub;
+mod published;
 mod recipe;
 mod shared;
 mod status;
@@ -26,10 +28,10 @@ use tonic::transport::Endpoint;
 
 use crate::backoff::Backoff;
 use crate::error::Error;
-use crate::format::{EtcdNaming, Format, Instance, check_service};
+use crate::format::{EtcdNaming, Format, Instance};
 #[cfg(feature = "tls")]
 use crate::tls::TlsConfig;
-use engine::EngineConfig;
+use config::Config;
 use hub::{Settings, Watches};
 use recipe::EndpointRecipe;
 use stream::ChangeStream;
@@ -79,8 +81,8 @@ use subscriber::run;
 /// [`endpoint`](EtcdDiscover::endpoint) hook.
 ///
 /// Building one does no I/O; that starts on the stream's first poll. The service is checked
-/// at once ([`check_service`]): an empty or root-only name, or one the format cannot make a
-/// prefix of, makes the [`status`](EtcdDiscover::status) `Failed` with
+/// at once ([`check_service`](crate::check_service)): an empty or root-only name, or one the
+/// format cannot make a prefix of, makes the [`status`](EtcdDiscover::status) `Failed` with
 /// [`Error::InvalidPrefix`] from the start, and the stream yields that error, before any I/O.
 ///
 /// ```no_run
@@ -98,18 +100,6 @@ use subscriber::run;
 pub struct EtcdDiscover {
     config: Config,
     status: watch::Receiver<DiscoveryStatus>,
-}
-
-pub(super) struct Config {
-    client: etcd_client::Client,
-    /// The engines this discovery may share: its group's, or its own.
-    watches: Arc<Watches>,
-    service: String,
-    format: Arc<dyn Format>,
-    /// How each instance becomes an endpoint: TLS, then the [`EtcdDiscover::endpoint`] hook.
-    endpoint_hook: EndpointRecipe,
-    settings: Settings,
-    status: Arc<watch::Sender<DiscoveryStatus>>,
 }
 
 impl EtcdDiscover {
@@ -329,62 +319,6 @@ impl EtcdDiscover {
             Err(error) => Box::pin(futures_util::stream::iter([Err(error)])),
         };
         DiscoveryStream::new(service, stream, self.status)
-    }
-}
-
-impl Config {
-    /// Checks the service in the format, before any I/O: while it is invalid, the status is
-    /// `Failed` with the reason, and the stream yields the error.
-    fn check(&self) -> Result<(), Error> {
-        let checked =
-            check_service(&self.format, &self.service).and_then(|()| self.check_durations());
-        let status = match &checked {
-            Ok(()) => DiscoveryStatus::Syncing,
-            Err(error) => DiscoveryStatus::Failed {
-                error: error.clone(),
-            },
-        };
-        self.status.send_replace(status);
-        checked
-    }
-
-    /// Refuses the durations with which discovery could never sync.
-    fn check_durations(&self) -> Result<(), Error> {
-        let zero = |setting, value: Duration, reason| {
-            if value.is_zero() {
-                Err(Error::InvalidDuration {
-                    setting,
-                    value,
-                    reason,
-                })
-            } else {
-                Ok(())
-            }
-        };
-        zero(
-            "request timeout",
-            self.settings.request_timeout,
-            "every request to etcd would time out at once",
-        )?;
-        zero(
-            "idle timeout",
-            self.settings.idle_timeout,
-            "every watch would be taken for dead at once",
-        )
-    }
-
-    /// The configuration of a new shared engine, with its own status channel.
-    fn engine_config(&self) -> EngineConfig {
-        let s = self.settings;
-        EngineConfig {
-            client: self.client.clone(),
-            backoff: s.backoff,
-            request_timeout: s.request_timeout,
-            progress_interval: s.progress_interval,
-            idle_timeout: s.idle_timeout,
-            healthy_after: s.healthy_after,
-            status: watch::Sender::new(DiscoveryStatus::Syncing),
-        }
     }
 }
 

@@ -7,7 +7,8 @@ use tower::discover::Change;
 use super::decode::Decoder;
 use super::diff::{self, RawChange};
 use super::entries::Entries;
-use super::hub::{Hub, Message, Subscription};
+use super::hub::{Hub, Subscription};
+use super::published::Message;
 use super::stream::ChangeStream;
 use super::{Config, Discovered, DiscoveryStatus};
 use crate::error::Error;
@@ -108,8 +109,8 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    /// Sets this discovery's status: the shared engine's as the hub publishes it (which
-    /// trails the published changes), with this subscriber's own counts of endpoints and
+    /// Sets this discovery's status: the shared engine's (which it sets after publishing
+    /// the changes the status covers), with this subscriber's own counts of endpoints and
     /// skipped keys (values that do not decode in its format are not endpoints). Derived
     /// here, in the stream's own task, each time either side changes.
     fn derive_status(&self, engine: &watch::Receiver<DiscoveryStatus>) {
@@ -164,7 +165,7 @@ impl Subscriber {
         use tokio::sync::broadcast::error::RecvError;
         let received = tokio::select! {
             // Biased: a batch already queued is applied before a status change is looked
-            // at. The hub publishes a status after the changes it covers, so the status
+            // at. The engine sets a status after publishing the changes it covers, so the status
             // never runs ahead of what this stream has yielded.
             biased;
             received = subscription.changes.recv() => received,
