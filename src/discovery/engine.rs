@@ -49,7 +49,7 @@ pub(super) struct EngineConfig {
 /// Failed resumes in a row after which the machine re-lists instead.
 const RELIST_AFTER: u32 = 3;
 
-pub(super) enum State {
+pub(super) enum WatchState {
     /// Get the whole prefix, then diff it against what has been announced.
     List,
     /// Open a watch from `from`.
@@ -106,16 +106,16 @@ impl Engine {
         }
     }
 
-    pub(super) async fn step(&mut self, state: State) -> (Output, State) {
+    pub(super) async fn step(&mut self, state: WatchState) -> (Output, WatchState) {
         match state {
-            State::List => self.list().await,
-            State::Watch { from } => self.open(from).await,
-            State::Streaming(streaming) => self.read(streaming).await,
-            State::Done => (Ok(Vec::new()), State::Done),
+            WatchState::List => self.list().await,
+            WatchState::Watch { from } => self.open(from).await,
+            WatchState::Streaming(streaming) => self.read(streaming).await,
+            WatchState::Done => (Ok(Vec::new()), WatchState::Done),
         }
     }
 
-    async fn list(&mut self) -> (Output, State) {
+    async fn list(&mut self) -> (Output, WatchState) {
         let mut listing = Entries::new();
         let (etcd, prefix) = (&*self.etcd, self.prefix.as_str());
         let pages = list_prefix(etcd, prefix, self.config.request_timeout, |kvs| {
@@ -127,7 +127,7 @@ impl Engine {
         });
         let header = match pages.await {
             Ok(header) => header,
-            Err(error) => return self.fail(error, State::List).await,
+            Err(error) => return self.fail(error, WatchState::List).await,
         };
         let revision = header.revision;
         self.history = History::listed(header);
@@ -146,10 +146,10 @@ impl Engine {
         crate::metrics::discovery_listed(&self.prefix);
         // After the changes: a subscriber never sees `Synced` before the listing.
         self.publish_synced(revision);
-        (Ok(changes), State::Watch { from: revision + 1 })
+        (Ok(changes), WatchState::Watch { from: revision + 1 })
     }
 
-    async fn open(&mut self, from: i64) -> (Output, State) {
+    async fn open(&mut self, from: i64) -> (Output, WatchState) {
         let open = || async {
             let watch = self.etcd.watch(self.prefix.clone(), from);
             watch.await.map_err(|source| Error::Watch {
@@ -175,15 +175,15 @@ impl Engine {
                     last_message: now,
                     progress,
                 };
-                (Ok(Vec::new()), State::Streaming(Box::new(streaming)))
+                (Ok(Vec::new()), WatchState::Streaming(Box::new(streaming)))
             }
-            Err(error) => self.fail(error, State::Watch { from }).await,
+            Err(error) => self.fail(error, WatchState::Watch { from }).await,
         }
     }
 
-    async fn read(&mut self, mut s: Box<Streaming>) -> (Output, State) {
+    async fn read(&mut self, mut s: Box<Streaming>) -> (Output, WatchState) {
         let idle_deadline = s.last_message + self.config.idle_timeout;
-        let resume = State::Watch {
+        let resume = WatchState::Watch {
             from: s.revision + 1,
         };
         // Biased: a message that is already there wins over a progress request or the idle
@@ -212,12 +212,16 @@ impl Engine {
                 // cannot go out at all is left to the idle timer.
                 let send = s.stream.request_progress();
                 let _ = tokio::time::timeout(self.config.progress_interval, send).await;
-                (Ok(Vec::new()), State::Streaming(s))
+                (Ok(Vec::new()), WatchState::Streaming(s))
             }
         }
     }
 
-    async fn on_response(&mut self, response: Message, mut s: Box<Streaming>) -> (Output, State) {
+    async fn on_response(
+        &mut self,
+        response: Message,
+        mut s: Box<Streaming>,
+    ) -> (Output, WatchState) {
         s.last_message = Instant::now();
         if s.last_message - s.opened_at >= self.config.healthy_after {
             self.retry.reset();
@@ -236,25 +240,25 @@ impl Engine {
         // event may still be queued. Taking that revision as applied would drop those events
         // as repeats, for good.
         self.publish_synced(s.revision);
-        (Ok(changes), State::Streaming(s))
+        (Ok(changes), WatchState::Streaming(s))
     }
 
     /// A cancelled watch: listed again if it fell behind a compaction, else resumed from
     /// `from` after the backoff (or ended, if etcd's reason is permanent).
-    async fn on_cancel(&mut self, response: &Message, from: i64) -> (Output, State) {
+    async fn on_cancel(&mut self, response: &Message, from: i64) -> (Output, WatchState) {
         if response.compact_revision > 0 {
             info!(
                 prefix = %self.prefix,
                 compact_revision = response.compact_revision,
                 "watch fell behind a compaction, re-listing"
             );
-            return (Ok(Vec::new()), State::List);
+            return (Ok(Vec::new()), WatchState::List);
         }
         let error = Error::WatchCancelled {
             prefix: self.prefix.clone(),
             reason: response.cancel_reason.clone(),
         };
-        self.fail(error, State::Watch { from }).await
+        self.fail(error, WatchState::Watch { from }).await
     }
 
     /// Applies the events of `response` above `revision`, the applied one, which it raises.
@@ -285,16 +289,16 @@ impl Engine {
     /// Lists again after a short jittered pause: etcd serves an older history than the one
     /// applied. The pause grows if it happens again before the watch has been healthy for a
     /// while, so a lagging member that keeps answering so cannot make the machine spin.
-    async fn went_back(&mut self, regression: Regression) -> (Output, State) {
+    async fn went_back(&mut self, regression: Regression) -> (Output, WatchState) {
         let delay = self.retry.next_delay();
         warn!(prefix = %self.prefix, %regression, ?delay, "etcd went back in time, listing again");
         tokio::time::sleep(delay).await;
-        (Ok(Vec::new()), State::List)
+        (Ok(Vec::new()), WatchState::List)
     }
 
     /// Handles a failed step: a permanent error ends the stream; a transient one is logged,
     /// published, waited out with backoff, and followed by `next`.
-    async fn fail(&mut self, error: Error, next: State) -> (Output, State) {
+    async fn fail(&mut self, error: Error, next: WatchState) -> (Output, WatchState) {
         const RETRYING: &str = "etcd request failed, keeping the last known endpoints and retrying";
         let (error, attempt, delay) = match self.retry.failed(error, None, RETRYING) {
             Failure::Permanent(error) => {
@@ -302,7 +306,7 @@ impl Engine {
                     error: error.clone(),
                 });
                 crate::metrics::discovery_status(&self.prefix, &self.config.status.borrow());
-                return (Err(error), State::Done);
+                return (Err(error), WatchState::Done);
             }
             Failure::Transient {
                 error,
@@ -318,7 +322,7 @@ impl Engine {
         crate::metrics::discovery_status(&self.prefix, &self.config.status.borrow());
         tokio::time::sleep(delay).await;
         let next = match next {
-            State::Watch { .. } if attempt >= RELIST_AFTER => State::List,
+            WatchState::Watch { .. } if attempt >= RELIST_AFTER => WatchState::List,
             other => other,
         };
         (Ok(Vec::new()), next)

@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tracing::Instrument;
 
 use super::DiscoveryStatus;
-use super::engine::{Engine, EngineConfig, State};
+use super::engine::{Engine, EngineConfig, WatchState};
 use super::entries::Entries;
 use super::published::{Message, Published, Publisher};
 
@@ -162,7 +162,7 @@ async fn run(mut engine: Engine, published: Publisher, mut stopped: oneshot::Rec
         }
     }
     let _closing = Closing(published.clone());
-    let mut state = State::List;
+    let mut state = WatchState::List;
     loop {
         let (output, next) = tokio::select! {
             // Biased: once the last subscriber is gone, no further request is started.

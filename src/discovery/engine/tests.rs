@@ -40,7 +40,7 @@ fn summary(changes: &[RawChange]) -> Vec<String> {
 }
 
 /// Steps until a step announces changes; returns them and the state after.
-async fn next_changes(engine: &mut Engine, mut state: State) -> (Vec<String>, State) {
+async fn next_changes(engine: &mut Engine, mut state: WatchState) -> (Vec<String>, WatchState) {
     for _ in 0..20 {
         let (output, next) = engine.step(state).await;
         let changes = output.expect("no permanent error");
@@ -53,9 +53,9 @@ async fn next_changes(engine: &mut Engine, mut state: State) -> (Vec<String>, St
 }
 
 /// Steps until the watch is open and has sent its first message.
-async fn streaming(engine: &mut Engine, mut state: State) -> State {
+async fn streaming(engine: &mut Engine, mut state: WatchState) -> WatchState {
     for _ in 0..20 {
-        if let State::Streaming(s) = &state
+        if let WatchState::Streaming(s) = &state
             && s.revision >= 0
             && s.last_message > s.opened_at
         {
@@ -79,7 +79,7 @@ async fn lists_then_announces_what_the_watch_sees() {
     etcd.put("svc/a", "1");
     etcd.put("other/x", "1");
     let (mut engine, status) = engine(&etcd).await;
-    let (listed, state) = next_changes(&mut engine, State::List).await;
+    let (listed, state) = next_changes(&mut engine, WatchState::List).await;
     assert_eq!(listed, ["+svc/a=1"]);
     let state = streaming(&mut engine, state).await;
     etcd.put("svc/b", "2");
@@ -99,7 +99,7 @@ async fn relists_and_diffs_after_a_compaction_while_away() {
     etcd.put("svc/a", "1");
     etcd.put("svc/b", "1");
     let (mut engine, status) = engine(&etcd).await;
-    let (_, state) = next_changes(&mut engine, State::List).await;
+    let (_, state) = next_changes(&mut engine, WatchState::List).await;
     let state = streaming(&mut engine, state).await;
     etcd.break_watches();
     // Retried once etcd answers: by then the history it resumes from is compacted.
@@ -129,7 +129,7 @@ async fn relists_when_etcd_went_back_in_time() {
         etcd.put("other/counter", &i.to_string());
     }
     let (mut engine, _status) = engine(&etcd).await;
-    let (_, state) = next_changes(&mut engine, State::List).await;
+    let (_, state) = next_changes(&mut engine, WatchState::List).await;
     let state = streaming(&mut engine, state).await;
     etcd.wipe();
     etcd.put("svc/a", "1");
@@ -147,7 +147,7 @@ async fn a_permission_denied_after_a_listing_is_retried_until_granted_again() {
     let etcd = FakeEtcd::new();
     etcd.put("svc/a", "1");
     let (mut engine, status) = engine(&etcd).await;
-    let (_, state) = next_changes(&mut engine, State::List).await;
+    let (_, state) = next_changes(&mut engine, WatchState::List).await;
     let state = streaming(&mut engine, state).await;
     etcd.break_watches();
     for _ in 0..4 {
@@ -183,8 +183,8 @@ async fn a_permission_denied_at_the_first_listing_is_final() {
     let etcd = FakeEtcd::new();
     etcd.fail_next(denied());
     let (mut engine, status) = engine(&etcd).await;
-    let (output, state) = engine.step(State::List).await;
+    let (output, state) = engine.step(WatchState::List).await;
     assert!(output.expect_err("final").is_permission_denied());
-    assert!(matches!(state, State::Done));
+    assert!(matches!(state, WatchState::Done));
     assert!(matches!(*status.borrow(), DiscoveryStatus::Failed { .. }));
 }
