@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
-use etcd_client::Client;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -26,6 +25,7 @@ use super::RegistrationStatus;
 use crate::backoff::{Failure, Retry};
 use crate::error::Chain;
 use crate::error::Error;
+use crate::etcd::seam::lease::Leases;
 use crate::format::{Format, Instance};
 use crate::metrics::KeepAlive;
 use keepalive::Interrupt;
@@ -69,7 +69,8 @@ pub(super) struct Entry {
 }
 
 pub(super) struct LeaseTask {
-    pub(super) client: Client,
+    /// etcd, through the crate's seam: the registrar's client, or a fake in unit tests.
+    pub(super) client: Arc<dyn Leases>,
     pub(super) format: Arc<dyn Format>,
     pub(super) entries: Vec<Entry>,
     pub(super) withdrawn: bool,
@@ -219,3 +220,6 @@ pub(super) fn ttl_secs(ttl: Duration) -> i64 {
     let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
     i64::try_from(secs).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests;

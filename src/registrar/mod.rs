@@ -210,7 +210,7 @@ impl Registrar {
         crate::metrics::registrar_status(&status.borrow());
         let lease = Arc::new(AtomicI64::new(0));
         let mut task = LeaseTask {
-            client: self.client.clone(),
+            client: Arc::new(self.client.clone()),
             format: self.format.clone(),
             entries: Vec::new(),
             withdrawn: false,

@@ -1,12 +1,16 @@
 //! An in-memory etcd behind the seam, for unit tests on paused time: revisions, a history of
-//! events, compaction, an etcd that loses its data, watches that break, injected errors.
+//! events, compaction, an etcd that loses its data, watches that break, leases that expire,
+//! injected errors.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::{BoxFuture, Etcd, Event, Message, Page, Watch};
+
+mod lease;
 use crate::etcd::history::Header;
 
 /// A cloneable handle to one in-memory etcd.
@@ -25,8 +29,13 @@ struct State {
     generation: u64,
     kvs: BTreeMap<Vec<u8>, Vec<u8>>,
     events: Vec<Event>,
-    /// Errors the next range or watch calls return, one each, in order.
+    /// Errors the next calls return, one each, in order.
     errors: VecDeque<etcd_client::Error>,
+    /// Live leases: their TTL and when they expire.
+    leases: BTreeMap<i64, (i64, Instant)>,
+    /// The lease of each key that has one.
+    key_leases: BTreeMap<Vec<u8>, i64>,
+    next_lease: i64,
 }
 
 impl FakeEtcd {
@@ -40,6 +49,9 @@ impl FakeEtcd {
             kvs: BTreeMap::new(),
             events: Vec::new(),
             errors: VecDeque::new(),
+            leases: BTreeMap::new(),
+            key_leases: BTreeMap::new(),
+            next_lease: 0x1000,
         };
         FakeEtcd {
             state: Arc::new(Mutex::new(state)),
@@ -71,6 +83,7 @@ impl FakeEtcd {
         let revision = {
             let mut state = self.state();
             let key = key.as_bytes().to_vec();
+            state.key_leases.remove(&key);
             let changed = match value {
                 Some(value) => {
                     state.kvs.insert(key.clone(), value.into());
@@ -121,9 +134,14 @@ impl FakeEtcd {
         self.break_watches();
     }
 
-    /// Makes the next range or watch call fail with `error`.
+    /// Makes the next call fail with `error`.
     pub(crate) fn fail_next(&self, error: etcd_client::Error) {
         self.state().errors.push_back(error);
+    }
+
+    /// The next injected error, if any.
+    fn injected(&self) -> Option<etcd_client::Error> {
+        self.state().errors.pop_front()
     }
 
     fn header(state: &State) -> Header {
@@ -174,7 +192,7 @@ impl Etcd for FakeEtcd {
                 etcd: self.clone(),
                 changed: self.changed.subscribe(),
                 generation: state.generation,
-                prefix: prefix.into_bytes(),
+                filter: Filter::Prefix(prefix.into_bytes()),
                 next: from,
                 created: false,
             }) as Box<dyn Watch>),
@@ -190,11 +208,26 @@ fn compacted() -> etcd_client::Error {
     etcd_client::Error::GRpcStatus(status)
 }
 
+/// The keys a watch sees.
+enum Filter {
+    Prefix(Vec<u8>),
+    Keys(Vec<Vec<u8>>),
+}
+
+impl Filter {
+    fn matches(&self, key: &[u8]) -> bool {
+        match self {
+            Filter::Prefix(prefix) => key.starts_with(prefix),
+            Filter::Keys(keys) => keys.iter().any(|k| k == key),
+        }
+    }
+}
+
 struct FakeWatch {
     etcd: FakeEtcd,
     changed: watch::Receiver<u64>,
     generation: u64,
-    prefix: Vec<u8>,
+    filter: Filter,
     /// The next revision to send.
     next: i64,
     created: bool,
@@ -203,7 +236,8 @@ struct FakeWatch {
 impl FakeWatch {
     /// The next message if one is ready; an error if the watch is broken.
     fn poll_message(&mut self) -> Result<Option<Message>, etcd_client::Error> {
-        let state = self.etcd.state();
+        let mut state = self.etcd.state();
+        state.expire();
         if state.generation != self.generation {
             return Err(etcd_client::Error::WatchError("connection reset".into()));
         }
@@ -229,7 +263,7 @@ impl FakeWatch {
             }));
         }
         let events: Vec<Event> = (state.events.iter())
-            .filter(|e| e.mod_revision >= self.next && e.key.starts_with(&self.prefix))
+            .filter(|e| e.mod_revision >= self.next && self.filter.matches(&e.key))
             .cloned()
             .collect();
         if events.is_empty() {

@@ -3,9 +3,6 @@
 
 use std::sync::Arc;
 
-use etcd_client::{
-    EventType, LeaseKeepAliveStream, LeaseKeeper, WatchOptions, WatchResponse, WatchStream,
-};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -13,6 +10,8 @@ use tracing::{info, warn};
 use super::{Command, LeaseTask};
 use crate::error::Error;
 use crate::etcd::request::request;
+use crate::etcd::seam::lease::KeepAlive;
+use crate::etcd::seam::{Message, Watch};
 
 /// Why keeping alive stopped.
 pub(super) enum Interrupt {
@@ -46,11 +45,10 @@ impl LeaseTask {
         commands: &mut mpsc::Receiver<Command>,
     ) -> Result<Interrupt, Error> {
         let open = || async {
-            let mut lease = self.client.lease_client();
-            lease.keep_alive(lease_id).await.map_err(wrap(lease_id))
+            let open = self.client.keep_alive(lease_id);
+            open.await.map_err(wrap(lease_id))
         };
-        let (mut keeper, mut responses) =
-            request("opening a keepalive stream", self.request_timeout, open).await?;
+        let mut keeper = request("opening a keepalive stream", self.request_timeout, open).await?;
         let open = || async { self.watch_keys(from).await.map_err(wrap(lease_id)) };
         let mut keys = request("watching the keys", self.request_timeout, open).await?;
         let opened = Instant::now();
@@ -60,7 +58,7 @@ impl LeaseTask {
                 // Biased: the keepalive is due before anything else is looked at.
                 biased;
                 _ = tokio::time::sleep_until(next_keepalive) => {
-                    let renewed = self.renew(lease_id, &mut keeper, &mut responses, opened);
+                    let renewed = self.renew(lease_id, &mut *keeper, opened);
                     if let Some(interrupt) = renewed.await? {
                         return Ok(interrupt);
                     }
@@ -82,20 +80,19 @@ impl LeaseTask {
     async fn renew(
         &mut self,
         lease_id: i64,
-        keeper: &mut LeaseKeeper,
-        responses: &mut LeaseKeepAliveStream,
+        keeper: &mut dyn KeepAlive,
         opened: Instant,
     ) -> Result<Option<Interrupt>, Error> {
-        keeper.keep_alive().await.map_err(wrap(lease_id))?;
+        keeper.send().await.map_err(wrap(lease_id))?;
         let after = (self.ttl / 3).min(self.request_timeout);
-        let Ok(response) = tokio::time::timeout(after, responses.message()).await else {
+        let Ok(response) = tokio::time::timeout(after, keeper.receive()).await else {
             return Ok(Some(Interrupt::Stalled));
         };
         let ended = || etcd_client::Error::LeaseKeepAliveError("stream ended".into());
-        let response = response
+        let ttl = response
             .map_err(wrap(lease_id))?
             .ok_or_else(|| wrap(lease_id)(ended()))?;
-        if response.ttl() <= 0 {
+        if ttl <= 0 {
             return Err(Error::LeaseLost { lease_id });
         }
         if opened.elapsed() >= self.ttl {
@@ -147,17 +144,12 @@ impl LeaseTask {
     }
 
     /// Watches every key from revision `from`, on one stream; none while withdrawn.
-    async fn watch_keys(&self, from: i64) -> Result<Option<WatchStream>, etcd_client::Error> {
-        let (Some(first), false) = (self.entries.first(), self.withdrawn) else {
+    async fn watch_keys(&self, from: i64) -> Result<Option<Box<dyn Watch>>, etcd_client::Error> {
+        if self.entries.is_empty() || self.withdrawn {
             return Ok(None);
-        };
-        let options = || Some(WatchOptions::new().with_start_revision(from.max(1)));
-        let mut client = self.client.watch_client();
-        let mut stream = client.watch(first.key.as_str(), options()).await?;
-        for entry in &self.entries[1..] {
-            stream.watch(entry.key.as_str(), options()).await?;
         }
-        Ok(Some(stream))
+        let keys = self.entries.iter().map(|e| e.key.clone()).collect();
+        Ok(Some(self.client.watch_keys(keys, from).await?))
     }
 }
 
@@ -165,32 +157,28 @@ impl LeaseTask {
 /// behind a compaction; the watch is dropped if the role may not read the keys.
 fn on_keys(
     lease_id: i64,
-    message: Result<Option<WatchResponse>, etcd_client::Error>,
-    keys: &mut Option<WatchStream>,
+    message: Result<Option<Message>, etcd_client::Error>,
+    keys: &mut Option<Box<dyn Watch>>,
 ) -> Result<Option<Interrupt>, Error> {
     let ended = || etcd_client::Error::WatchError("key watch ended".into());
     let response = message
         .map_err(wrap(lease_id))?
         .ok_or_else(|| wrap(lease_id)(ended()))?;
-    if response.canceled() {
-        if response.compact_revision() > 0 {
+    if response.canceled {
+        if response.compact_revision > 0 {
             return Ok(Some(Interrupt::Rewrite));
         }
         // Registering needs write access only: without read access to its own keys, the
         // task stops watching them rather than loop.
         warn!(
             lease_id,
-            reason = response.cancel_reason(),
+            reason = response.cancel_reason,
             "cannot watch the registered keys"
         );
         *keys = None;
         return Ok(None);
     }
-    if response
-        .events()
-        .iter()
-        .any(|e| e.event_type() == EventType::Delete)
-    {
+    if response.events.iter().any(|e| !e.put) {
         warn!(lease_id, "a registered key was deleted, putting it back");
         return Ok(Some(Interrupt::Rewrite));
     }
@@ -207,8 +195,8 @@ fn wrap(lease_id: i64) -> impl Fn(etcd_client::Error) -> Error {
 
 /// The next message of the key watch; never, if there is none.
 async fn next_message(
-    stream: &mut Option<WatchStream>,
-) -> Result<Option<etcd_client::WatchResponse>, etcd_client::Error> {
+    stream: &mut Option<Box<dyn Watch>>,
+) -> Result<Option<Message>, etcd_client::Error> {
     match stream {
         Some(stream) => stream.message().await,
         None => std::future::pending().await,

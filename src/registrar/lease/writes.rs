@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use etcd_client::PutOptions;
-
 use super::{Entry, LeaseTask, ttl_secs};
 use crate::error::Error;
 use crate::etcd::request::request;
@@ -13,20 +11,17 @@ use crate::etcd::request::request;
 impl LeaseTask {
     pub(in crate::registrar) async fn grant(&mut self) -> Result<i64, Error> {
         let ttl_secs = ttl_secs(self.ttl);
-        let response = request("granting a lease", self.request_timeout, || async {
-            let mut lease = self.client.lease_client();
-            lease
-                .grant(ttl_secs, None)
-                .await
-                .map_err(|source| Error::LeaseGrant {
-                    ttl_secs,
-                    source: Arc::new(source),
-                })
+        let lease_id = request("granting a lease", self.request_timeout, || async {
+            let grant = self.client.grant(ttl_secs);
+            grant.await.map_err(|source| Error::LeaseGrant {
+                ttl_secs,
+                source: Arc::new(source),
+            })
         })
         .await?;
-        self.lease.store(response.id(), Ordering::Release);
+        self.lease.store(lease_id, Ordering::Release);
         crate::metrics::lease_granted();
-        Ok(response.id())
+        Ok(lease_id)
     }
 
     /// Puts every key under `lease_id` (unless withdrawn); returns the revision of the first
@@ -52,31 +47,25 @@ impl LeaseTask {
 
     pub(super) async fn put(&self, entry: &Entry, lease_id: i64) -> Result<i64, Error> {
         let value = self.format.value(&entry.service, &entry.instance);
-        let response = request("putting a key", self.request_timeout, || async {
-            let mut kv = self.client.kv_client();
-            let options = PutOptions::new().with_lease(lease_id);
-            kv.put(entry.key.as_str(), value.clone(), Some(options))
-                .await
-                .map_err(|source| Error::Put {
-                    key: entry.key.clone(),
-                    lease_id,
-                    source: Arc::new(source),
-                })
+        request("putting a key", self.request_timeout, || async {
+            let put = self.client.put(entry.key.clone(), value.clone(), lease_id);
+            put.await.map_err(|source| Error::Put {
+                key: entry.key.clone(),
+                lease_id,
+                source: Arc::new(source),
+            })
         })
-        .await?;
-        Ok(response.header().map_or(0, |h| h.revision()))
+        .await
     }
 
     pub(super) async fn delete_all(&self) -> Result<(), Error> {
         for entry in &self.entries {
             request("deleting a key", self.request_timeout, || async {
-                let mut kv = self.client.kv_client();
-                kv.delete(entry.key.as_str(), None)
-                    .await
-                    .map_err(|source| Error::Delete {
-                        key: entry.key.clone(),
-                        source: Arc::new(source),
-                    })
+                let delete = self.client.delete(entry.key.clone());
+                delete.await.map_err(|source| Error::Delete {
+                    key: entry.key.clone(),
+                    source: Arc::new(source),
+                })
             })
             .await?;
         }

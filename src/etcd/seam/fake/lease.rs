@@ -1,0 +1,187 @@
+//! The lease side of the in-memory etcd: leases that expire unless kept alive, keys under
+//! them, keepalive streams.
+
+use tokio::time::{Duration, Instant};
+
+use super::{FakeEtcd, FakeWatch, Filter, State};
+use crate::etcd::seam::lease::{KeepAlive, Leases};
+use crate::etcd::seam::{BoxFuture, Event, Watch};
+
+impl FakeEtcd {
+    /// The lease of `key`, if it is there: 0 for none.
+    pub(crate) fn lease_of(&self, key: &str) -> Option<i64> {
+        let mut state = self.state();
+        state.expire();
+        let key = key.as_bytes();
+        let present = state.kvs.contains_key(key);
+        present.then(|| state.key_leases.get(key).copied().unwrap_or(0))
+    }
+
+    /// Revokes `lease_id`, deleting its keys.
+    pub(crate) fn revoke(&self, lease_id: i64) {
+        self.state().drop_lease(lease_id);
+        self.changed();
+    }
+}
+
+impl State {
+    /// Expires the leases whose time is up, with their keys.
+    pub(super) fn expire(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<i64> = (self.leases.iter())
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.drop_lease(id);
+        }
+    }
+
+    /// Removes `lease_id` and deletes its keys, each a delete event.
+    fn drop_lease(&mut self, lease_id: i64) {
+        self.leases.remove(&lease_id);
+        let keys: Vec<Vec<u8>> = (self.key_leases.iter())
+            .filter(|(_, l)| **l == lease_id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.key_leases.remove(&key);
+            self.kvs.remove(&key);
+            self.revision += 1;
+            let mod_revision = self.revision;
+            let value = Vec::new();
+            self.events.push(Event {
+                put: false,
+                key,
+                value,
+                mod_revision,
+            });
+        }
+    }
+}
+
+/// etcd's error for a lease it does not hold.
+fn lease_not_found() -> etcd_client::Error {
+    let status = tonic::Status::not_found("etcdserver: requested lease not found");
+    etcd_client::Error::GRpcStatus(status)
+}
+
+impl Leases for FakeEtcd {
+    fn grant(&self, ttl_secs: i64) -> BoxFuture<'_, Result<i64, etcd_client::Error>> {
+        let granted = match self.injected() {
+            Some(error) => Err(error),
+            None => {
+                let mut state = self.state();
+                state.next_lease += 1;
+                let id = state.next_lease;
+                let ttl = Duration::from_secs(ttl_secs.unsigned_abs());
+                state.leases.insert(id, (ttl_secs, Instant::now() + ttl));
+                Ok(id)
+            }
+        };
+        Box::pin(std::future::ready(granted))
+    }
+
+    fn put(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        lease_id: i64,
+    ) -> BoxFuture<'_, Result<i64, etcd_client::Error>> {
+        let put = match self.injected() {
+            Some(error) => Err(error),
+            None if lease_id != 0 && !self.has_lease(lease_id) => Err(lease_not_found()),
+            None => {
+                let value = String::from_utf8_lossy(&value).into_owned();
+                let revision = self.put(&key, &value);
+                self.state().key_leases.insert(key.into_bytes(), lease_id);
+                Ok(revision)
+            }
+        };
+        Box::pin(std::future::ready(put))
+    }
+
+    fn delete(&self, key: String) -> BoxFuture<'_, Result<(), etcd_client::Error>> {
+        let deleted = match self.injected() {
+            Some(error) => Err(error),
+            None => {
+                FakeEtcd::delete(self, &key);
+                Ok(())
+            }
+        };
+        Box::pin(std::future::ready(deleted))
+    }
+
+    fn keep_alive(
+        &self,
+        lease_id: i64,
+    ) -> BoxFuture<'_, Result<Box<dyn KeepAlive>, etcd_client::Error>> {
+        let opened = match self.injected() {
+            Some(error) => Err(error),
+            None => Ok(Box::new(FakeKeepAlive {
+                etcd: self.clone(),
+                lease_id,
+                sent: 0,
+            }) as Box<dyn KeepAlive>),
+        };
+        Box::pin(std::future::ready(opened))
+    }
+
+    fn watch_keys(
+        &self,
+        keys: Vec<String>,
+        from: i64,
+    ) -> BoxFuture<'_, Result<Box<dyn Watch>, etcd_client::Error>> {
+        let state = self.state();
+        let watch = Box::new(FakeWatch {
+            etcd: self.clone(),
+            changed: self.changed.subscribe(),
+            generation: state.generation,
+            filter: Filter::Keys(keys.into_iter().map(String::into_bytes).collect()),
+            next: from.max(1),
+            created: false,
+        }) as Box<dyn Watch>;
+        Box::pin(std::future::ready(Ok(watch)))
+    }
+}
+
+impl FakeEtcd {
+    fn has_lease(&self, lease_id: i64) -> bool {
+        let mut state = self.state();
+        state.expire();
+        state.leases.contains_key(&lease_id)
+    }
+}
+
+/// A keepalive stream: each keepalive sent is answered with the TTL, 0 once the lease is
+/// gone; a lease kept alive has its full TTL again.
+struct FakeKeepAlive {
+    etcd: FakeEtcd,
+    lease_id: i64,
+    /// Keepalives sent and not yet answered.
+    sent: usize,
+}
+
+impl KeepAlive for FakeKeepAlive {
+    fn send(&mut self) -> BoxFuture<'_, Result<(), etcd_client::Error>> {
+        self.sent += 1;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn receive(&mut self) -> BoxFuture<'_, Result<Option<i64>, etcd_client::Error>> {
+        if self.sent == 0 {
+            return Box::pin(std::future::pending());
+        }
+        self.sent -= 1;
+        let mut state = self.etcd.state();
+        state.expire();
+        let ttl = match state.leases.get_mut(&self.lease_id) {
+            Some((ttl, at)) => {
+                *at = Instant::now() + Duration::from_secs(ttl.unsigned_abs());
+                *ttl
+            }
+            None => 0,
+        };
+        Box::pin(std::future::ready(Ok(Some(ttl))))
+    }
+}

@@ -1,0 +1,139 @@
+//! The lease task on paused time, against the in-memory etcd behind the seam.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::{Command, LeaseTask, State};
+use crate::backoff::{Backoff, Retry};
+use crate::etcd::seam::fake::FakeEtcd;
+use crate::format::{EtcdNaming, Instance};
+use crate::registrar::RegistrationStatus;
+
+const TTL: Duration = Duration::from_secs(3);
+
+/// A registration of one key through `etcd`, its task running: the key, the status, and
+/// what keeps the task alive.
+struct Running {
+    key: String,
+    lease_id: i64,
+    status: watch::Receiver<RegistrationStatus>,
+    _commands: mpsc::Sender<Command>,
+    _stop: watch::Sender<bool>,
+}
+
+async fn register(etcd: &FakeEtcd) -> Running {
+    let status = Arc::new(watch::Sender::new(RegistrationStatus::Registering));
+    let mut task = LeaseTask {
+        client: Arc::new(etcd.clone()),
+        format: Arc::new(EtcdNaming),
+        entries: Vec::new(),
+        withdrawn: false,
+        ttl: TTL,
+        request_timeout: Duration::from_secs(5),
+        retry: Retry::new(Backoff::default()),
+        status: status.clone(),
+        lease: Arc::new(AtomicI64::new(0)),
+    };
+    let lease_id = task.grant().await.expect("grant");
+    let entry = task.entry("svc".into(), Instance::new("127.0.0.1:50051"), lease_id);
+    let key = entry.key.clone();
+    task.entries.push(entry);
+    let from = task.put_all(lease_id).await.expect("put");
+    status.send_replace(RegistrationStatus::Registered { lease_id });
+    let (commands, command_rx) = mpsc::channel(1);
+    let (stop, stop_rx) = watch::channel(false);
+    let receiver = status.subscribe();
+    tokio::spawn(task.run(State::KeepAlive { lease_id, from }, command_rx, stop_rx));
+    Running {
+        key,
+        lease_id,
+        status: receiver,
+        _commands: commands,
+        _stop: stop,
+    }
+}
+
+/// Waits, on paused time, until the status satisfies `f`; panics after a minute.
+async fn wait_status(running: &mut Running, what: &str, f: impl Fn(&RegistrationStatus) -> bool) {
+    let reached = tokio::time::timeout(Duration::from_secs(60), running.status.wait_for(f));
+    if !matches!(reached.await, Ok(Ok(_))) {
+        panic!("{what}: last status {:?}", *running.status.borrow());
+    }
+}
+
+fn denied() -> etcd_client::Error {
+    etcd_client::Error::GRpcStatus(tonic::Status::permission_denied(
+        "etcdserver: permission denied",
+    ))
+}
+
+#[tokio::test(start_paused = true)]
+async fn keeps_the_lease_alive_for_many_ttls() {
+    let etcd = FakeEtcd::new();
+    let running = register(&etcd).await;
+    for _ in 0..10 {
+        tokio::time::sleep(TTL).await;
+        assert_eq!(etcd.lease_of(&running.key), Some(running.lease_id));
+    }
+    assert!(matches!(
+        *running.status.borrow(),
+        RegistrationStatus::Registered { lease_id } if lease_id == running.lease_id
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn grants_a_new_lease_and_puts_the_key_back_when_the_lease_is_gone() {
+    let etcd = FakeEtcd::new();
+    let mut running = register(&etcd).await;
+    let old = running.lease_id;
+    etcd.revoke(old);
+    assert_eq!(etcd.lease_of(&running.key), None);
+    wait_status(
+        &mut running,
+        "registered under a new lease",
+        |s| matches!(s, RegistrationStatus::Registered { lease_id } if *lease_id != old),
+    )
+    .await;
+    let now = etcd.lease_of(&running.key).expect("the key is back");
+    assert_ne!(now, old);
+}
+
+#[tokio::test(start_paused = true)]
+async fn puts_back_a_deleted_key_under_the_same_lease() {
+    let etcd = FakeEtcd::new();
+    let running = register(&etcd).await;
+    etcd.delete(&running.key);
+    for _ in 0..100 {
+        if etcd.lease_of(&running.key).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(etcd.lease_of(&running.key), Some(running.lease_id));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permission_denied_after_registering_is_retried_until_granted_again() {
+    let etcd = FakeEtcd::new();
+    let mut running = register(&etcd).await;
+    let old = running.lease_id;
+    etcd.fail_next(denied());
+    etcd.fail_next(denied());
+    etcd.revoke(old);
+    wait_status(
+        &mut running,
+        "retrying with the permission error",
+        |s| matches!(s, RegistrationStatus::Retrying { error, .. } if error.is_permission_denied()),
+    )
+    .await;
+    wait_status(
+        &mut running,
+        "registered again",
+        |s| matches!(s, RegistrationStatus::Registered { lease_id } if *lease_id != old),
+    )
+    .await;
+    assert!(etcd.lease_of(&running.key).is_some());
+}
