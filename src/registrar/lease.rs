@@ -148,6 +148,7 @@ impl LeaseTask {
                         debug!(lease_id, "keepalive unanswered, opening the stream again");
                         State::KeepAlive { lease_id, from }
                     }
+                    Interrupt::Refused(error) => self.failed_for_good(error),
                     Interrupt::Failed(error) if error.is_lease_not_found() => {
                         warn!(lease_id, "lease lost, registering again");
                         crate::metrics::keepalive_failure(KeepAlive::LeaseLost);
@@ -181,6 +182,15 @@ impl LeaseTask {
         crate::metrics::registrar_status(&self.status.borrow());
     }
 
+    /// Reports a failure that retrying cannot fix; the task then waits to be stopped.
+    fn failed_for_good(&mut self, error: Error) -> State {
+        warn!(error = %Chain(&error), "registration failed for good");
+        self.status
+            .send_replace(RegistrationStatus::Failed { error });
+        crate::metrics::registrar_status(&self.status.borrow());
+        State::Failed
+    }
+
     async fn fail(&mut self, error: Error, next: State) -> State {
         if error.is_lease_not_found() {
             // etcd answered, so it is up; only the lease is gone. Grant again after a short
@@ -193,13 +203,7 @@ impl LeaseTask {
         let cap = matches!(next, State::Put { .. }).then_some(self.ttl / 3);
         const RETRYING: &str = "etcd request failed, the registration retries";
         match self.retry.failed(error, cap, RETRYING) {
-            Failure::Permanent(error) => {
-                warn!(error = %Chain(&error), "registration failed for good");
-                self.status
-                    .send_replace(RegistrationStatus::Failed { error });
-                crate::metrics::registrar_status(&self.status.borrow());
-                State::Failed
-            }
+            Failure::Permanent(error) => self.failed_for_good(error),
             Failure::Transient {
                 error,
                 attempt,

@@ -21,6 +21,8 @@ pub(super) enum Interrupt {
     /// A keepalive went unanswered for a third of the TTL: its member may be frozen, so the
     /// stream is opened again at once, most likely on another member.
     Stalled,
+    /// etcd refused, for good, the key of an instance being added: the registration fails.
+    Refused(Error),
 }
 
 impl LeaseTask {
@@ -120,7 +122,12 @@ impl LeaseTask {
                     self.entries.push(entry);
                 }
                 let _ = reply.send(result.clone().map(|_| key));
-                result.map(|_| Interrupt::Rewrite)
+                match result {
+                    Ok(_) => Ok(Interrupt::Rewrite),
+                    // A key these credentials never wrote: no revoke to wait out.
+                    Err(error) if error.is_permanent() => Ok(Interrupt::Refused(error)),
+                    Err(error) => Err(error),
+                }
             }
             Command::Withdraw { withdraw, reply } => {
                 let changed = withdraw != self.withdrawn;
