@@ -43,7 +43,7 @@ pub(super) async fn call(
     loop {
         let request = attempt_request(&parts, body, attempts.previous(), timeout);
         let result = super::call::call(state.clone(), picked.take(), request, Some(&mut tried));
-        let result = hold::first_frames(result.await).await;
+        let result = hold::first_frames(result.await, state.config.retry_buffer).await;
         let Some(failure) = failure(&result, recording.overflowed()) else {
             return result.map(|response| counted(response, &state, &policy));
         };
