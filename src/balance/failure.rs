@@ -61,6 +61,16 @@ impl Balancer {
     /// allows it, and the wait ends before the call's deadline (`grpc-timeout`, which
     /// covers all attempts). A retry goes to another endpoint where one is up, after
     /// the policy's jittered backoff, and carries `grpc-previous-rpc-attempts`.
+    ///
+    /// Unlike gRFC A6, which commits a call when its response headers arrive, the channel
+    /// holds a response while a retry could still follow (the whole request was sent and
+    /// fit the buffer, an attempt is left, the throttle allows one): until its first
+    /// message and, within 20 ms, its trailers, waiting at most 20 ms for the first frame
+    /// after the headers, and holding two frames and at most `retry_buffer` bytes. A unary
+    /// call whose server is killed between headers and trailers, or that gets a
+    /// trailers-only `UNAVAILABLE` after its headers, is then still retried; a stream is
+    /// handed over with its second frame, and a call still sending its request (a client
+    /// or bidi stream) gets its headers at once.
     pub fn retry_policy(mut self, path: &str, policy: RetryPolicy) -> Self {
         self.retry = std::mem::take(&mut self.retry).method(path, policy);
         self

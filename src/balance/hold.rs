@@ -16,13 +16,19 @@ use super::status_observer::grpc_status;
 
 type Outcome = Result<http::Response<Body>, tower::BoxError>;
 
+/// How long, after the response headers, the first frame may take and still be held
+/// back: a server's first message, or its trailers, follow the headers at once; a server
+/// stream that sends its headers first gets them to the caller after this wait at most.
+const AFTER_HEADERS: Duration = Duration::from_millis(20);
+
 /// How long, after the first data frame, the next frame may take and still be held back:
 /// a unary response's trailers follow its message at once, so a server killed between the
 /// two fails a call that can still be retried; a stream's next message may come much
 /// later, and the caller gets the first one after this wait at most.
 const AFTER_DATA: Duration = Duration::from_millis(20);
 
-/// Reads the first frames of a response's body: its first frame, then, if that is a data
+/// Reads the first frames of a response's body: its first frame, waiting
+/// [`AFTER_HEADERS`] for it, then, if that is a data
 /// frame of at most `limit` bytes, at most one more frame, waiting [`AFTER_DATA`] for it.
 /// Trailers right after the first message (a unary call) are held with it; a second data
 /// frame, or nothing within the wait, means a stream, and the response is given on
@@ -38,7 +44,7 @@ pub(super) async fn first_frames(result: Outcome, limit: usize) -> Outcome {
     };
     let (mut parts, mut body) = response.into_parts();
     let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
-    match next_frame(&mut body, None).await {
+    match next_frame(&mut body, AFTER_HEADERS).await {
         Next::Nothing => {}
         Next::End => body = Body::empty(),
         Next::Failed(status) => return Err(Box::new(BodyFailed(status))),
@@ -51,7 +57,7 @@ pub(super) async fn first_frames(result: Outcome, limit: usize) -> Outcome {
                 let small = data.data_ref().is_none_or(|data| data.len() <= limit);
                 frames.push_back(data);
                 if small {
-                    match next_frame(&mut body, Some(AFTER_DATA)).await {
+                    match next_frame(&mut body, AFTER_DATA).await {
                         // Nothing more for a while: a stream; give it on.
                         Next::Nothing => {}
                         Next::End => body = Body::empty(),
@@ -80,17 +86,13 @@ enum Next {
     Nothing,
 }
 
-/// The next frame of `body`, waiting at most `wait` for it if given.
-async fn next_frame(body: &mut Body, wait: Option<Duration>) -> Next {
+/// The next frame of `body`, waiting at most `wait` for it.
+async fn next_frame(body: &mut Body, wait: Duration) -> Next {
     if body.is_end_stream() {
         return Next::End;
     }
     let next = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
-    let next = match wait {
-        Some(wait) => tokio::time::timeout(wait, next).await,
-        None => Ok(next.await),
-    };
-    match next {
+    match tokio::time::timeout(wait, next).await {
         Err(_) => Next::Nothing,
         Ok(None) => Next::End,
         Ok(Some(Err(status))) => Next::Failed(status),
@@ -227,6 +229,30 @@ mod tests {
         assert!(
             matches!(first, Poll::Ready(Some(Ok(f))) if f.data_ref().map(Bytes::len) == Some(LIMIT + 1))
         );
+    }
+
+    /// A body that never sends a frame: a server waiting for the client's first message.
+    struct Silent;
+
+    impl HttpBody for Silent {
+        type Data = Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn headers_without_a_frame_are_given_on_after_a_bounded_wait() {
+        let start = tokio::time::Instant::now();
+        let held = first_frames(Ok(http::Response::new(Body::new(Silent))), LIMIT);
+        let held = tokio::time::timeout(Duration::from_secs(10), held).await;
+        held.expect("given on").expect("a response");
+        assert_eq!(start.elapsed(), AFTER_HEADERS);
     }
 
     #[tokio::test]

@@ -78,6 +78,13 @@ impl Recording {
         self.lock().overflowed
     }
 
+    /// Whether the whole body was read and recorded: it ended, and fit the buffer. Until
+    /// then, the call may still be sending (a client or bidi stream).
+    pub(super) fn is_complete(&self) -> bool {
+        let recorded = self.lock();
+        recorded.ended && !recorded.overflowed
+    }
+
     /// The body to send again: what was recorded, then what the transport had not read
     /// of it. Waits until `until` for the transport to give the rest back; `None` if it
     /// does not, or if the body outgrew the buffer.

@@ -19,6 +19,7 @@ use super::retry_decision::{
     AttemptFailure, Attempts, NoRetry, PREVIOUS_ATTEMPTS, Pushback, RetryDecision,
 };
 use super::retry_policy::RetryPolicy;
+use super::retry_throttle::TokenBucket;
 use super::state::State;
 use super::status_observer::{self, Observed, grpc_status};
 
@@ -43,11 +44,14 @@ pub(super) async fn call(
     loop {
         let request = attempt_request(&parts, body, attempts.previous(), timeout);
         let result = super::call::call(state.clone(), picked.take(), request, Some(&mut tried));
-        let result = hold::first_frames(result.await, state.config.retry_buffer).await;
+        let throttle = state.throttle.as_ref();
+        let result = match may_retry(&recording, &attempts, throttle) {
+            true => hold::first_frames(result.await, state.config.retry_buffer).await,
+            false => result.await,
+        };
         let Some(failure) = failure(&result, recording.overflowed()) else {
             return result.map(|response| counted(response, &state, &policy));
         };
-        let throttle = state.throttle.as_ref();
         match attempts.after_failure(failure, throttle, Instant::now(), &mut rng) {
             RetryDecision::Retry { after } => {
                 crate::metrics::retry(&state.service, crate::metrics::Retry::Policy);
@@ -73,6 +77,15 @@ pub(super) async fn call(
             }
         }
     }
+}
+
+/// Whether a failure of the attempt being sent could still be retried, so that its
+/// response is worth holding ([`hold::first_frames`]): the whole request was sent and
+/// recorded (a call still sending, a client or bidi stream, must have its response
+/// headers at once, or a server that waits for the client's first message never gets
+/// it), an attempt is left, and the throttle allows a retry.
+fn may_retry(recording: &Recording, attempts: &Attempts, throttle: Option<&TokenBucket>) -> bool {
+    recording.is_complete() && attempts.left() && throttle.is_none_or(TokenBucket::allows_retry)
 }
 
 /// How long a retry waits, after its backoff, for the transport to give back the part of
@@ -200,6 +213,43 @@ mod tests {
         assert_eq!(failure(&Err(none), false), None, "no endpoint: not retried");
         let late: tower::BoxError = tonic::TimeoutExpired(()).into();
         assert_eq!(failure(&Err(late), false), None);
+    }
+
+    #[test]
+    fn a_response_is_held_only_while_a_retry_could_follow() {
+        use std::task::{Context, Waker};
+
+        use http_body::Body as _;
+
+        let recording = Recording::new(1024);
+        let mut body = recording.record(Body::new(String::from("hello")));
+        let policy = RetryPolicy::default().max_attempts(2);
+        let attempts = Attempts::new(policy, None);
+        assert!(
+            !may_retry(&recording, &attempts, None),
+            "a request still being sent (a bidi call) gets its headers at once"
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        while let std::task::Poll::Ready(Some(_)) =
+            std::pin::Pin::new(&mut body).poll_frame(&mut cx)
+        {}
+        assert!(may_retry(&recording, &attempts, None));
+        let mut last = attempts.clone();
+        let failed = AttemptFailure {
+            code: Code::Unavailable,
+            pushback: Pushback::Unsaid,
+            committed: false,
+        };
+        let mut rng = fastrand::Rng::with_seed(1);
+        let retried = last.after_failure(failed, None, Instant::now(), &mut rng);
+        assert!(matches!(retried, RetryDecision::Retry { .. }));
+        assert!(!may_retry(&recording, &last, None), "no attempt left");
+        let bucket = crate::RetryThrottling::default().max_tokens(1).bucket();
+        bucket.record_failure();
+        assert!(
+            !may_retry(&recording, &attempts, Some(&bucket)),
+            "throttled"
+        );
     }
 
     #[test]

@@ -138,6 +138,11 @@ impl Attempts {
         self.made
     }
 
+    /// Whether the policy allows another attempt after this one.
+    pub(crate) fn left(&self) -> bool {
+        self.made < self.policy.attempts()
+    }
+
     /// The value of [`PREVIOUS_ATTEMPTS`] for the attempt being sent.
     pub(crate) fn previous(&self) -> u32 {
         self.made - 1
@@ -172,7 +177,7 @@ impl Attempts {
         if !throttle.is_none_or(TokenBucket::record_failure) {
             return RetryDecision::Stop(NoRetry::Throttled);
         }
-        if self.made >= self.policy.attempts() {
+        if !self.left() {
             return RetryDecision::Stop(NoRetry::AttemptsExhausted);
         }
         let (wait, since_pushback) = match failure.pushback {

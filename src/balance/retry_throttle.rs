@@ -103,7 +103,6 @@ impl TokenBucket {
     }
 
     /// Whether a retry may be made now, without counting anything.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn allows_retry(&self) -> bool {
         self.above_threshold(self.tokens.load(Ordering::Acquire))
     }
