@@ -99,9 +99,13 @@ impl OutlierState {
     }
 
     /// Records a finished call. Returns `true` when this call brings the failures in a
-    /// row to [`consecutive_failures`](OutlierDetection::consecutive_failures) on an
-    /// endpoint in rotation: the shell then asks `sweep::try_eject` whether the set
-    /// allows the ejection. [`Outcome::Ignored`] changes nothing.
+    /// row to [`consecutive_failures`](OutlierDetection::consecutive_failures), or to a
+    /// multiple of it, on an endpoint in rotation: the shell then asks
+    /// `sweep::try_eject`, which locks the set, whether it allows the ejection. Asking at
+    /// the limit alone is Envoy's way; asking again each `consecutive_failures` more
+    /// failures lets an ejection refused by the set's limits come later, while a failing
+    /// endpoint locks the set once per that many calls, not on each.
+    /// [`Outcome::Ignored`] changes nothing.
     pub(crate) fn record(
         &mut self,
         outcome: Outcome,
@@ -122,7 +126,7 @@ impl OutlierState {
                 self.success.observe(false, now);
                 config
                     .consecutive_failures
-                    .is_some_and(|limit| self.failures_in_a_row >= limit)
+                    .is_some_and(|limit| self.failures_in_a_row.is_multiple_of(limit))
                     && !self.is_ejected(now)
             }
         }

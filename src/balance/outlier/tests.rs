@@ -129,6 +129,18 @@ fn never_ejects_the_last_endpoint_in_rotation() {
 }
 
 #[test]
+fn failures_past_the_limit_ask_for_ejection_once_per_limit_more() {
+    let config = OutlierDetection::default().consecutive_failures(3);
+    let now = Instant::now();
+    let mut state = OutlierState::new(&config, now);
+    let asked: Vec<bool> = (0..9)
+        .map(|_| state.record(Outcome::Failure, &config, now))
+        .collect();
+    let expected = [false, false, true, false, false, true, false, false, true];
+    assert_eq!(asked, expected, "not on every failure past the limit");
+}
+
+#[test]
 fn when_every_endpoint_fails_none_is_ejected() {
     let now = Instant::now();
     let config = OutlierDetection::default().max_ejection_percent(100);
