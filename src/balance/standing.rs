@@ -44,9 +44,11 @@ impl Standing {
         }
     }
 
-    /// A new connection came up: a slow-start ramp begins.
+    /// A new connection came up: a slow-start ramp begins, and outlier detection judges
+    /// the endpoint afresh ([`OutlierState::came_up`]).
     pub(crate) fn came_up(&mut self, now: Instant) {
         self.up_since = now;
+        self.outlier.came_up(now);
     }
 
     /// When the endpoint last came into rotation: its connection came up, or its
@@ -106,6 +108,29 @@ mod tests {
         let view = standing.view(Some(&ramp), later + Duration::from_secs(1));
         assert!((view.ramp - 0.1).abs() < 1e-9, "{view:?}");
         assert_eq!(standing.view(None, later).ramp, 1.0, "off: full weight");
+    }
+
+    #[test]
+    fn a_new_connection_is_judged_afresh() {
+        let now = Instant::now();
+        let config = OutlierDetection::default().consecutive_failures(3);
+        let mut standing = Standing::new(&config, now);
+        while !standing.outlier.record(Outcome::Failure, &config, now) {}
+        standing.outlier.record(Outcome::Failure, &config, now);
+        standing.outlier.record(Outcome::Failure, &config, now);
+        let later = now + Duration::from_secs(1);
+        standing.came_up(later);
+        assert_eq!(standing.outlier.last_interval().total(), 0);
+        assert_eq!(
+            standing.outlier.success_rate(later),
+            1.0,
+            "no near-floor rate"
+        );
+        let asked = standing.outlier.record(Outcome::Failure, &config, later);
+        assert!(
+            !asked,
+            "one failure of a restarted server does not eject it"
+        );
     }
 
     #[test]

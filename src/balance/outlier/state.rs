@@ -132,6 +132,17 @@ impl OutlierState {
         }
     }
 
+    /// A new connection to the endpoint came up (a restarted server, say): what its calls
+    /// said of the old one is forgotten (the failures in a row, the interval counts, the
+    /// success rate), so it is judged afresh; the ejection multiplier stays, as A50 keeps
+    /// it per address until it relaxes, and so does an ejection still running.
+    pub(crate) fn came_up(&mut self, now: Instant) {
+        self.current = Counts::default();
+        self.last = Counts::default();
+        self.failures_in_a_row = 0;
+        self.success.reset(now);
+    }
+
     /// Whether the endpoint is out of rotation at `now`.
     pub(crate) fn is_ejected(&self, now: Instant) -> bool {
         self.ejection.is_some_and(|e| now < e.until)

@@ -36,6 +36,12 @@ impl SuccessEwma {
         }
     }
 
+    /// Forgets every call: healthy again from `now`, with the same decay.
+    pub(crate) fn reset(&mut self, now: Instant) {
+        self.failure = 0.0;
+        self.stamp = now;
+    }
+
     fn failure(&self, now: Instant) -> f64 {
         if self.failure == 0.0 {
             // A healthy endpoint's, on every call: no exponential to compute.

@@ -333,6 +333,26 @@ fn the_ejection_time_grows_for_a_repeat_offender_and_relaxes_after() {
     assert_eq!(states[0].times_ejected(), 4);
 }
 
+#[test]
+fn a_new_connection_keeps_the_multiplier() {
+    let start = Instant::now();
+    let config = OutlierDetection::default();
+    let mut states = set(3, &config, start);
+    fail_in_a_row(&mut states[0], &config, start);
+    assert!(eject(&mut states, 0, &config, start));
+    let back = start + secs(30);
+    states[0].came_up(back);
+    assert_eq!(states[0].success_rate(back), 1.0);
+    fail_in_a_row(&mut states[0], &config, back);
+    assert!(eject(&mut states, 0, &config, back));
+    let until = states[0].ejection(back).map(|e| e.until);
+    assert_eq!(
+        until,
+        Some(back + secs(60)),
+        "the second ejection lasts twice as long"
+    );
+}
+
 mod props {
     use proptest::prelude::*;
 
