@@ -52,8 +52,9 @@ impl Balancer {
     /// left (the connection failed before the request was taken) are retried anyway, at
     /// once, on another endpoint, outside any policy and budget.
     ///
-    /// A failed attempt is retried when its status is one of the policy's codes (a
-    /// transport failure once sent counts as `UNAVAILABLE`), attempts are left, the call
+    /// A failed attempt is retried when its status is one of the policy's codes (a lost
+    /// connection or a `GOAWAY` once sent counts as `UNAVAILABLE`; a response body that
+    /// failed, or a stream the server reset, counts with its own code), attempts are left, the call
     /// is not committed (no response headers reached the caller: a trailers-only error
     /// response is retried, a stream that sent messages is not; the whole request fit
     /// the [`retry_buffer`](Balancer::retry_buffer)), the server did not refuse by

@@ -102,7 +102,7 @@ async fn next_frame(body: &mut Body, wait: Duration) -> Next {
 
 /// A response body that failed before its response was given on.
 #[derive(Debug)]
-pub(super) struct BodyFailed(tonic::Status);
+pub(super) struct BodyFailed(pub(super) tonic::Status);
 
 impl std::fmt::Display for BodyFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::backend::Backend;
 use super::direct::grpc_timeout;
-use super::hold;
+use super::hold::{self, BodyFailed};
 use super::replay::Recording;
 use super::retry_decision::{
     AttemptFailure, Attempts, NoRetry, PREVIOUS_ATTEMPTS, Pushback, RetryDecision,
@@ -93,8 +93,8 @@ fn may_retry(recording: &Recording, attempts: &Attempts, throttle: Option<&Token
 const BODY_BACK: Duration = Duration::from_millis(100);
 
 /// How an attempt failed, if it did in a way a retry may follow: a trailers-only
-/// response with an error status (the caller has seen nothing yet), or a transport
-/// failure once sent (as `UNAVAILABLE`). `None` for a response whose headers go to the
+/// response with an error status (the caller has seen nothing yet), or a failure once
+/// sent ([`error_code`]). `None` for a response whose headers go to the
 /// caller (it commits the call), and for the errors of the call itself: no endpoint, its
 /// own deadline. A request that `overflowed` the retry buffer commits the call.
 fn failure(result: &Outcome, overflowed: bool) -> Option<AttemptFailure> {
@@ -104,13 +104,51 @@ fn failure(result: &Outcome, overflowed: bool) -> Option<AttemptFailure> {
             Some(code) => (code, Pushback::from_headers(response.headers())),
         },
         Err(error) if is_the_calls_own(&**error) => return None,
-        Err(_) => (Code::Unavailable, Pushback::Unsaid),
+        Err(error) => (error_code(&**error), Pushback::Unsaid),
     };
     Some(AttemptFailure {
         code,
         pushback,
         committed: overflowed,
     })
+}
+
+/// The code of an attempt that failed once sent: `UNAVAILABLE` for a lost connection (an
+/// I/O error, a closed connection, a `GOAWAY`) or a stream the server refused
+/// (`REFUSED_STREAM`), as the gRPC HTTP/2 mapping says; otherwise the status a response
+/// body failed with ([`BodyFailed`]), or the code of the server's `RST_STREAM`. An
+/// attempt that failed before any response, for a reason not told, counts as a lost
+/// connection.
+fn error_code(error: &(dyn std::error::Error + 'static)) -> Code {
+    let mut reset = None;
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.is::<std::io::Error>() {
+            return Code::Unavailable;
+        }
+        if let Some(e) = e.downcast_ref::<hyper::Error>()
+            && (e.is_closed() || e.is_incomplete_message() || e.is_timeout())
+        {
+            return Code::Unavailable;
+        }
+        if let Some(e) = e.downcast_ref::<h2::Error>() {
+            if e.is_io() || e.is_go_away() {
+                return Code::Unavailable;
+            }
+            reset = reset.or(e.reason());
+        }
+        source = e.source();
+    }
+    if let Some(BodyFailed(status)) = error.downcast_ref::<BodyFailed>() {
+        return status.code();
+    }
+    match reset {
+        Some(h2::Reason::REFUSED_STREAM) | None => Code::Unavailable,
+        Some(h2::Reason::CANCEL) => Code::Cancelled,
+        Some(h2::Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
+        Some(h2::Reason::INADEQUATE_SECURITY) => Code::PermissionDenied,
+        Some(_) => Code::Internal,
+    }
 }
 
 /// Whether an error is the call's own, not an endpoint's: no endpoint was found
@@ -209,6 +247,21 @@ mod tests {
             failure(&Err(reset), false).map(|f| f.code),
             Some(Code::Unavailable)
         );
+        let lost = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let lost = tonic::Status::from_error(Box::new(lost));
+        let lost: tower::BoxError = Box::new(BodyFailed(lost));
+        let code = failure(&Err(lost), false).map(|f| f.code);
+        assert_eq!(code, Some(Code::Unavailable), "a lost connection");
+        let internal = BodyFailed(tonic::Status::internal("decode failed"));
+        let code = failure(&Err(Box::new(internal)), false).map(|f| f.code);
+        assert_eq!(
+            code,
+            Some(Code::Internal),
+            "a body's own status, not UNAVAILABLE"
+        );
+        let cancelled: tower::BoxError = h2::Error::from(h2::Reason::CANCEL).into();
+        let code = failure(&Err(cancelled), false).map(|f| f.code);
+        assert_eq!(code, Some(Code::Cancelled), "a stream the server reset");
         let none: tower::BoxError = tonic::Status::unavailable("no endpoint").into();
         assert_eq!(failure(&Err(none), false), None, "no endpoint: not retried");
         let late: tower::BoxError = tonic::TimeoutExpired(()).into();
