@@ -42,6 +42,7 @@ mod failure;
 mod health;
 mod hold;
 mod info;
+mod longest;
 mod outlier;
 mod pick;
 mod replay;

@@ -8,6 +8,7 @@ use http::HeaderMap;
 use tokio::time::Instant;
 use tonic::Code;
 
+use super::longest::later;
 use super::retry_policy::RetryPolicy;
 use super::retry_throttle::TokenBucket;
 
@@ -187,7 +188,10 @@ impl Attempts {
                 (self.policy.backoff(n, rng), n)
             }
         };
-        if self.deadline.is_some_and(|deadline| now + wait >= deadline) {
+        if self
+            .deadline
+            .is_some_and(|deadline| later(now, wait) >= deadline)
+        {
             return RetryDecision::Stop(NoRetry::Deadline);
         }
         self.made += 1;
@@ -332,6 +336,27 @@ mod tests {
         let decision = attempts.after_failure(pushed(ms(400)), None, later, &mut rng);
         assert_eq!(decision, RetryDecision::Stop(NoRetry::Deadline));
         assert_eq!(NoRetry::Deadline.to_string(), "the deadline is too close");
+    }
+
+    #[test]
+    fn the_longest_waits_neither_overflow_nor_panic() {
+        let now = Instant::now();
+        let policy = RetryPolicy::default()
+            .initial_backoff(Duration::MAX)
+            .max_backoff(Duration::MAX);
+        let mut attempts = Attempts::new(policy, Some(now + ms(500)));
+        let mut rng = fastrand::Rng::with_seed(1);
+        let huge = AttemptFailure {
+            pushback: Pushback::After(Duration::MAX),
+            ..failed(Code::Unavailable)
+        };
+        let decision = attempts.after_failure(huge, None, now, &mut rng);
+        assert_eq!(decision, RetryDecision::Stop(NoRetry::Deadline));
+        let mut attempts = Attempts::new(policy, None);
+        let decision = attempts.after_failure(failed(Code::Unavailable), None, now, &mut rng);
+        assert!(
+            matches!(decision, RetryDecision::Retry { after } if after <= crate::balance::longest::LONGEST)
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tonic::Code;
 
 use super::codes::CodeSet;
+use super::longest::at_most_longest;
 
 /// A6's client-side cap on `maxAttempts`: a larger value is taken as this.
 pub(crate) const MAX_ATTEMPTS_CAP: u32 = 5;
@@ -66,15 +67,15 @@ impl RetryPolicy {
         self
     }
 
-    /// The upper bound of the first retry's random wait. Default: 100 ms.
+    /// The upper bound of the first retry's random wait. Default: 100 ms. At most a year.
     pub fn initial_backoff(mut self, backoff: Duration) -> Self {
-        self.initial_backoff = backoff;
+        self.initial_backoff = at_most_longest(backoff);
         self
     }
 
-    /// The largest upper bound of a retry's random wait. Default: 1 s.
+    /// The largest upper bound of a retry's random wait. Default: 1 s. At most a year.
     pub fn max_backoff(mut self, backoff: Duration) -> Self {
-        self.max_backoff = backoff;
+        self.max_backoff = at_most_longest(backoff);
         self
     }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tonic::Code;
 
 use crate::balance::codes::CodeSet;
+use crate::balance::longest::at_most_longest;
 use crate::balance::status_observer::Observed;
 
 /// How a finished call counts for its endpoint.
@@ -130,23 +131,23 @@ impl OutlierDetection {
     }
 
     /// How often the success-rate and failure-percentage checks run, over the calls of
-    /// the interval before. Default: 10 s (A50). At least 1 ms.
+    /// the interval before. Default: 10 s (A50). Taken into 1 ms to a year.
     pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval.max(Duration::from_millis(1));
+        self.interval = at_most_longest(interval).max(Duration::from_millis(1));
         self
     }
 
     /// The ejection time, multiplied by the times the endpoint was ejected recently (one
-    /// less each interval it stays in rotation). Default: 30 s (A50).
+    /// less each interval it stays in rotation). Default: 30 s (A50). At most a year.
     pub fn base_ejection_time(mut self, time: Duration) -> Self {
-        self.base_ejection_time = time;
+        self.base_ejection_time = at_most_longest(time);
         self
     }
 
     /// The longest ejection; the base ejection time if that is longer. Default: 300 s
-    /// (A50).
+    /// (A50). At most a year.
     pub fn max_ejection_time(mut self, time: Duration) -> Self {
-        self.max_ejection_time = time;
+        self.max_ejection_time = at_most_longest(time);
         self
     }
 
@@ -170,9 +171,9 @@ impl OutlierDetection {
     }
 
     /// The time constant with which an endpoint's past failures are forgotten while no
-    /// call ends on it, for the pick factor. Default: 10 s (go-zero's).
+    /// call ends on it, for the pick factor. Default: 10 s (go-zero's). At most a year.
     pub fn success_decay(mut self, decay: Duration) -> Self {
-        self.success_decay = decay;
+        self.success_decay = at_most_longest(decay);
         self
     }
 
@@ -319,6 +320,7 @@ impl FailurePercentageEjection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::longest::LONGEST;
 
     #[test]
     fn classifies_outcomes_by_whose_fault_they_are() {
@@ -361,6 +363,20 @@ mod tests {
             Outcome::Failure,
             "a server-side deadline counts when asked"
         );
+    }
+
+    #[test]
+    fn durations_are_taken_as_a_year_at_most() {
+        let config = OutlierDetection::default()
+            .interval(Duration::MAX)
+            .base_ejection_time(Duration::MAX)
+            .max_ejection_time(Duration::MAX)
+            .success_decay(Duration::MAX);
+        assert_eq!(config.sweep_interval(), LONGEST);
+        assert_eq!(config.ejection_time(u32::MAX), LONGEST);
+        // What the driver's sweep timer and an ejection compute from them.
+        let now = tokio::time::Instant::now();
+        let _ = now + config.sweep_interval() + config.ejection_time(u32::MAX);
     }
 
     #[test]

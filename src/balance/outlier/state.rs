@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use super::config::{Outcome, OutlierDetection};
 use super::success::SuccessEwma;
+use crate::balance::longest::later;
 
 /// A success rate from which an endpoint counts as healthy, for the panic threshold.
 pub(super) const HEALTHY_SUCCESS_RATE: f64 = 0.5;
@@ -200,7 +201,7 @@ impl OutlierState {
         self.ejection = Some(Ejection {
             reason,
             since: now,
-            until: now + config.ejection_time(self.multiplier),
+            until: later(now, config.ejection_time(self.multiplier)),
         });
     }
 
@@ -214,7 +215,7 @@ impl OutlierState {
     /// readmits; here ejections end by themselves, so the interval since the end counts.)
     pub(super) fn relax_multiplier(&mut self, interval: Duration, now: Instant) {
         let in_rotation_since = self.ejection.map(|e| e.until);
-        if in_rotation_since.is_none_or(|since| since + interval <= now) {
+        if in_rotation_since.is_none_or(|since| later(since, interval) <= now) {
             self.multiplier = self.multiplier.saturating_sub(1);
         }
     }
@@ -226,6 +227,19 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    #[test]
+    fn the_longest_ejection_and_interval_do_not_overflow() {
+        let now = Instant::now();
+        let config = OutlierDetection::default()
+            .base_ejection_time(Duration::MAX)
+            .max_ejection_time(Duration::MAX);
+        let mut state = OutlierState::new(&config, now);
+        state.eject(EjectionReason::ConsecutiveFailures, &config, now);
+        assert!(state.is_ejected(now + secs(1_000_000)));
+        state.relax_multiplier(Duration::MAX, now);
+        assert_eq!(state.multiplier, 1, "not a whole interval in rotation");
     }
 
     #[test]
