@@ -16,6 +16,7 @@ use tracing::debug;
 use super::backend::Backend;
 use super::conn::Conn;
 use super::direct::{Direct, grpc_timeout};
+use super::longest::later;
 use super::state::State;
 use super::status_observer;
 use crate::inflight::{CountedBody, Guard};
@@ -38,7 +39,7 @@ pub(super) async fn call(
     let deadline = state
         .config
         .wait_for_ready
-        .map(|wait| Instant::now() + wait);
+        .map(|wait| later(Instant::now(), wait));
     // The call's own deadline: for the wait for an endpoint, and on our own connection
     // (tonic's channel applies it by itself).
     let timeout = grpc_timeout(request.headers()).map(|t| Instant::now() + t);

@@ -6,6 +6,7 @@ use tokio::time::Instant;
 
 use super::EndpointState;
 use super::backend::Backend;
+use super::longest::later;
 use super::state::{Snapshot, State};
 
 impl Snapshot {
@@ -76,14 +77,14 @@ impl State {
     /// - otherwise not at all.
     fn startup_until(&self, started: Instant) -> Option<Instant> {
         if !self.is_synced() {
-            return Some(self.created + self.config.startup_wait);
+            return Some(later(self.created, self.config.startup_wait));
         }
         let snapshot = self.snapshot();
         let connecting = snapshot
             .backends
             .iter()
             .any(|b| b.state() == EndpointState::Connecting);
-        (connecting || snapshot.candidates).then(|| started + self.config.startup_wait)
+        (connecting || snapshot.candidates).then(|| later(started, self.config.startup_wait))
     }
 
     /// An endpoint that is up; waits for one up to `deadline`, or while starting up (see
