@@ -157,6 +157,12 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(common::EXIT_USAGE as u8);
     }
+    if matches!(args.balancer, BalancerArg::Tonic) && !args.retry_codes.is_empty() {
+        eprintln!(
+            "greeter_client: --retry-codes and --retry-attempts apply only to the crate's balancer (--balancer etcd), not to tonic's"
+        );
+        return ExitCode::from(common::EXIT_USAGE as u8);
+    }
     if let Err(message) = common::serve_metrics(&args.metrics) {
         eprintln!("greeter_client: {message}");
         return ExitCode::from(common::EXIT_USAGE as u8);

@@ -254,6 +254,11 @@ async fn the_examples_exit_2_with_one_line_on_each_mistake() {
         ("greeter_server", vec!["--ttl", "0"], "--ttl"),
         ("greeter_client", vec!["--service", ""], "it is empty"),
         ("greeter_client", vec!["--service", "/"], "only slashes"),
+        (
+            "greeter_client",
+            vec!["--balancer", "tonic", "--retry-codes", "unavailable"],
+            "only to the crate's balancer",
+        ),
     ];
     for (name, extra, expected) in cases {
         let args: Vec<&str> = etcd_flag.iter().copied().chain(extra).collect();

@@ -309,7 +309,8 @@ struct Owner {
 ///   endpoints fail, calls spread over all of them instead (gRFC A50, Envoy's panic
 ///   threshold).
 /// - **A call that never left is retried** at once on another endpoint, so a dead endpoint
-///   costs no failed call. A call already sent is never retried.
+///   costs no failed call. A call already sent is retried only under a
+///   [`Balancer::retry_policy`] (gRFC A6).
 /// - **No endpoint fails fast** with `Unavailable`, unless [`Balancer::wait_for_ready`]
 ///   allows a bounded wait, or an endpoint is on its way ([`Balancer::startup_wait`]). It
 ///   never hangs. See [What a caller sees](#what-a-caller-sees).

@@ -41,7 +41,8 @@ pub(crate) enum Outcome {
 ///   [`failure_percentage`](Self::failure_percentage) checks every
 ///   [`interval`](Self::interval).
 /// - **Limits**: never more than [`max_ejection_percent`](Self::max_ejection_percent) of
-///   the connected endpoints (but one may always be, while another stays), and none while
+///   the connected endpoints (but one may always be, while another stays; A50 counts
+///   every address), and none while
 ///   fewer than [`panic_threshold`](Self::panic_threshold) of the others are healthy:
 ///   when every endpoint fails alike, calls spread instead (Envoy's panic threshold).
 ///
@@ -155,6 +156,11 @@ impl OutlierDetection {
     /// percent. Default: 10 (A50, Envoy). One endpoint may be ejected whatever the share,
     /// as A50 says, as long as another stays in rotation; 0 turns ejection off (the pick
     /// factor still applies). Taken into 0 to 100.
+    ///
+    /// The share is of the endpoints in rotation: those with a connection up, outlier
+    /// ejections included. A50 counts every address, connected or not; here an endpoint
+    /// that is down, connecting or outside the subset does not count, so while some are
+    /// down the limit is of the ones left, and ejects no more than they can spare.
     pub fn max_ejection_percent(mut self, percent: u32) -> Self {
         self.max_ejection_percent = percent.min(100);
         self
