@@ -73,23 +73,38 @@ pub(super) async fn call(
                 return Ok(response);
             }
             Err(error) => {
-                if !endpoint_is_fine(&*error) {
-                    backend.eject_connection(generation);
-                    if unsent.is_none() {
-                        state.transport_failure(&backend);
-                    }
-                }
-                match unsent {
-                    Some(unsent) if !last => {
-                        retries += 1;
-                        crate::metrics::retry(&state.service, crate::metrics::Retry::Transparent);
-                        debug!(key = %backend.key, error = %crate::error::Chain(&*error), "call never left, retrying on another endpoint");
-                        request = unsent;
-                    }
-                    _ => return Err(error),
-                }
+                request = after_failure(&state, &backend, generation, error, unsent, last)?;
+                retries += 1;
             }
         }
+    }
+}
+
+/// After a failed attempt on `backend`: ejects its connection unless the failure says
+/// nothing of the endpoint, counts a sent call's failure for outlier detection, and gives
+/// back the request to send again elsewhere if it never left and this was not the `last`
+/// try; otherwise the error.
+fn after_failure(
+    state: &State,
+    backend: &Arc<Backend>,
+    generation: u64,
+    error: tower::BoxError,
+    unsent: Option<http::Request<Body>>,
+    last: bool,
+) -> Result<http::Request<Body>, tower::BoxError> {
+    if !endpoint_is_fine(&*error) {
+        backend.eject_connection(generation);
+        if unsent.is_none() {
+            state.transport_failure(backend);
+        }
+    }
+    match unsent {
+        Some(unsent) if !last => {
+            crate::metrics::retry(&state.service, crate::metrics::Retry::Transparent);
+            debug!(key = %backend.key, error = %crate::error::Chain(&*error), "call never left, retrying on another endpoint");
+            Ok(unsent)
+        }
+        _ => Err(error),
     }
 }
 

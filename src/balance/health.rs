@@ -13,6 +13,27 @@ pub(crate) struct HealthCheck {
     pub(crate) timeout: Duration,
 }
 
+#[cfg(feature = "health")]
+impl super::Balancer {
+    /// Checks the health of every connected endpoint (the [`subset`](super::Balancer::subset))
+    /// actively, with `grpc.health.v1.Health/Check` for `service` (`""` for the whole
+    /// server) every `interval`: an endpoint comes into rotation only once it reports
+    /// `SERVING`, and leaves it when a check fails or takes longer than the interval (at
+    /// most 5 s). Default: no active checks; failures are still detected passively, from
+    /// the calls themselves.
+    ///
+    /// Requires the `health` feature.
+    #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+    pub fn health_check(mut self, service: impl Into<String>, interval: Duration) -> Self {
+        self.health_check = Some(HealthCheck {
+            service: service.into(),
+            interval,
+            timeout: interval.min(Duration::from_secs(5)),
+        });
+        self
+    }
+}
+
 /// Checks the endpoint once: `true` if it reports `SERVING` within the timeout.
 #[cfg(feature = "health")]
 pub(crate) async fn passes(conn: &Conn, check: &HealthCheck) -> bool {

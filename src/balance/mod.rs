@@ -188,25 +188,6 @@ impl Balancer {
         self
     }
 
-    /// Checks the health of every connected endpoint (the [`subset`](Balancer::subset))
-    /// actively, with `grpc.health.v1.Health/Check` for `service` (`""` for the whole
-    /// server) every `interval`: an endpoint comes into rotation only once it reports
-    /// `SERVING`, and leaves it when a check fails or takes longer than the interval (at
-    /// most 5 s). Default: no active checks; failures are still detected passively, from
-    /// the calls themselves.
-    ///
-    /// Requires the `health` feature.
-    #[cfg(feature = "health")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
-    pub fn health_check(mut self, service: impl Into<String>, interval: Duration) -> Self {
-        self.health_check = Some(health::HealthCheck {
-            service: service.into(),
-            interval,
-            timeout: interval.min(Duration::from_secs(5)),
-        });
-        self
-    }
-
     /// How many endpoints the channel keeps connected. Default: 32.
     ///
     /// While discovery finds no more endpoints than this, the channel connects to every one,

@@ -38,6 +38,7 @@
 //! none is ejected and the pick factor spreads the calls (see [`allows_ejection`]).
 
 mod config;
+mod rules;
 mod state;
 mod success;
 mod sweep;
@@ -45,7 +46,8 @@ mod sweep;
 mod tests;
 
 pub(crate) use config::Outcome;
-pub use config::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
+pub use config::OutlierDetection;
+pub use rules::{FailurePercentageEjection, SuccessRateEjection};
 pub use state::EjectionReason;
 pub(crate) use state::OutlierState;
 pub(crate) use sweep::{in_panic, sweep, try_eject};

@@ -10,7 +10,8 @@ use std::ops::{Deref, DerefMut};
 
 use tokio::time::Instant;
 
-use super::config::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
+use super::config::OutlierDetection;
+use super::rules::{FailurePercentageEjection, SuccessRateEjection};
 use super::state::{EjectionReason, OutlierState};
 
 /// Whether the set allows ejecting endpoint `index` now:
