@@ -243,3 +243,18 @@ async fn a_large_fleet_connects_a_subset_of_its_size() {
     let started = h.fake.started.lock().expect("not poisoned").len();
     assert_eq!(started - listed, 32);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_longest_waits_neither_overflow_nor_panic() {
+    let outlier = crate::OutlierDetection::default().interval(Duration::MAX);
+    let balancer = Balancer::new()
+        .startup_wait(Duration::MAX)
+        .wait_for_ready(Duration::MAX)
+        .outlier_detection(Some(outlier));
+    let h = Harness::start(balancer, &[]);
+    h.run_for(Duration::from_millis(10)).await;
+    // Not synced: the pick waits `startup_wait` from the channel's start.
+    let pick = h.state.pick(None, None, &[]);
+    let waited = tokio::time::timeout(Duration::from_secs(60), pick).await;
+    assert!(waited.is_err(), "still waiting, a year at most");
+}
