@@ -4,6 +4,9 @@
 //! Every etcd with authentication is set up the way the README's RBAC recipe says: a role per
 //! service that may write only its own prefix, and a read-only role for its clients.
 
+#[cfg(feature = "tls")]
+#[path = "security/members.rs"]
+mod members;
 mod support;
 #[cfg(feature = "tls")]
 #[path = "security/tls.rs"]

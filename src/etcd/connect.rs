@@ -62,9 +62,9 @@ impl EtcdConfig {
         Ok(client)
     }
 
-    /// Probes every member at once; returns the first to answer and its client, the first
-    /// error that every member would give, or, when none answered by `end`, the most telling
-    /// error seen.
+    /// Probes every member at once; returns the first to answer and its client. A permanent
+    /// error from one member (its certificate not trusted, say) does not end the others'
+    /// probes: it is returned only when no member answers, before any other error.
     async fn first_to_answer<'a>(
         &'a self,
         options: &ConnectOptions,
@@ -83,16 +83,20 @@ impl EtcdConfig {
             })
             .collect();
         let mut last: Option<Error> = None;
+        let mut permanent: Option<Error> = None;
         while let Some((endpoint, probed)) = probes.next().await {
             match probed {
                 Ok(client) => return Ok((endpoint, client)),
-                Err(error) if error.is_permanent() => return Err(error),
+                Err(error) if error.is_permanent() => {
+                    tracing::warn!(endpoint, error = %Chain(&error), "etcd member refused for good; trying the others");
+                    permanent.get_or_insert(error);
+                }
                 // A timeout says less than why a member refused.
                 Err(Error::Timeout { .. }) if last.is_some() => {}
                 Err(error) => last = Some(error),
             }
         }
-        Err(last.unwrap_or(Error::Timeout {
+        Err(permanent.or(last).unwrap_or(Error::Timeout {
             operation: OPERATION,
             after: self.deadline,
         }))
