@@ -4,7 +4,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod classify;
 mod report;
+
+pub(crate) use classify::is_certificate_error;
+use classify::{etcd_error_is_permanent, reason_is_permanent, status_of};
 
 use report::Report;
 
@@ -337,45 +341,6 @@ impl Error {
             || compacted
             || matches!(self, Error::Stopped | Error::WatchCancelled { .. }))
     }
-}
-
-fn status_of(error: &etcd_client::Error) -> Option<&tonic::Status> {
-    match error {
-        etcd_client::Error::GRpcStatus(status) => Some(status),
-        _ => None,
-    }
-}
-
-fn etcd_error_is_permanent(error: &etcd_client::Error) -> bool {
-    use tonic::Code;
-    match error {
-        etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => true,
-        etcd_client::Error::GRpcStatus(status) => match status.code() {
-            Code::PermissionDenied => true,
-            // An expired auth token is refreshed by etcd-client; wrong credentials are not.
-            Code::Unauthenticated | Code::InvalidArgument | Code::FailedPrecondition => {
-                reason_is_permanent(status.message())
-            }
-            _ => false,
-        },
-        _ => false,
-    }
-}
-
-/// Whether the TLS client refused etcd's certificate (tonic reports it as `Unavailable`).
-pub(crate) fn is_certificate_error(error: &etcd_client::Error) -> bool {
-    status_of(error).is_some_and(|s| s.message().contains("invalid peer certificate"))
-}
-
-fn reason_is_permanent(reason: &str) -> bool {
-    const PERMANENT: [&str; 5] = [
-        "permission denied",
-        "authentication failed",
-        "user name is empty",
-        "user name not found",
-        "invalid auth management",
-    ];
-    PERMANENT.iter().any(|p| reason.contains(p))
 }
 
 /// Displays a duration in seconds, `2 s` or `0.5 s`, the unit a user sets TTLs and timeouts
