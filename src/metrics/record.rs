@@ -9,92 +9,146 @@ use super::*;
 const TARGET: &str = "grpc.target";
 const PREFIX: &str = "prefix";
 
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric the crate records: its name, kind, unit and help text.
+const DESCRIPTIONS: [(&str, Kind, Option<Unit>, &str); 19] = [
+    (
+        ENDPOINTS,
+        Kind::Gauge,
+        Some(Unit::Count),
+        "Endpoints the balancer knows, by state",
+    ),
+    (
+        EJECTIONS,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Endpoints taken out of rotation, by reason",
+    ),
+    (
+        READMISSIONS,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Ejected endpoints readmitted after a probe",
+    ),
+    (
+        CONNECTION_ATTEMPTS_SUCCEEDED,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Connections opened to endpoints",
+    ),
+    (
+        CONNECTION_ATTEMPTS_FAILED,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Connections to endpoints that failed to open",
+    ),
+    (
+        RETRIES,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Calls sent again: transparent (never left) or by policy",
+    ),
+    (
+        RETRIES_THROTTLED,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Policy retries refused by retry throttling",
+    ),
+    (
+        FAIL_FASTS,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Calls failed with Unavailable: no endpoint up",
+    ),
+    (
+        WAITS,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Calls that waited for an endpoint to be up",
+    ),
+    (
+        WAIT_DURATION,
+        Kind::Histogram,
+        Some(Unit::Seconds),
+        "How long calls waited for an endpoint to be up",
+    ),
+    (
+        DISCOVERY_STATUS,
+        Kind::Gauge,
+        None,
+        "1 for discovery's current status, 0 for the others",
+    ),
+    (
+        DISCOVERY_REVISION,
+        Kind::Gauge,
+        None,
+        "The etcd revision the endpoint set is current at",
+    ),
+    (
+        DISCOVERY_KEYS,
+        Kind::Gauge,
+        Some(Unit::Count),
+        "Keys announced under the prefix",
+    ),
+    (
+        DISCOVERY_LISTS,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Listings of the prefix (above 1: re-lists)",
+    ),
+    (
+        DISCOVERY_WATCHES,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Watches opened (above 1: restarts)",
+    ),
+    (
+        DISCOVERY_ERRORS,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Failed etcd requests of discovery, retried",
+    ),
+    (
+        REGISTRAR_STATUS,
+        Kind::Gauge,
+        None,
+        "1 for the registrar's current status, 0 for the others",
+    ),
+    (
+        KEEPALIVE_FAILURES,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Failed keepalives of the lease, by reason",
+    ),
+    (
+        LEASES,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Leases granted (above 1: the lease was lost)",
+    ),
+];
+
 /// Gives the installed recorder the help text and unit of every metric the crate records.
 ///
 /// Call it once, after installing the recorder (an exporter): a Prometheus exporter then
 /// writes a `# HELP` line for each. Recording works without it.
 pub fn describe() {
-    let count = Unit::Count;
-    describe_gauge!(ENDPOINTS, count, "Endpoints the balancer knows, by state");
-    describe_counter!(
-        EJECTIONS,
-        count,
-        "Endpoints taken out of rotation, by reason"
-    );
-    describe_counter!(
-        READMISSIONS,
-        count,
-        "Ejected endpoints readmitted after a probe"
-    );
-    describe_counter!(
-        CONNECTION_ATTEMPTS_SUCCEEDED,
-        count,
-        "Connections opened to endpoints"
-    );
-    describe_counter!(
-        CONNECTION_ATTEMPTS_FAILED,
-        count,
-        "Connections to endpoints that failed to open"
-    );
-    describe_counter!(
-        RETRIES,
-        count,
-        "Calls sent again: transparent (never left) or by policy"
-    );
-    describe_counter!(
-        RETRIES_THROTTLED,
-        count,
-        "Policy retries refused by retry throttling"
-    );
-    describe_counter!(
-        FAIL_FASTS,
-        count,
-        "Calls failed with Unavailable: no endpoint up"
-    );
-    describe_counter!(WAITS, count, "Calls that waited for an endpoint to be up");
-    describe_histogram!(
-        WAIT_DURATION,
-        Unit::Seconds,
-        "How long calls waited for an endpoint to be up"
-    );
-    describe_gauge!(
-        DISCOVERY_STATUS,
-        "1 for discovery's current status, 0 for the others"
-    );
-    describe_gauge!(
-        DISCOVERY_REVISION,
-        "The etcd revision the endpoint set is current at"
-    );
-    describe_gauge!(DISCOVERY_KEYS, count, "Keys announced under the prefix");
-    describe_counter!(
-        DISCOVERY_LISTS,
-        count,
-        "Listings of the prefix (above 1: re-lists)"
-    );
-    describe_counter!(
-        DISCOVERY_WATCHES,
-        count,
-        "Watches opened (above 1: restarts)"
-    );
-    describe_counter!(
-        DISCOVERY_ERRORS,
-        count,
-        "Failed etcd requests of discovery, retried"
-    );
-    describe_gauge!(
-        REGISTRAR_STATUS,
-        "1 for the registrar's current status, 0 for the others"
-    );
-    describe_counter!(
-        KEEPALIVE_FAILURES,
-        count,
-        "Failed keepalives of the lease, by reason"
-    );
-    describe_counter!(
-        LEASES,
-        count,
-        "Leases granted (above 1: the lease was lost)"
-    );
+    for (name, kind, unit, help) in DESCRIPTIONS {
+        match (kind, unit) {
+            (Kind::Counter, Some(unit)) => describe_counter!(name, unit, help),
+            (Kind::Counter, None) => describe_counter!(name, help),
+            (Kind::Gauge, Some(unit)) => describe_gauge!(name, unit, help),
+            (Kind::Gauge, None) => describe_gauge!(name, help),
+            (Kind::Histogram, Some(unit)) => describe_histogram!(name, unit, help),
+            (Kind::Histogram, None) => describe_histogram!(name, help),
+        }
+    }
 }
 
 /// Sets the endpoints-by-state gauges of `target` from the states of every endpoint known.
