@@ -9,6 +9,7 @@ mod report;
 
 pub(crate) use classify::is_certificate_error;
 use classify::{etcd_error_is_permanent, reason_is_permanent, status_of};
+pub(crate) use report::cause_of;
 
 use report::Report;
 

@@ -108,24 +108,9 @@ fn io_cause<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a std::io::Erro
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             return Some(io);
         }
-        source = cause_of(e);
+        source = crate::error::cause_of(e);
     }
     None
-}
-
-/// The cause of `error`: etcd-client's error gives none through `source`, so its inner
-/// error is taken instead.
-fn cause_of<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a (dyn StdError + 'static)> {
-    use etcd_client::Error as Etcd;
-    let etcd = error
-        .downcast_ref::<Etcd>()
-        .or_else(|| error.downcast_ref::<Arc<Etcd>>().map(|e| &**e));
-    match etcd {
-        Some(Etcd::IoError(e)) => Some(e),
-        Some(Etcd::TransportError(e)) => Some(e),
-        Some(Etcd::GRpcStatus(e)) => Some(e),
-        _ => error.source(),
-    }
 }
 
 /// The address a connection to etcd failed to reach. hyper-util's connect error shows it

@@ -54,7 +54,11 @@ fn own_text(error: &(dyn StdError + 'static)) -> String {
 
 /// The cause of `error`, looking inside etcd-client's error, which gives none through
 /// `source`.
-fn cause_of<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a (dyn StdError + 'static)> {
+/// The cause of `error`: etcd-client's error gives none through `source`, so its inner
+/// error is taken instead.
+pub(crate) fn cause_of<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> Option<&'a (dyn StdError + 'static)> {
     use etcd_client::Error as Etcd;
     let etcd = error
         .downcast_ref::<Etcd>()
