@@ -1,8 +1,7 @@
 //! A member that refuses for good (an untrusted certificate) among members that answer.
 
-use tonic_etcd::EtcdConfig;
-
 use super::support::{Etcd, TestPki};
+use super::tls::mutual_tls_config;
 
 /// Issue 12 point 0: no operation fails while a member answers. A member whose certificate
 /// the client does not trust fails its TLS handshake at once; before, that first answer
@@ -14,12 +13,7 @@ async fn a_member_with_an_untrusted_certificate_does_not_fail_connect() {
     let stranger = TestPki::new();
     let untrusted = Etcd::start_tls(&stranger).await;
     for round in 0..5 {
-        let mut client = EtcdConfig::new([untrusted.endpoint(), trusted.endpoint()])
-            .ca_certificate(pki.ca_pem.as_bytes())
-            .identity(
-                pki.client.cert_pem.as_bytes(),
-                pki.client.key_pem.as_bytes(),
-            )
+        let mut client = mutual_tls_config(vec![untrusted.endpoint(), trusted.endpoint()], &pki)
             .connect()
             .await
             .unwrap_or_else(|e| panic!("round {round}: connect failed: {}", e.report()));

@@ -18,14 +18,19 @@ use super::support::{Etcd, ServerProcess, TestPki, TestServer, wait_for};
 use super::{DEADLINE, PROMPT, SERVICE, assert_refused, first_reply, run_example};
 use tokio::time::Instant;
 
-/// A client of `etcd` that presents `pki`'s client certificate.
-async fn mutual_tls_client(etcd: &Etcd, pki: &TestPki) -> etcd_client::Client {
-    EtcdConfig::new([etcd.endpoint()])
+/// A configuration for `endpoints` that trusts `pki`'s CA and presents its client certificate.
+pub(super) fn mutual_tls_config(endpoints: Vec<String>, pki: &TestPki) -> EtcdConfig {
+    EtcdConfig::new(endpoints)
         .ca_certificate(pki.ca_pem.as_bytes())
         .identity(
             pki.client.cert_pem.as_bytes(),
             pki.client.key_pem.as_bytes(),
         )
+}
+
+/// A client of `etcd` that presents `pki`'s client certificate.
+async fn mutual_tls_client(etcd: &Etcd, pki: &TestPki) -> etcd_client::Client {
+    mutual_tls_config(vec![etcd.endpoint()], pki)
         .connect()
         .await
         .expect("connect with the client certificate")
