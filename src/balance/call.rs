@@ -17,7 +17,7 @@ use super::backend::Backend;
 use super::conn::Conn;
 use super::direct::{Direct, grpc_timeout};
 use super::longest::later;
-use super::state::State;
+use super::shared::Shared;
 use super::status_observer;
 use crate::inflight::{CountedBody, Guard};
 use hyper::body::Incoming;
@@ -31,7 +31,7 @@ type Slot = Arc<Mutex<Option<Body>>>;
 /// before sending. With `tried` (a retry policy's attempts), the pick avoids the
 /// endpoints in it where another is up, and the endpoint sent to is added to it.
 pub(super) async fn call(
-    state: Arc<State>,
+    state: Arc<Shared>,
     mut picked: Option<Arc<Backend>>,
     request: http::Request<Body>,
     mut tried: Option<&mut Vec<Arc<Backend>>>,
@@ -85,7 +85,7 @@ pub(super) async fn call(
 /// back the request to send again elsewhere if it never left and this was not the `last`
 /// try; otherwise the error.
 fn after_failure(
-    state: &State,
+    state: &Shared,
     backend: &Arc<Backend>,
     generation: u64,
     error: tower::BoxError,
@@ -111,7 +111,7 @@ fn after_failure(
 /// One attempt on `backend`'s connection `conn`: the response, counted as the endpoint's
 /// load until its body ends, or the error, with the request if it never left.
 async fn attempt(
-    state: &Arc<State>,
+    state: &Arc<Shared>,
     backend: &Arc<Backend>,
     conn: Conn,
     generation: u64,
@@ -162,7 +162,7 @@ where
 fn counted<B>(
     response: http::Response<B>,
     guard: Guard,
-    state: &Arc<State>,
+    state: &Arc<Shared>,
     backend: &Arc<Backend>,
 ) -> http::Response<Body>
 where

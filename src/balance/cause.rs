@@ -21,8 +21,9 @@ use tonic::Status;
 
 use super::EndpointState;
 use super::backend::Backend;
+use crate::discovery::DiscoveryStatus;
 use crate::error::Chain;
-use crate::{DiscoveryStatus, Error};
+use crate::error::Error;
 
 /// The `Unavailable` status of a call that found no endpoint of `service` up.
 pub(super) fn no_endpoint(

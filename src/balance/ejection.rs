@@ -11,11 +11,11 @@ use tracing::{debug, info};
 
 use super::backend::Backend;
 use super::outlier::{self, EjectionReason, Outcome, OutlierDetection};
+use super::shared::Shared;
 use super::standing::OutlierGuard;
-use super::state::State;
 use super::status_observer::Observed;
 
-impl State {
+impl Shared {
     /// Counts a call on `backend` that ended as `observed` (outlier detection off:
     /// nothing).
     pub(super) fn observed(&self, backend: &Arc<Backend>, observed: Observed) {

@@ -7,7 +7,7 @@ use super::backend::Backend;
 use super::outlier::EjectionReason;
 use super::slow_start::SlowStart;
 use super::{BalancedChannel, EndpointState};
-use crate::DiscoveryStatus;
+use crate::discovery::DiscoveryStatus;
 
 /// One endpoint as the balancer sees it.
 #[derive(Debug, Clone)]

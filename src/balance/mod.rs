@@ -6,8 +6,9 @@
 //!
 //! - `mod.rs`: [`Balancer`] and [`BalancedChannel`]; `failure`: the balancer's settings
 //!   for failure handling; `info`: [`EndpointInfo`] and `endpoints()`.
-//! - `state`: what the driver and the channels share: the published [`Snapshot`] of the
-//!   endpoints, whether discovery has synced, the channel-wide latency reference.
+//! - `shared`: what the driver and the channels share ([`Shared`]): the published
+//!   [`PickView`] of the endpoints (what a call picks from), whether discovery has synced,
+//!   the channel-wide latency reference.
 //! - `wait`: picking an endpoint that is up, and waiting for one; `cause`: why none was.
 //! - `pick`: power of two choices over weights scaled by a chance per endpoint, and the
 //!   latency estimate it compares (pure).
@@ -50,9 +51,9 @@ mod retry;
 mod retry_decision;
 mod retry_policy;
 mod retry_throttle;
+mod shared;
 mod slow_start;
 mod standing;
-mod state;
 mod status_observer;
 mod subset;
 mod wait;
@@ -78,11 +79,12 @@ use tonic::body::Body;
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::{Backoff, DiscoveryStatus, EtcdDiscover};
+use crate::backoff::Backoff;
+use crate::discovery::{DiscoveryStatus, EtcdDiscover};
 use connect::{Connect, Settings};
 use failure::DEFAULT_RETRY_BUFFER;
 use retry_policy::RetryPolicies;
-use state::{Snapshot, State};
+use shared::{PickView, Shared};
 
 /// Configures the crate's own balancer; [`channel`](Balancer::channel) starts it.
 ///
@@ -238,7 +240,7 @@ impl Balancer {
         let service = discover.service().to_owned();
         let status = discover.status();
         let connector = Connect(Settings::new(&self));
-        let state = Arc::new(State::new(service, status.clone(), self));
+        let state = Arc::new(Shared::new(service, status.clone(), self));
         let (stop, stopped) = oneshot::channel();
         let span = tracing::info_span!("tonic_etcd::balance", service = %state.service);
         let changes = discover.into_stream();
@@ -337,9 +339,9 @@ struct Owner {
 #[derive(Clone)]
 pub struct BalancedChannel {
     /// The endpoints as of `version`: refreshed when stale, so a call reads no lock.
-    snapshot: Arc<Snapshot>,
+    snapshot: Arc<PickView>,
     version: u64,
-    state: Arc<State>,
+    state: Arc<Shared>,
     status: watch::Receiver<DiscoveryStatus>,
     _owner: Arc<Owner>,
 }

@@ -20,7 +20,7 @@ use super::retry_decision::{
 };
 use super::retry_policy::RetryPolicy;
 use super::retry_throttle::TokenBucket;
-use super::state::State;
+use super::shared::Shared;
 use super::status_observer::{self, Observed, grpc_status};
 
 type Response = http::Response<Body>;
@@ -29,7 +29,7 @@ type Outcome = Result<Response, tower::BoxError>;
 /// Sends `request` under `policy`: on `picked` first if given, again on other endpoints
 /// while the policy, the call's deadline and the retry throttle allow.
 pub(super) async fn call(
-    state: Arc<State>,
+    state: Arc<Shared>,
     policy: RetryPolicy,
     mut picked: Option<Arc<Backend>>,
     request: http::Request<Body>,
@@ -189,7 +189,7 @@ fn grpc_timeout_value(left: Duration) -> HeaderValue {
 
 /// The response that goes to the caller; how the call ends feeds the retry throttle: `OK`
 /// gives back a share of a token, a retryable code takes one (A6).
-fn counted(response: Response, state: &Arc<State>, policy: &RetryPolicy) -> Response {
+fn counted(response: Response, state: &Arc<Shared>, policy: &RetryPolicy) -> Response {
     if state.throttle.is_none() {
         return response;
     }
@@ -297,7 +297,9 @@ mod tests {
         let retried = last.after_failure(failed, None, Instant::now(), &mut rng);
         assert!(matches!(retried, RetryDecision::Retry { .. }));
         assert!(!may_retry(&recording, &last, None), "no attempt left");
-        let bucket = crate::RetryThrottling::default().max_tokens(1).bucket();
+        let bucket = crate::balance::retry_throttle::RetryThrottling::default()
+            .max_tokens(1)
+            .bucket();
         bucket.record_failure();
         assert!(
             !may_retry(&recording, &attempts, Some(&bucket)),

@@ -7,11 +7,11 @@ use tokio::time::Instant;
 use super::EndpointState;
 use super::backend::Backend;
 use super::longest::later;
-use super::state::{Snapshot, State};
+use super::shared::{PickView, Shared};
 
-impl Snapshot {
+impl PickView {
     /// An endpoint that is up, by power of two choices: from the client's zone while any
-    /// of it is up, else from all; see [`Snapshot::pick_avoiding`].
+    /// of it is up, else from all; see [`PickView::pick_avoiding`].
     pub(super) fn pick(&self, panic: bool) -> Option<Arc<Backend>> {
         self.pick_avoiding(&[], panic)
     }
@@ -66,7 +66,7 @@ impl Snapshot {
     }
 }
 
-impl State {
+impl Shared {
     /// Until when a call that started at `started` and finds no endpoint up waits for one,
     /// without [`Balancer::wait_for_ready`](super::Balancer::wait_for_ready):
     ///
@@ -88,7 +88,7 @@ impl State {
     }
 
     /// An endpoint that is up; waits for one up to `deadline`, or while starting up (see
-    /// [`State::startup_until`]), but never past the call's own deadline (`timeout`), which
+    /// [`Shared::startup_until`]), but never past the call's own deadline (`timeout`), which
     /// fails it as tonic's channel does when a call's time runs out.
     pub(super) async fn pick(
         &self,

@@ -15,15 +15,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tower::discover::Change;
 use tracing::error;
 
 use super::connect::Connector;
-use super::state::State;
-use crate::discovery::Discovered;
-use crate::discovery::DiscoveryStream;
-use crate::{DiscoveryStatus, Error};
+use super::shared::Shared;
+use crate::discovery::{Discovered, DiscoveryStatus, DiscoveryStream};
+use crate::error::Error;
 use pool::Pool;
 
 /// How often endpoints resting after a failure are checked.
@@ -44,7 +43,7 @@ impl Source for DiscoveryStream {
 
 /// Runs until `stop` fires or is dropped, with the last clone of the channel.
 pub(super) async fn drive(
-    state: Arc<State>,
+    state: Arc<Shared>,
     mut source: impl Source,
     mut status: watch::Receiver<DiscoveryStatus>,
     connector: impl Connector,
@@ -53,14 +52,12 @@ pub(super) async fn drive(
     let mut pool = Pool::new(&state, connector);
     let mut discovering = true;
     let mut status_open = true;
-    let mut tick = tokio::time::interval(COOLING_CHECK);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut tick = every(Duration::ZERO, COOLING_CHECK);
     let sweep_every = state.config.outlier.map(|o| o.sweep_interval());
-    let mut sweep = tokio::time::interval_at(
-        Instant::now() + sweep_every.unwrap_or(COOLING_CHECK),
+    let mut sweep = every(
+        sweep_every.unwrap_or(COOLING_CHECK),
         sweep_every.unwrap_or(COOLING_CHECK),
     );
-    sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut rng = fastrand::Rng::new();
     loop {
         tokio::select! {
@@ -98,7 +95,7 @@ pub(super) async fn drive(
 /// Applies `item` and every other change ready now, so a burst rebuilds the endpoint list
 /// once; returns whether discovery goes on.
 fn on_change(
-    state: &State,
+    state: &Shared,
     pool: &mut Pool<impl Connector>,
     source: &mut impl Source,
     item: Option<Item>,
@@ -116,7 +113,7 @@ fn on_change(
 /// The shared watch reports its listing just before the listing reaches this stream: let it
 /// arrive first, so that no call wakes to an empty set.
 async fn first_sync(
-    state: &State,
+    state: &Shared,
     pool: &mut Pool<impl Connector>,
     source: &mut impl Source,
 ) -> bool {
@@ -128,7 +125,7 @@ async fn first_sync(
 
 /// Applies the changes ready now, if any; returns whether discovery goes on.
 fn on_change_ready(
-    state: &State,
+    state: &Shared,
     pool: &mut Pool<impl Connector>,
     source: &mut impl Source,
 ) -> bool {
@@ -180,6 +177,14 @@ fn settled(status: &DiscoveryStatus) -> bool {
         status,
         DiscoveryStatus::Synced { .. } | DiscoveryStatus::Failed { .. }
     )
+}
+
+/// A timer that first fires `first` from now, then every `period`, later rather than in
+/// bursts when the task falls behind.
+fn every(first: Duration, period: Duration) -> Interval {
+    let mut interval = tokio::time::interval_at(Instant::now() + first, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
 }
 
 /// Sleeps until `at`, or for ever.

@@ -12,7 +12,7 @@ use crate::balance::EndpointState;
 use crate::balance::backend::Backend;
 use crate::balance::conn::Target;
 use crate::balance::connect::{Connector, Task};
-use crate::balance::state::{Snapshot, State};
+use crate::balance::shared::{PickView, Shared};
 use crate::balance::subset::{Action, Id, Subset, Traits};
 use crate::discovery::Discovered;
 
@@ -43,7 +43,7 @@ pub(super) struct Pool<C> {
 }
 
 impl<C: Connector> Pool<C> {
-    pub(super) fn new(state: &State, connector: C) -> Self {
+    pub(super) fn new(state: &Shared, connector: C) -> Self {
         Pool {
             subset: Subset::new(state.config.subset, Instant::now()),
             endpoints: HashMap::new(),
@@ -61,7 +61,7 @@ impl<C: Connector> Pool<C> {
     /// Applies a batch of changes, rebalances, and publishes.
     pub(super) fn apply(
         &mut self,
-        state: &State,
+        state: &Shared,
         batch: Vec<Change<String, Discovered>>,
         now: Instant,
     ) {
@@ -85,7 +85,7 @@ impl<C: Connector> Pool<C> {
         crate::metrics::endpoints(&state.service, self.all.iter().map(|b| b.state()));
     }
 
-    fn insert(&mut self, state: &State, key: String, discovered: Discovered) {
+    fn insert(&mut self, state: &Shared, key: String, discovered: Discovered) {
         let Discovered {
             endpoint,
             instance,
@@ -122,7 +122,7 @@ impl<C: Connector> Pool<C> {
     }
 
     /// Rebalances the subset; publishes if its membership changed.
-    pub(super) fn rebalance(&mut self, state: &State, now: Instant) {
+    pub(super) fn rebalance(&mut self, state: &Shared, now: Instant) {
         if self.rebalance_quietly(now) {
             self.publish(state);
         }
@@ -171,13 +171,13 @@ impl<C: Connector> Pool<C> {
         }
     }
 
-    fn publish(&self, state: &State) {
+    fn publish(&self, state: &Shared) {
         let members = self.subset.members().iter();
         let backends = members
             .filter_map(|id| self.endpoints.get(id))
             .map(|e| e.backend.clone())
             .collect();
-        let mut snapshot = Snapshot::new(
+        let mut snapshot = PickView::new(
             backends,
             self.all.clone(),
             state.config.zone.as_deref(),

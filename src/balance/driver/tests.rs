@@ -14,10 +14,10 @@ use super::{Item, Source, drive};
 use crate::balance::backend::Backend;
 use crate::balance::conn::{Conn, Target};
 use crate::balance::connect::{Connector, Task};
-use crate::balance::state::State;
+use crate::balance::shared::Shared;
 use crate::balance::{Balancer, EndpointState};
-use crate::discovery::{Discovered, Route};
-use crate::{DiscoveryStatus, Instance};
+use crate::discovery::{Discovered, DiscoveryStatus, Route};
+use crate::format::Instance;
 
 /// Changes sent by the test.
 struct Fed(mpsc::UnboundedReceiver<Item>);
@@ -63,7 +63,7 @@ impl Connector for Fake {
 
 /// A running driver and what feeds it.
 struct Harness {
-    state: Arc<State>,
+    state: Arc<Shared>,
     changes: mpsc::UnboundedSender<Item>,
     status: watch::Sender<DiscoveryStatus>,
     fake: Fake,
@@ -78,7 +78,7 @@ impl Harness {
             dead: Arc::new(dead.iter().map(|a| a.to_string()).collect()),
             ..Fake::default()
         };
-        let state = Arc::new(State::new("svc".into(), watched.clone(), balancer));
+        let state = Arc::new(Shared::new("svc".into(), watched.clone(), balancer));
         let (stop, stopped) = oneshot::channel();
         let driver = drive(state.clone(), Fed(fed), watched, fake.clone(), stopped);
         tokio::spawn(driver);
@@ -195,7 +195,7 @@ async fn a_subset_moves_past_dead_members_at_a_bounded_pace() {
 #[tokio::test(start_paused = true)]
 async fn only_a_successful_listing_ends_the_startup_wait() {
     let h = Harness::start(Balancer::new(), &[]);
-    let error = crate::Error::Timeout {
+    let error = crate::error::Error::Timeout {
         operation: "listing the prefix",
         after: Duration::from_secs(5),
     };
@@ -246,7 +246,7 @@ async fn a_large_fleet_connects_a_subset_of_its_size() {
 
 #[tokio::test(start_paused = true)]
 async fn the_longest_waits_neither_overflow_nor_panic() {
-    let outlier = crate::OutlierDetection::default().interval(Duration::MAX);
+    let outlier = crate::balance::outlier::OutlierDetection::default().interval(Duration::MAX);
     let balancer = Balancer::new()
         .startup_wait(Duration::MAX)
         .wait_for_ready(Duration::MAX)

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Action, Id, REPLACEMENT_WINDOW, Slot, Subset, is_candidate};
-use crate::Backoff;
+use crate::backoff::Backoff;
 use crate::balance::backend::EndpointState;
 
 /// How long a member must stay up before its failures are forgiven.

@@ -16,18 +16,20 @@ use super::ejection::Panic;
 use super::pick::{Ewma, Weighted};
 use super::retry_throttle::TokenBucket;
 use super::slow_start::SlowStart;
-use crate::DiscoveryStatus;
+use crate::discovery::DiscoveryStatus;
 
 /// Of 256 calls, how many feed the channel-wide latency estimate.
 const REFERENCE_SAMPLE: u8 = 32;
 
-pub(crate) struct State {
+/// The state one balanced channel's clones and its driver task share (one `Arc` per
+/// channel); the driver writes the [`PickView`], calls read it.
+pub(crate) struct Shared {
     pub(super) service: String,
     /// The latency of calls through the channel, sampled.
     latency: Mutex<Ewma>,
     /// The last estimate of `latency`, as `f64` bits, read without the lock.
     reference: AtomicU64,
-    snapshot: RwLock<Arc<Snapshot>>,
+    snapshot: RwLock<Arc<PickView>>,
     /// Counts the snapshots written, so a channel can tell when its cached one is stale. The
     /// driver writes a snapshot first and counts it after.
     version: AtomicU64,
@@ -48,8 +50,9 @@ pub(crate) struct State {
     pub(super) throttle: Option<TokenBucket>,
 }
 
-/// The endpoints at one moment, with the sets to sample from.
-pub(super) struct Snapshot {
+/// The endpoints as one publication of the driver left them, with the weighted sets a
+/// call's power-of-two-choices pick samples from; read-only once published.
+pub(super) struct PickView {
     /// The connected subset, to pick from.
     pub(super) backends: Vec<Arc<Backend>>,
     /// Every endpoint discovery knows, sorted by key.
@@ -62,13 +65,13 @@ pub(super) struct Snapshot {
     pub(super) slow_start: Option<SlowStart>,
 }
 
-impl Default for Snapshot {
+impl Default for PickView {
     fn default() -> Self {
-        Snapshot::new(Vec::new(), Arc::new([]), None, false)
+        PickView::new(Vec::new(), Arc::new([]), None, false)
     }
 }
 
-impl Snapshot {
+impl PickView {
     pub(super) fn new(
         backends: Vec<Arc<Backend>>,
         known: Arc<[Arc<Backend>]>,
@@ -84,7 +87,7 @@ impl Snapshot {
                 .filter(|(_, b)| zone.is_some() && b.instance.metadata.zone.as_deref() == zone)
                 .map(|(i, b)| (i, weight(b))),
         );
-        Snapshot {
+        PickView {
             backends,
             known,
             all,
@@ -95,7 +98,7 @@ impl Snapshot {
     }
 }
 
-impl State {
+impl Shared {
     pub(super) fn new(
         service: String,
         status: watch::Receiver<DiscoveryStatus>,
@@ -105,7 +108,7 @@ impl State {
             service: service.as_str().into(),
             ..Signals::default()
         });
-        State {
+        Shared {
             service,
             latency: Mutex::new(Ewma::new(config.latency_decay)),
             reference: AtomicU64::new(0),
@@ -125,7 +128,7 @@ impl State {
         }
     }
 
-    pub(super) fn snapshot(&self) -> Arc<Snapshot> {
+    pub(super) fn snapshot(&self) -> Arc<PickView> {
         self.snapshot
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -138,7 +141,7 @@ impl State {
     }
 
     /// Publishes `snapshot` and wakes the calls waiting for an endpoint.
-    pub(super) fn publish(&self, snapshot: Snapshot) {
+    pub(super) fn publish(&self, snapshot: PickView) {
         *self
             .snapshot
             .write()
