@@ -49,7 +49,8 @@ pub(super) enum Command {
     },
 }
 
-pub(super) enum State {
+/// Where the lease task is: one state per step of the diagram above.
+pub(super) enum LeaseState {
     /// A permanent error (permission denied, bad credentials): retrying cannot help.
     Failed,
     Grant,
@@ -62,7 +63,8 @@ pub(super) enum State {
     },
 }
 
-pub(super) struct Entry {
+/// An instance the lease holds, with its key (which may change with the lease).
+pub(super) struct RegisteredInstance {
     service: String,
     instance: Instance,
     pub(super) key: String,
@@ -72,7 +74,7 @@ pub(super) struct LeaseTask {
     /// etcd, through the crate's seam: the registrar's client, or a fake in unit tests.
     pub(super) client: Arc<dyn Leases>,
     pub(super) format: Arc<dyn Format>,
-    pub(super) entries: Vec<Entry>,
+    pub(super) entries: Vec<RegisteredInstance>,
     pub(super) withdrawn: bool,
     pub(super) ttl: Duration,
     pub(super) request_timeout: Duration,
@@ -83,19 +85,42 @@ pub(super) struct LeaseTask {
 }
 
 impl LeaseTask {
-    pub(super) fn entry(&self, service: String, instance: Instance, lease_id: i64) -> Entry {
+    pub(super) fn entry(
+        &self,
+        service: String,
+        instance: Instance,
+        lease_id: i64,
+    ) -> RegisteredInstance {
         let key = self.format.key(&service, &instance, lease_id);
-        Entry {
+        RegisteredInstance {
             service,
             instance,
             key,
         }
     }
 
+    /// The first registration, before the task runs: grants the lease and puts the key of
+    /// `instance`. Returns the key and the state the task starts in.
+    pub(super) async fn register_first(
+        &mut self,
+        service: String,
+        instance: Instance,
+    ) -> Result<(String, LeaseState), Error> {
+        let lease_id = self.grant().await?;
+        let entry = self.entry(service, instance, lease_id);
+        let key = entry.key.clone();
+        self.entries.push(entry);
+        let from = self.put_all(lease_id).await?;
+        info!(key = %key, lease_id, "registered");
+        (self.status).send_replace(RegistrationStatus::Registered { lease_id });
+        crate::metrics::registrar_status(&self.status.borrow());
+        Ok((key, LeaseState::KeepAlive { lease_id, from }))
+    }
+
     /// Runs until `stop` fires or its sender is dropped.
     pub(super) async fn run(
         mut self,
-        start: State,
+        start: LeaseState,
         mut commands: mpsc::Receiver<Command>,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -113,14 +138,18 @@ impl LeaseTask {
         }
     }
 
-    async fn step(&mut self, state: State, commands: &mut mpsc::Receiver<Command>) -> State {
+    async fn step(
+        &mut self,
+        state: LeaseState,
+        commands: &mut mpsc::Receiver<Command>,
+    ) -> LeaseState {
         match state {
-            State::Failed => std::future::pending().await,
-            State::Grant => match self.grant().await {
-                Ok(lease_id) => State::Put { lease_id },
-                Err(error) => self.fail(error, State::Grant).await,
+            LeaseState::Failed => std::future::pending().await,
+            LeaseState::Grant => match self.grant().await {
+                Ok(lease_id) => LeaseState::Put { lease_id },
+                Err(error) => self.fail(error, LeaseState::Grant).await,
             },
-            State::Put { lease_id } => match self.put_all(lease_id).await {
+            LeaseState::Put { lease_id } => match self.put_all(lease_id).await {
                 Ok(from) => {
                     if self.withdrawn {
                         info!(
@@ -135,28 +164,30 @@ impl LeaseTask {
                     self.status
                         .send_replace(RegistrationStatus::Registered { lease_id });
                     crate::metrics::registrar_status(&self.status.borrow());
-                    State::KeepAlive { lease_id, from }
+                    LeaseState::KeepAlive { lease_id, from }
                 }
-                Err(error) if error.is_lease_not_found() => self.fail(error, State::Grant).await,
-                Err(error) => self.fail(error, State::Put { lease_id }).await,
+                Err(error) if error.is_lease_not_found() => {
+                    self.fail(error, LeaseState::Grant).await
+                }
+                Err(error) => self.fail(error, LeaseState::Put { lease_id }).await,
             },
-            State::KeepAlive { lease_id, from } => {
+            LeaseState::KeepAlive { lease_id, from } => {
                 match self.keep_alive(lease_id, from, commands).await {
-                    Interrupt::Rewrite => State::Put { lease_id },
+                    Interrupt::Rewrite => LeaseState::Put { lease_id },
                     Interrupt::Stalled => {
                         crate::metrics::keepalive_failure(KeepAlive::Stalled);
                         debug!(lease_id, "keepalive unanswered, opening the stream again");
-                        State::KeepAlive { lease_id, from }
+                        LeaseState::KeepAlive { lease_id, from }
                     }
                     Interrupt::Refused(error) => self.failed_for_good(error),
                     Interrupt::Failed(error) if error.is_lease_not_found() => {
                         warn!(lease_id, "lease lost, registering again");
                         crate::metrics::keepalive_failure(KeepAlive::LeaseLost);
-                        self.fail(error, State::Grant).await
+                        self.fail(error, LeaseState::Grant).await
                     }
                     Interrupt::Failed(error) => {
                         crate::metrics::keepalive_failure(KeepAlive::Error);
-                        self.fail(error, State::Put { lease_id }).await
+                        self.fail(error, LeaseState::Put { lease_id }).await
                     }
                 }
             }
@@ -183,15 +214,15 @@ impl LeaseTask {
     }
 
     /// Reports a failure that retrying cannot fix; the task then waits to be stopped.
-    fn failed_for_good(&mut self, error: Error) -> State {
+    fn failed_for_good(&mut self, error: Error) -> LeaseState {
         warn!(error = %Chain(&error), "registration failed for good");
         self.status
             .send_replace(RegistrationStatus::Failed { error });
         crate::metrics::registrar_status(&self.status.borrow());
-        State::Failed
+        LeaseState::Failed
     }
 
-    async fn fail(&mut self, error: Error, next: State) -> State {
+    async fn fail(&mut self, error: Error, next: LeaseState) -> LeaseState {
         if error.is_lease_not_found() {
             // etcd answered, so it is up; only the lease is gone. Grant again after a short
             // jittered pause, not after the backoff that the outage built up.
@@ -200,7 +231,7 @@ impl LeaseTask {
         // While the lease may be alive (etcd extends leases by their TTL when it recovers),
         // retry at least every TTL/3, jittered, to reach etcd before the lease expires. That
         // is the keepalive rate: no more load on etcd than when all is well.
-        let cap = matches!(next, State::Put { .. }).then_some(self.ttl / 3);
+        let cap = matches!(next, LeaseState::Put { .. }).then_some(self.ttl / 3);
         const RETRYING: &str = "etcd request failed, the registration retries";
         match self.retry.failed(error, cap, RETRYING) {
             Failure::Permanent(error) => self.failed_for_good(error),

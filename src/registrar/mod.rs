@@ -13,17 +13,18 @@ pub use registration::Registration;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tracing::{Instrument, info};
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::backoff::Retry;
 use crate::error::Error;
+use crate::etcd::seam::lease::Leases;
 use crate::format::{EtcdNaming, Format, Instance, check_instance, check_service};
-use lease::{LeaseTask, State};
+use lease::{LeaseState, LeaseTask};
 
 /// The smallest lease TTL accepted: etcd's own minimum is about 2 s.
 pub const MIN_TTL: Duration = Duration::from_secs(2);
@@ -202,41 +203,65 @@ impl Registrar {
         service: impl Into<String>,
         instance: impl Into<Instance>,
     ) -> Result<Registration, Error> {
+        let etcd = Arc::new(self.client.clone());
+        self.register_through(etcd, service.into(), instance.into())
+            .await
+    }
+
+    /// [`register`](Registrar::register), reaching etcd through `etcd`: the registrar's
+    /// client, or a fake in unit tests.
+    async fn register_through(
+        self,
+        etcd: Arc<dyn Leases>,
+        service: String,
+        instance: Instance,
+    ) -> Result<Registration, Error> {
         check_settings(self.ttl, self.request_timeout)?;
-        let (service, instance) = (service.into(), instance.into());
         check_service(&self.format, &service)?;
         check_instance(&instance)?;
+        let mut task = self.lease_task(etcd.clone());
+        let (key, start) = task.register_first(service, instance).await?;
+        Ok(self.start(task, start, key, etcd))
+    }
+
+    /// The lease task of a registration, not yet started, holding no instance.
+    fn lease_task(&self, etcd: Arc<dyn Leases>) -> LeaseTask {
         let status = Arc::new(watch::Sender::new(RegistrationStatus::Registering));
         crate::metrics::registrar_status(&status.borrow());
-        let lease = Arc::new(AtomicI64::new(0));
-        let mut task = LeaseTask {
-            client: Arc::new(self.client.clone()),
+        LeaseTask {
+            client: etcd,
             format: self.format.clone(),
             entries: Vec::new(),
             withdrawn: false,
             ttl: self.ttl,
             request_timeout: self.request_timeout,
             retry: Retry::new(self.backoff),
-            status: status.clone(),
-            lease: lease.clone(),
-        };
-        let lease_id = task.grant().await?;
-        let entry = task.entry(service, instance, lease_id);
-        let key = entry.key.clone();
-        task.entries.push(entry);
-        let from = task.put_all(lease_id).await?;
-        info!(key = %key, lease_id, "registered");
-        status.send_replace(RegistrationStatus::Registered { lease_id });
-        crate::metrics::registrar_status(&status.borrow());
+            status,
+            lease: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    /// Starts `task` in `start`, its first instance registered under `key`, and returns the
+    /// registration that owns it.
+    fn start(
+        self,
+        task: LeaseTask,
+        start: LeaseState,
+        key: String,
+        etcd: Arc<dyn Leases>,
+    ) -> Registration {
+        let (status, lease) = (task.status.clone(), task.lease.clone());
         let (commands, command_rx) = mpsc::channel(16);
         let (stop, stop_rx) = watch::channel(false);
-        let span = tracing::info_span!("tonic_etcd::lease", lease_id);
-        let start = State::KeepAlive { lease_id, from };
+        let span = tracing::info_span!(
+            "tonic_etcd::lease",
+            lease_id = lease.load(Ordering::Acquire)
+        );
         let lease_task = tokio::spawn(task.run(start, command_rx, stop_rx).instrument(span));
         let (serving, _) = watch::channel(true);
-        Ok(Registration {
+        Registration {
             key,
-            client: self.client,
+            etcd,
             status,
             lease,
             format: self.format,
@@ -250,7 +275,7 @@ impl Registrar {
             request_timeout: self.request_timeout,
             ttl: self.ttl,
             shut_down: false,
-        })
+        }
     }
 }
 

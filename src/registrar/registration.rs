@@ -15,6 +15,7 @@ use super::{InFlightLayer, RegistrationStatus};
 use crate::backoff::within;
 use crate::error::Error;
 use crate::etcd::request::request;
+use crate::etcd::seam::lease::Leases;
 use crate::format::{Format, Instance, check_instance, check_service};
 use crate::inflight::InFlightCounter;
 
@@ -38,7 +39,8 @@ use crate::inflight::InFlightCounter;
 #[must_use = "dropping a registration stops its keep-alives: the key expires after the TTL"]
 pub struct Registration {
     pub(super) key: String,
-    pub(super) client: etcd_client::Client,
+    /// etcd, through the crate's seam: the registrar's client, shared with the lease task.
+    pub(super) etcd: Arc<dyn Leases>,
     /// The format, to check what [`add`](Registration::add) is given before any I/O.
     pub(super) format: Arc<dyn Format>,
     pub(super) status: Arc<watch::Sender<RegistrationStatus>>,
@@ -220,14 +222,11 @@ impl Registration {
             lease_id => lease_id,
         };
         let revoke = || async {
-            let mut lease = self.client.lease_client();
-            match lease.revoke(lease_id).await {
-                Ok(_) => Ok(()),
-                Err(source) => Err(Error::Revoke {
-                    lease_id,
-                    source: Arc::new(source),
-                }),
-            }
+            let revoke = self.etcd.revoke(lease_id);
+            revoke.await.map_err(|source| Error::Revoke {
+                lease_id,
+                source: Arc::new(source),
+            })
         };
         let result = request("revoking the lease", self.request_timeout, revoke).await;
         match &result {
@@ -292,6 +291,68 @@ fn dropped(shut_down: bool, stop_signal_taken: bool) -> Dropped {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Registrar;
+    use crate::etcd::seam::fake::FakeEtcd;
+
+    /// A registration of one instance through `etcd`, on paused time.
+    async fn register(etcd: &FakeEtcd) -> Registration {
+        // Connecting does no I/O without a user; the registration reaches `etcd` instead.
+        let client = etcd_client::Client::connect(["http://127.0.0.1:9"], None)
+            .await
+            .expect("a lazy client");
+        let registrar = Registrar::new(client).grace(Duration::from_millis(100));
+        let instance = Instance::new("127.0.0.1:50051");
+        let registering =
+            registrar.register_through(Arc::new(etcd.clone()), "svc".into(), instance);
+        registering.await.expect("registered")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_revokes_the_lease_through_the_seam() {
+        let etcd = FakeEtcd::new();
+        let registration = register(&etcd).await;
+        let (key, lease_id) = (registration.key().to_owned(), registration.lease_id());
+        let lease_id = lease_id.expect("registered");
+        assert_eq!(etcd.lease_of(&key), Some(lease_id));
+        let status = registration.status();
+        registration.shutdown().await.expect("revoked");
+        assert!(!etcd.has_lease(lease_id), "the lease is revoked");
+        assert_eq!(etcd.lease_of(&key), None, "and its key deleted with it");
+        assert!(matches!(*status.borrow(), RegistrationStatus::Deregistered));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_after_the_lease_is_gone_succeeds() {
+        let etcd = FakeEtcd::new();
+        let registration = register(&etcd).await;
+        let lease_id = registration.lease_id().expect("registered");
+        etcd.revoke_lease(lease_id);
+        let status = registration.status();
+        registration
+            .shutdown()
+            .await
+            .expect("the key is gone already");
+        assert!(matches!(*status.borrow(), RegistrationStatus::Deregistered));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_revoke_is_returned_and_the_server_still_stops() {
+        let etcd = FakeEtcd::new();
+        let registration = register(&etcd).await;
+        let lease_id = registration.lease_id().expect("registered");
+        let stopped = registration.stop_signal();
+        etcd.fail_next(etcd_client::Error::GRpcStatus(
+            tonic::Status::permission_denied("etcdserver: permission denied"),
+        ));
+        let error = registration.shutdown().await.expect_err("refused");
+        assert!(
+            matches!(error, Error::Revoke { lease_id: l, .. } if l == lease_id),
+            "{error}"
+        );
+        let fired = tokio::time::timeout(Duration::ZERO, stopped).await;
+        assert!(fired.is_ok(), "the stop signal fired all the same");
+        assert!(etcd.has_lease(lease_id), "the lease is left to expire");
+    }
 
     #[test]
     fn a_drop_without_shutdown_is_logged_by_what_the_server_does() {

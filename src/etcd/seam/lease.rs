@@ -1,11 +1,11 @@
-//! The seam for the registrar's lease task: grant a lease, keep it alive, put and delete
-//! keys under it, and watch them.
+//! The seam for the registrar: grant a lease, keep it alive, put and delete keys under it,
+//! watch them, and revoke the lease at shutdown.
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions};
 
 use super::{BoxFuture, Watch};
 
-/// What the lease task asks of etcd.
+/// What the registrar (its lease task, and its shutdown) asks of etcd.
 pub(crate) trait Leases: Send + Sync {
     /// Grants a lease of `ttl_secs`; returns its id.
     fn grant(&self, ttl_secs: i64) -> BoxFuture<'_, Result<i64, etcd_client::Error>>;
@@ -33,6 +33,9 @@ pub(crate) trait Leases: Send + Sync {
         keys: Vec<String>,
         from: i64,
     ) -> BoxFuture<'_, Result<Box<dyn Watch>, etcd_client::Error>>;
+
+    /// Revokes `lease_id`, which deletes its keys at once.
+    fn revoke(&self, lease_id: i64) -> BoxFuture<'_, Result<(), etcd_client::Error>>;
 }
 
 /// An open keepalive stream.
@@ -97,6 +100,13 @@ impl Leases for etcd_client::Client {
                 stream.watch(key, options()).await?;
             }
             Ok(Box::new(stream) as Box<dyn Watch>)
+        })
+    }
+
+    fn revoke(&self, lease_id: i64) -> BoxFuture<'_, Result<(), etcd_client::Error>> {
+        Box::pin(async move {
+            self.lease_client().revoke(lease_id).await?;
+            Ok(())
         })
     }
 }

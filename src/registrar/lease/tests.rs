@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{Command, LeaseTask, State};
+use super::{Command, LeaseState, LeaseTask};
 use crate::backoff::{Backoff, Retry};
 use crate::etcd::seam::fake::FakeEtcd;
 use crate::format::{EtcdNaming, Instance};
@@ -37,16 +37,16 @@ async fn register(etcd: &FakeEtcd) -> Running {
         status: status.clone(),
         lease: Arc::new(AtomicI64::new(0)),
     };
-    let lease_id = task.grant().await.expect("grant");
-    let entry = task.entry("svc".into(), Instance::new("127.0.0.1:50051"), lease_id);
-    let key = entry.key.clone();
-    task.entries.push(entry);
-    let from = task.put_all(lease_id).await.expect("put");
-    status.send_replace(RegistrationStatus::Registered { lease_id });
+    let instance = Instance::new("127.0.0.1:50051");
+    let registered = task.register_first("svc".into(), instance).await;
+    let (key, start) = registered.expect("registered");
+    let LeaseState::KeepAlive { lease_id, .. } = start else {
+        panic!("registered, so keeping alive");
+    };
     let (commands, command_rx) = mpsc::channel(1);
     let (stop, stop_rx) = watch::channel(false);
     let receiver = status.subscribe();
-    tokio::spawn(task.run(State::KeepAlive { lease_id, from }, command_rx, stop_rx));
+    tokio::spawn(task.run(start, command_rx, stop_rx));
     Running {
         key,
         lease_id,
@@ -89,7 +89,7 @@ async fn grants_a_new_lease_and_puts_the_key_back_when_the_lease_is_gone() {
     let etcd = FakeEtcd::new();
     let mut running = register(&etcd).await;
     let old = running.lease_id;
-    etcd.revoke(old);
+    etcd.revoke_lease(old);
     assert_eq!(etcd.lease_of(&running.key), None);
     wait_status(
         &mut running,
@@ -122,7 +122,7 @@ async fn a_permission_denied_after_registering_is_retried_until_granted_again() 
     let old = running.lease_id;
     etcd.fail_next(denied());
     etcd.fail_next(denied());
-    etcd.revoke(old);
+    etcd.revoke_lease(old);
     wait_status(
         &mut running,
         "retrying with the permission error",

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{Entry, LeaseTask, ttl_secs};
+use super::{LeaseTask, RegisteredInstance, ttl_secs};
 use crate::error::Error;
 use crate::etcd::request::request;
 
@@ -45,7 +45,11 @@ impl LeaseTask {
         Ok(first.unwrap_or(0))
     }
 
-    pub(super) async fn put(&self, entry: &Entry, lease_id: i64) -> Result<i64, Error> {
+    pub(super) async fn put(
+        &self,
+        entry: &RegisteredInstance,
+        lease_id: i64,
+    ) -> Result<i64, Error> {
         let value = self.format.value(&entry.service, &entry.instance);
         request("putting a key", self.request_timeout, || async {
             let put = self.client.put(entry.key.clone(), value.clone(), lease_id);

@@ -17,8 +17,8 @@ impl FakeEtcd {
         present.then(|| state.key_leases.get(key).copied().unwrap_or(0))
     }
 
-    /// Revokes `lease_id`, deleting its keys.
-    pub(crate) fn revoke(&self, lease_id: i64) {
+    /// Revokes `lease_id`, deleting its keys, as another client may.
+    pub(crate) fn revoke_lease(&self, lease_id: i64) {
         self.state().drop_lease(lease_id);
         self.changed();
     }
@@ -143,10 +143,23 @@ impl Leases for FakeEtcd {
         }) as Box<dyn Watch>;
         Box::pin(std::future::ready(Ok(watch)))
     }
+
+    fn revoke(&self, lease_id: i64) -> BoxFuture<'_, Result<(), etcd_client::Error>> {
+        let revoked = match self.injected() {
+            Some(error) => Err(error),
+            None if !self.has_lease(lease_id) => Err(lease_not_found()),
+            None => {
+                self.revoke_lease(lease_id);
+                Ok(())
+            }
+        };
+        Box::pin(std::future::ready(revoked))
+    }
 }
 
 impl FakeEtcd {
-    fn has_lease(&self, lease_id: i64) -> bool {
+    /// Whether `lease_id` is alive.
+    pub(crate) fn has_lease(&self, lease_id: i64) -> bool {
         let mut state = self.state();
         state.expire();
         state.leases.contains_key(&lease_id)
