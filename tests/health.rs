@@ -28,8 +28,9 @@ const SERVICE: &str = "greeter";
 /// The name tonic-health knows the greeter by.
 const HEALTH_NAME: &str = "helloworld.Greeter";
 
-/// How long the registrar may take to follow a health change.
-const DEADLINE: Duration = Duration::from_secs(5);
+/// How long the registrar may take to follow a health change: generous, since a busy
+/// machine delays it and only the change itself is the point.
+const DEADLINE: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn not_serving_removes_the_key_and_serving_puts_it_back() {
