@@ -18,13 +18,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderValue, USER_AGENT};
+use http::header::{HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
-use hyper::client::conn::http2::{Builder, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http2::{Builder, Connection, SendRequest};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::body::Body;
@@ -96,29 +96,9 @@ impl Direct {
         let authority: Authority = addr.parse().map_err(|_| ConnectError::Address {
             addr: addr.to_owned(),
         })?;
-        let io = |source| ConnectError::Io {
-            addr: addr.to_owned(),
-            source,
-        };
         let connect = async {
-            let stream = TcpStream::connect(addr).await.map_err(io)?;
-            // Small replies would otherwise wait for delayed acknowledgements.
-            stream.set_nodelay(true).map_err(io)?;
-            let stream = Stream::new(stream, tls, &authority, addr).await?;
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder.timer(TokioTimer::new());
-            if let Some(keep_alive) = keep_alive {
-                builder
-                    .keep_alive_interval(keep_alive.interval)
-                    .keep_alive_timeout(keep_alive.timeout);
-            }
-            builder
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|source| ConnectError::Handshake {
-                    addr: addr.to_owned(),
-                    source,
-                })
+            let stream = open(addr, tls, &authority).await?;
+            handshake(stream, keep_alive, addr).await
         };
         let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
@@ -169,6 +149,62 @@ impl Direct {
         // Scheme, authority and path are all set: this cannot fail.
         *request.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
         request.headers_mut().entry(USER_AGENT).or_insert(AGENT);
+    }
+}
+
+/// The byte stream to `addr`: TCP with TCP_NODELAY (small replies would otherwise wait for
+/// delayed acknowledgements, as tonic sets it), then the TLS handshake if `tls` is given.
+async fn open(
+    addr: &str,
+    tls: Option<&Tls>,
+    authority: &Authority,
+) -> Result<Stream, ConnectError> {
+    let io = |source| ConnectError::Io {
+        addr: addr.to_owned(),
+        source,
+    };
+    let stream = TcpStream::connect(addr).await.map_err(io)?;
+    stream.set_nodelay(true).map_err(io)?;
+    Stream::new(stream, tls, authority, addr).await
+}
+
+/// The HTTP/2 handshake on `stream`: the handle for calls and the connection's own future.
+async fn handshake(
+    stream: Stream,
+    keep_alive: Option<KeepAlive>,
+    addr: &str,
+) -> Result<(SendRequest<Body>, Connection<TokioIo<Stream>, Body, Boxed>), ConnectError> {
+    let mut builder = Builder::new(Boxed);
+    builder.timer(TokioTimer::new());
+    if let Some(keep_alive) = keep_alive {
+        builder
+            .keep_alive_interval(keep_alive.interval)
+            .keep_alive_timeout(keep_alive.timeout);
+    }
+    builder
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ConnectError::Handshake {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// Spawns the tasks hyper starts for each call (sending the request body, waiting for the
+/// response) on tokio, each boxed first, as tonic's channel does.
+///
+/// Unboxed, such a task is as large as hyper's largest (the connection's), and tokio moves
+/// it several times while spawning and ending it: a few kilobytes copied per call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Boxed;
+
+impl<F> hyper::rt::Executor<F> for Boxed
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, future: F) {
+        // Detached as with hyper's own executor: each ends with its call or its connection.
+        drop(tokio::spawn(Box::pin(future)));
     }
 }
 
@@ -274,9 +310,13 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// The header with a call's deadline. A `HeaderName`, not a `&str`: a lookup by name skips
+/// parsing it on every call.
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 /// The call's own deadline, from its `grpc-timeout` header, as tonic's channel reads it.
 pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.as_bytes();
+    let value = headers.get(&GRPC_TIMEOUT)?.as_bytes();
     let (&unit, digits) = value.split_last()?;
     // At most eight digits, by the gRPC spec.
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {

@@ -13,19 +13,20 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tonic::Code;
 
-/// The header (or trailer) that carries a call's status code, as ASCII decimal.
-const GRPC_STATUS: &str = "grpc-status";
+/// The header (or trailer) that carries a call's status code, as ASCII decimal. A
+/// `HeaderName`, not a `&str`: a lookup by name skips parsing it on every call.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The status code in `headers` (response headers or trailers), if there is one. A value
 /// that is not a valid code reads as [`Code::Unknown`], as tonic reads it.
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<Code> {
     headers
-        .get(GRPC_STATUS)
+        .get(&GRPC_STATUS)
         .map(|value| Code::from_bytes(value.as_bytes()))
 }
 
