@@ -24,7 +24,7 @@ use tracing::info;
 
 use super::conn::Conn;
 use super::outlier::OutlierDetection;
-use super::pick::{Ewma, Load};
+use super::pick::{Ewma, LastPick, Load};
 use super::slow_start::SlowStart;
 use super::standing::{Standing, View};
 use crate::format::Instance;
@@ -81,6 +81,8 @@ pub(crate) struct Backend {
     connection: Mutex<Connection>,
     pub(crate) in_flight: InFlightCounter,
     latency: Mutex<Ewma>,
+    /// When the pick last chose it: one left out too long is due a call.
+    pub(crate) last_pick: LastPick,
     /// Outlier detection's state and the slow-start ramp.
     standing: Mutex<Standing>,
     /// Whether the current connection has served its first call, which is not timed.
@@ -125,6 +127,7 @@ impl Backend {
             connection: Mutex::default(),
             in_flight: InFlightCounter::default(),
             latency: Mutex::new(Ewma::new(decay)),
+            last_pick: LastPick::new(Instant::now(), decay),
             standing: Mutex::new(Standing::new(outlier, Instant::now())),
             warm: AtomicBool::new(false),
             ejected: Notify::new(),
@@ -204,7 +207,7 @@ impl Backend {
     /// and is not counted.
     ///
     /// `reference` is the channel-wide latency: no sample counts for more than
-    /// [`PEAK_STEP`](super::pick::PEAK_STEP) times it, so a backend's first samples are bounded too.
+    /// [`PEAK_STEP`](super::pick::ewma::PEAK_STEP) times it, so a backend's first samples are bounded too.
     pub(crate) fn observe(&self, latency: Duration, now: Instant, reference: f64) {
         // A load first: the swap writes the shared line on every call otherwise.
         if !self.warm.load(Ordering::Acquire) && !self.warm.swap(true, Ordering::AcqRel) {

@@ -282,7 +282,11 @@ struct Owner {
 ///   metadata, by a real load: calls in flight (counted until the response body ends, so
 ///   streams count) times an EWMA of latency that decays over a second. A candidate
 ///   more than twice as costly loses; closer than that, fewer calls in flight win, so
-///   latency noise between equal servers does not skew the spread.
+///   latency noise between equal servers does not skew the spread. An endpoint that has
+///   lost every pair for 250 ms (a quarter of the decay) wins its next pair once, unless
+///   it lost on failures or has more calls in flight, so one slow sample cannot keep a
+///   healthy endpoint out while its estimate decays (go-zero's p2c `forcePick`); a slow
+///   endpoint so gets about four calls a second.
 /// - **Passive ejection.** A transport failure (refused, reset, GOAWAY) takes the endpoint
 ///   out of rotation at once; a probe, backed off with jitter, readmits it.
 /// - **Outlier detection** ([`Balancer::outlier_detection`], on by default): an endpoint

@@ -59,10 +59,13 @@ impl PickView {
             (!(skip_ejected && view.ejected)).then(|| view.chance())
         };
         let load = |i: usize| self.backends[i].load(now);
+        let due = |i: usize| self.backends[i].last_pick.claim_if_due(now);
         let local = (!self.local.is_empty())
-            .then(|| self.local.pick(rng, chance, load))
+            .then(|| self.local.pick(rng, chance, load, due))
             .flatten();
-        local.or_else(|| self.all.pick(rng, chance, load))
+        let index = local.or_else(|| self.all.pick(rng, chance, load, due))?;
+        self.backends[index].last_pick.mark(now);
+        Some(index)
     }
 }
 
