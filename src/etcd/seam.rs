@@ -5,7 +5,8 @@
 //! Discovery's engine asks etcd only through [`Etcd`] and [`Watch`], the lease task only
 //! through [`lease::Leases`], implemented here for `etcd_client`, so that both state machines
 //! run in unit tests on paused time against an in-memory fake (revisions, compaction, an
-//! etcd that loses its data, leases that expire, injected errors),
+//! etcd that loses its data, leases that expire, injected errors, and etcd's own faults:
+//! duplicate events, the 3.4 progress race, leader changes, stalled keepalives),
 //! the way kube-runtime puts a private trait in front of its API. The messages are the
 //! crate's own types: etcd-client's cannot be built outside it.
 
@@ -51,11 +52,20 @@ pub(crate) struct Event {
 #[derive(Debug, Default)]
 pub(crate) struct Message {
     pub(crate) header: Header,
+    /// The first message of a watch, which etcd sends once it is set up.
+    pub(crate) created: bool,
     pub(crate) canceled: bool,
     /// Above 0 when the watch was cancelled because its start revision is compacted.
     pub(crate) compact_revision: i64,
     pub(crate) cancel_reason: String,
     pub(crate) events: Vec<Event>,
+}
+
+impl Message {
+    /// Whether it is a progress notification: no events, neither created nor cancelled.
+    pub(crate) fn is_progress(&self) -> bool {
+        !self.created && !self.canceled && self.events.is_empty()
+    }
 }
 
 /// What discovery asks of etcd.
@@ -143,6 +153,7 @@ impl Watch for etcd_client::WatchStream {
             });
             Ok(Some(Message {
                 header: Header::of(response.header()),
+                created: response.created(),
                 canceled: response.canceled(),
                 compact_revision: response.compact_revision(),
                 cancel_reason: response.cancel_reason().to_owned(),

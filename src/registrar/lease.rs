@@ -6,6 +6,10 @@
 //!   └──┘ backoff  ├─ at once ◄────────────┤ a key was deleted, a command was served
 //!   ▲             └─ backoff, same lease ◄┤ the keepalive stream broke
 //!   └─────────── backoff ◄────────────────┘ etcd says the lease is gone (also from Put)
+//!
+//! A keepalive unanswered for TTL/3 opens the stream again on the same lease; once none has
+//! been answered for the lease's whole TTL, the task puts the keys again, which tells whether
+//! etcd still holds the lease.
 //! ```
 //!
 //! One lease holds every key the process registers. After an etcd restart or a leader change
@@ -19,6 +23,7 @@ use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::RegistrationStatus;
@@ -82,6 +87,9 @@ pub(super) struct LeaseTask {
     pub(super) status: Arc<watch::Sender<RegistrationStatus>>,
     /// The last lease granted (0: none yet), which shutdown revokes whatever the status.
     pub(super) lease: Arc<AtomicI64>,
+    /// When the lease expires unless a keepalive is answered: its TTL from the grant, or
+    /// the TTL left in the last answer from when that keepalive was sent.
+    pub(super) expires: Instant,
 }
 
 impl LeaseTask {
@@ -149,47 +157,74 @@ impl LeaseTask {
                 Ok(lease_id) => LeaseState::Put { lease_id },
                 Err(error) => self.fail(error, LeaseState::Grant).await,
             },
-            LeaseState::Put { lease_id } => match self.put_all(lease_id).await {
-                Ok(from) => {
-                    if self.withdrawn {
-                        info!(
-                            lease_id,
-                            keys = self.entries.len(),
-                            "lease held, keys withdrawn: none in etcd until restored"
-                        );
-                    } else {
-                        info!(lease_id, keys = self.entries.len(), "registered");
-                    }
-                    self.retry.succeeded();
-                    self.status
-                        .send_replace(RegistrationStatus::Registered { lease_id });
-                    crate::metrics::registrar_status(&self.status.borrow());
-                    LeaseState::KeepAlive { lease_id, from }
-                }
-                Err(error) if error.is_lease_not_found() => {
-                    self.fail(error, LeaseState::Grant).await
-                }
-                Err(error) => self.fail(error, LeaseState::Put { lease_id }).await,
-            },
+            LeaseState::Put { lease_id } => {
+                let put = self.put_all(lease_id).await;
+                self.after_put(lease_id, put).await
+            }
             LeaseState::KeepAlive { lease_id, from } => {
-                match self.keep_alive(lease_id, from, commands).await {
-                    Interrupt::Rewrite => LeaseState::Put { lease_id },
-                    Interrupt::Stalled => {
-                        crate::metrics::keepalive_failure(KeepAlive::Stalled);
-                        debug!(lease_id, "keepalive unanswered, opening the stream again");
-                        LeaseState::KeepAlive { lease_id, from }
-                    }
-                    Interrupt::Refused(error) => self.failed_for_good(error),
-                    Interrupt::Failed(error) if error.is_lease_not_found() => {
-                        warn!(lease_id, "lease lost, registering again");
-                        crate::metrics::keepalive_failure(KeepAlive::LeaseLost);
-                        self.fail(error, LeaseState::Grant).await
-                    }
-                    Interrupt::Failed(error) => {
-                        crate::metrics::keepalive_failure(KeepAlive::Error);
-                        self.fail(error, LeaseState::Put { lease_id }).await
-                    }
+                let interrupt = self.keep_alive(lease_id, from, commands).await;
+                self.after_keep_alive(lease_id, from, interrupt).await
+            }
+        }
+    }
+
+    /// The state after putting the keys under `lease_id`.
+    async fn after_put(&mut self, lease_id: i64, put: Result<i64, Error>) -> LeaseState {
+        match put {
+            Ok(from) => {
+                if self.withdrawn {
+                    info!(
+                        lease_id,
+                        keys = self.entries.len(),
+                        "lease held, keys withdrawn: none in etcd until restored"
+                    );
+                } else {
+                    info!(lease_id, keys = self.entries.len(), "registered");
                 }
+                self.retry.succeeded();
+                (self.status).send_replace(RegistrationStatus::Registered { lease_id });
+                crate::metrics::registrar_status(&self.status.borrow());
+                LeaseState::KeepAlive { lease_id, from }
+            }
+            Err(error) if error.is_lease_not_found() => self.fail(error, LeaseState::Grant).await,
+            Err(error) => self.fail(error, LeaseState::Put { lease_id }).await,
+        }
+    }
+
+    /// The state after keeping `lease_id` alive was interrupted.
+    async fn after_keep_alive(
+        &mut self,
+        lease_id: i64,
+        from: i64,
+        interrupt: Interrupt,
+    ) -> LeaseState {
+        match interrupt {
+            Interrupt::Rewrite => LeaseState::Put { lease_id },
+            // No answer since the lease's TTL ran out: etcd has most likely expired it, and
+            // whatever holds the keepalives may never say so. A put under it asks: if the
+            // lease is gone, the task grants a new one at once; if it lives, it is kept.
+            Interrupt::Stalled if Instant::now() >= self.expires => {
+                warn!(
+                    lease_id,
+                    "keepalives unanswered for the lease's ttl, putting the keys again"
+                );
+                crate::metrics::keepalive_failure(KeepAlive::Stalled);
+                LeaseState::Put { lease_id }
+            }
+            Interrupt::Stalled => {
+                crate::metrics::keepalive_failure(KeepAlive::Stalled);
+                debug!(lease_id, "keepalive unanswered, opening the stream again");
+                LeaseState::KeepAlive { lease_id, from }
+            }
+            Interrupt::Refused(error) => self.failed_for_good(error),
+            Interrupt::Failed(error) if error.is_lease_not_found() => {
+                warn!(lease_id, "lease lost, registering again");
+                crate::metrics::keepalive_failure(KeepAlive::LeaseLost);
+                self.fail(error, LeaseState::Grant).await
+            }
+            Interrupt::Failed(error) => {
+                crate::metrics::keepalive_failure(KeepAlive::Error);
+                self.fail(error, LeaseState::Put { lease_id }).await
             }
         }
     }

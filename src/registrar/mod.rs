@@ -238,6 +238,7 @@ impl Registrar {
             retry: Retry::new(self.backoff),
             status,
             lease: Arc::new(AtomicI64::new(0)),
+            expires: tokio::time::Instant::now(),
         }
     }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::etcd::seam::fake::FakeEtcd;
+use crate::etcd::seam::fake::{FakeEtcd, Progress};
 
 const PREFIX: &str = "svc/";
 
@@ -187,4 +187,87 @@ async fn a_permission_denied_at_the_first_listing_is_final() {
     assert!(output.expect_err("final").is_permission_denied());
     assert!(matches!(state, WatchState::Done));
     assert!(matches!(*status.borrow(), DiscoveryStatus::Failed { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn redelivered_events_add_nothing_twice_and_lose_no_delete() {
+    let etcd = FakeEtcd::new();
+    let (mut engine, status) = engine(&etcd).await;
+    let state = streaming(&mut engine, WatchState::List).await;
+    let first = etcd.put("svc/a", "1");
+    etcd.put("svc/b", "2");
+    etcd.delete("svc/a");
+    let (changes, state) = next_changes(&mut engine, state).await;
+    assert_eq!(changes, ["+svc/a=1", "+svc/b=2", "-svc/a"]);
+    let lists = etcd.ranges();
+    // etcd 3.4 sends the three events again, with a new one after them.
+    etcd.redeliver_from(first);
+    etcd.delete("svc/b");
+    let (changes, _) = next_changes(&mut engine, state).await;
+    assert_eq!(changes, ["-svc/b"], "only the new event");
+    assert_eq!(etcd.ranges(), lists, "no listing again");
+    assert!(matches!(
+        *status.borrow(),
+        DiscoveryStatus::Synced { endpoints: 0, .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_progress_notification_ahead_of_the_events_loses_none() {
+    let etcd = FakeEtcd::new();
+    let (mut engine, status) = engine(&etcd).await;
+    let state = streaming(&mut engine, WatchState::List).await;
+    // The watcher is still catching up when the progress request comes (etcd 3.4): the
+    // answer names the put's revision before the put is sent.
+    etcd.hold_events();
+    let revision = etcd.put("svc/b", "2");
+    let (_, state) = engine.step(state).await;
+    let (output, state) = engine.step(state).await;
+    assert_eq!(output.expect("no error"), [], "the progress answer");
+    assert!(matches!(state, WatchState::Streaming(_)));
+    etcd.release_events();
+    let (changes, _) = next_changes(&mut engine, state).await;
+    assert_eq!(changes, ["+svc/b=2"], "the event the answer ran ahead of");
+    assert!(matches!(
+        *status.borrow(),
+        DiscoveryStatus::Synced { revision: r, endpoints: 1, .. } if r == revision
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_progress_notification_one_revision_behind_is_not_etcd_going_back() {
+    let etcd = FakeEtcd::new();
+    let (mut engine, _status) = engine(&etcd).await;
+    let state = streaming(&mut engine, WatchState::List).await;
+    etcd.put("svc/a", "1");
+    let (_, state) = next_changes(&mut engine, state).await;
+    let lists = etcd.ranges();
+    // etcd 3.4 sent the put before making its revision current, and answers with the one
+    // before.
+    etcd.answer_progress(Progress::Behind(1));
+    let (_, state) = engine.step(state).await;
+    let (_, state) = engine.step(state).await;
+    assert!(matches!(state, WatchState::Streaming(_)), "still watching");
+    etcd.put("svc/b", "2");
+    let (changes, _) = next_changes(&mut engine, state).await;
+    assert_eq!(changes, ["+svc/b=2"]);
+    assert_eq!(etcd.ranges(), lists, "no listing again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_change_is_not_etcd_going_back() {
+    let etcd = FakeEtcd::new();
+    etcd.put("svc/a", "1");
+    let (mut engine, _status) = engine(&etcd).await;
+    let (_, state) = next_changes(&mut engine, WatchState::List).await;
+    let state = streaming(&mut engine, state).await;
+    let lists = etcd.ranges();
+    etcd.change_leader(Duration::from_secs(1));
+    etcd.put("svc/b", "2");
+    let (changes, state) = next_changes(&mut engine, state).await;
+    assert_eq!(changes, ["+svc/b=2"], "in the new term");
+    etcd.delete("svc/a");
+    let (changes, _) = next_changes(&mut engine, state).await;
+    assert_eq!(changes, ["-svc/a"]);
+    assert_eq!(etcd.ranges(), lists, "no listing again");
 }

@@ -1,6 +1,7 @@
 //! An in-memory etcd behind the seam, for unit tests on paused time: revisions, a history of
 //! events, compaction, an etcd that loses its data, watches that break, leases that expire,
-//! injected errors.
+//! injected errors; and etcd's own faults ([`faults`]): duplicate events, the 3.4 progress
+//! race, leader changes, stalled keepalives.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,10 +9,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{BoxFuture, Etcd, Event, Message, Page, Watch};
+use super::{BoxFuture, Etcd, Event, Page, Watch};
 
+mod faults;
 mod lease;
+mod watch_stream;
 use crate::etcd::history::Header;
+pub(crate) use faults::Progress;
+use watch_stream::{FakeWatch, Filter};
 
 /// A cloneable handle to one in-memory etcd.
 #[derive(Clone)]
@@ -36,6 +41,22 @@ struct State {
     /// The lease of each key that has one.
     key_leases: BTreeMap<Vec<u8>, i64>,
     next_lease: i64,
+    /// Events above this revision are held back from every watch (0: none are).
+    held_above: i64,
+    /// Bumped by each redelivery; a watch that has not seen the bump rewinds to
+    /// `redeliver_from`.
+    redeliveries: u64,
+    redeliver_from: i64,
+    /// How a watch answers a progress request.
+    progress: Progress,
+    /// Until when no leader answers keepalives: an election.
+    election_until: Option<Instant>,
+    /// Keepalives go unanswered, and renew nothing.
+    keepalives_stalled: bool,
+    /// Keepalive streams opened so far.
+    keepalive_streams: usize,
+    /// Range requests served so far.
+    ranges: usize,
 }
 
 impl FakeEtcd {
@@ -52,6 +73,14 @@ impl FakeEtcd {
             leases: BTreeMap::new(),
             key_leases: BTreeMap::new(),
             next_lease: 0x1000,
+            held_above: 0,
+            redeliveries: 0,
+            redeliver_from: 0,
+            progress: Progress::Current,
+            election_until: None,
+            keepalives_stalled: false,
+            keepalive_streams: 0,
+            ranges: 0,
         };
         FakeEtcd {
             state: Arc::new(Mutex::new(state)),
@@ -162,6 +191,7 @@ impl Etcd for FakeEtcd {
         revision: i64,
     ) -> BoxFuture<'_, Result<Page, etcd_client::Error>> {
         let mut state = self.state();
+        state.ranges += 1;
         let page = match state.errors.pop_front() {
             Some(error) => Err(error),
             None if revision > 0 && revision <= state.compacted => Err(compacted()),
@@ -188,14 +218,10 @@ impl Etcd for FakeEtcd {
         let mut state = self.state();
         let watch = match state.errors.pop_front() {
             Some(error) => Err(error),
-            None => Ok(Box::new(FakeWatch {
-                etcd: self.clone(),
-                changed: self.changed.subscribe(),
-                generation: state.generation,
-                filter: Filter::Prefix(prefix.into_bytes()),
-                next: from,
-                created: false,
-            }) as Box<dyn Watch>),
+            None => {
+                let filter = Filter::Prefix(prefix.into_bytes());
+                Ok(Box::new(FakeWatch::new(self, &state, filter, from)) as Box<dyn Watch>)
+            }
         };
         Box::pin(std::future::ready(watch))
     }
@@ -206,94 +232,4 @@ fn compacted() -> etcd_client::Error {
     let status =
         tonic::Status::out_of_range("etcdserver: mvcc: required revision has been compacted");
     etcd_client::Error::GRpcStatus(status)
-}
-
-/// The keys a watch sees.
-enum Filter {
-    Prefix(Vec<u8>),
-    Keys(Vec<Vec<u8>>),
-}
-
-impl Filter {
-    fn matches(&self, key: &[u8]) -> bool {
-        match self {
-            Filter::Prefix(prefix) => key.starts_with(prefix),
-            Filter::Keys(keys) => keys.iter().any(|k| k == key),
-        }
-    }
-}
-
-struct FakeWatch {
-    etcd: FakeEtcd,
-    changed: watch::Receiver<u64>,
-    generation: u64,
-    filter: Filter,
-    /// The next revision to send.
-    next: i64,
-    created: bool,
-}
-
-impl FakeWatch {
-    /// The next message if one is ready; an error if the watch is broken.
-    fn poll_message(&mut self) -> Result<Option<Message>, etcd_client::Error> {
-        let mut state = self.etcd.state();
-        state.expire();
-        if state.generation != self.generation {
-            return Err(etcd_client::Error::WatchError("connection reset".into()));
-        }
-        let header = FakeEtcd::header(&state);
-        if !self.created {
-            self.created = true;
-            if self.next <= state.compacted {
-                let compact_revision = state.compacted;
-                let reason = "etcdserver: mvcc: required revision has been compacted".into();
-                let (canceled, cancel_reason) = (true, reason);
-                let message = Message {
-                    header,
-                    canceled,
-                    compact_revision,
-                    cancel_reason,
-                    ..Message::default()
-                };
-                return Ok(Some(message));
-            }
-            return Ok(Some(Message {
-                header,
-                ..Message::default()
-            }));
-        }
-        let events: Vec<Event> = (state.events.iter())
-            .filter(|e| e.mod_revision >= self.next && self.filter.matches(&e.key))
-            .cloned()
-            .collect();
-        if events.is_empty() {
-            return Ok(None);
-        }
-        self.next = state.revision + 1;
-        Ok(Some(Message {
-            header,
-            events,
-            ..Message::default()
-        }))
-    }
-}
-
-impl Watch for FakeWatch {
-    fn message(&mut self) -> BoxFuture<'_, Result<Option<Message>, etcd_client::Error>> {
-        Box::pin(async move {
-            loop {
-                self.changed.borrow_and_update();
-                if let Some(message) = self.poll_message()? {
-                    return Ok(Some(message));
-                }
-                if self.changed.changed().await.is_err() {
-                    return Ok(None);
-                }
-            }
-        })
-    }
-
-    fn request_progress(&mut self) -> BoxFuture<'_, Result<(), etcd_client::Error>> {
-        Box::pin(std::future::ready(Ok(())))
-    }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::{Command, LeaseTask};
@@ -85,6 +85,7 @@ impl LeaseTask {
         keeper: &mut dyn KeepAlive,
         opened: Instant,
     ) -> Result<Option<Interrupt>, Error> {
+        let sent = Instant::now();
         keeper.send().await.map_err(wrap(lease_id))?;
         let after = (self.ttl / 3).min(self.request_timeout);
         let Ok(response) = tokio::time::timeout(after, keeper.receive()).await else {
@@ -97,6 +98,7 @@ impl LeaseTask {
         if ttl <= 0 {
             return Err(Error::LeaseLost { lease_id });
         }
+        self.expires = sent + Duration::from_secs(ttl.unsigned_abs());
         if opened.elapsed() >= self.ttl {
             self.retry.reset();
         }

@@ -36,6 +36,7 @@ async fn register(etcd: &FakeEtcd) -> Running {
         retry: Retry::new(Backoff::default()),
         status: status.clone(),
         lease: Arc::new(AtomicI64::new(0)),
+        expires: tokio::time::Instant::now(),
     };
     let instance = Instance::new("127.0.0.1:50051");
     let registered = task.register_first("svc".into(), instance).await;
@@ -136,4 +137,66 @@ async fn a_permission_denied_after_registering_is_retried_until_granted_again() 
     )
     .await;
     assert!(etcd.lease_of(&running.key).is_some());
+}
+
+/// Waits, on paused time, until `f` holds; panics after a minute.
+async fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(tokio::time::Instant::now() < end, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_keepalive_is_noticed_and_the_key_comes_back_on_a_new_lease() {
+    let etcd = FakeEtcd::new();
+    let mut running = register(&etcd).await;
+    let old = running.lease_id;
+    let streams = etcd.keepalive_streams();
+    let stalled_at = tokio::time::Instant::now();
+    etcd.stall_keepalives(true);
+    wait_until("the stream opened again", || {
+        etcd.keepalive_streams() > streams
+    })
+    .await;
+    // A keepalive is due within TTL/3, and its answer awaited for TTL/3.
+    let noticed = stalled_at.elapsed();
+    assert!(noticed <= TTL * 2 / 3, "noticed after {noticed:?}");
+    // The lease expires unanswered: the task finds out and registers on a new lease.
+    wait_status(
+        &mut running,
+        "registered on a new lease",
+        |s| matches!(s, RegistrationStatus::Registered { lease_id } if *lease_id != old),
+    )
+    .await;
+    let back = stalled_at.elapsed();
+    assert!(
+        back <= TTL + TTL / 3 + Duration::from_millis(500),
+        "back after {back:?}"
+    );
+    let new = etcd.lease_of(&running.key).expect("the key is back");
+    assert_ne!(new, old);
+    etcd.stall_keepalives(false);
+    for _ in 0..5 {
+        tokio::time::sleep(TTL).await;
+        assert_eq!(etcd.lease_of(&running.key), Some(new), "kept alive again");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn keeps_its_lease_through_a_leader_change() {
+    let etcd = FakeEtcd::new();
+    let running = register(&etcd).await;
+    // No leader for longer than TTL/3: one keepalive waits out the election, and the new
+    // leader answers it.
+    etcd.change_leader(TTL / 2);
+    for _ in 0..5 {
+        tokio::time::sleep(TTL).await;
+        assert_eq!(etcd.lease_of(&running.key), Some(running.lease_id));
+    }
+    assert!(matches!(
+        *running.status.borrow(),
+        RegistrationStatus::Registered { lease_id } if lease_id == running.lease_id
+    ));
 }

@@ -11,6 +11,7 @@ use crate::etcd::request::request;
 impl LeaseTask {
     pub(in crate::registrar) async fn grant(&mut self) -> Result<i64, Error> {
         let ttl_secs = ttl_secs(self.ttl);
+        let asked = tokio::time::Instant::now();
         let lease_id = request("granting a lease", self.request_timeout, || async {
             let grant = self.client.grant(ttl_secs);
             grant.await.map_err(|source| Error::LeaseGrant {
@@ -20,6 +21,7 @@ impl LeaseTask {
         })
         .await?;
         self.lease.store(lease_id, Ordering::Release);
+        self.expires = asked + self.ttl;
         crate::metrics::lease_granted();
         Ok(lease_id)
     }

@@ -6,6 +6,7 @@ use tokio::time::{Duration, Instant};
 use super::{FakeEtcd, FakeWatch, Filter, State};
 use crate::etcd::seam::lease::{KeepAlive, Leases};
 use crate::etcd::seam::{BoxFuture, Event, Watch};
+use tokio::time::sleep_until;
 
 impl FakeEtcd {
     /// The lease of `key`, if it is there: 0 for none.
@@ -118,11 +119,14 @@ impl Leases for FakeEtcd {
     ) -> BoxFuture<'_, Result<Box<dyn KeepAlive>, etcd_client::Error>> {
         let opened = match self.injected() {
             Some(error) => Err(error),
-            None => Ok(Box::new(FakeKeepAlive {
-                etcd: self.clone(),
-                lease_id,
-                sent: 0,
-            }) as Box<dyn KeepAlive>),
+            None => {
+                self.state().keepalive_streams += 1;
+                Ok(Box::new(FakeKeepAlive {
+                    etcd: self.clone(),
+                    lease_id,
+                    sent: 0,
+                }) as Box<dyn KeepAlive>)
+            }
         };
         Box::pin(std::future::ready(opened))
     }
@@ -133,14 +137,8 @@ impl Leases for FakeEtcd {
         from: i64,
     ) -> BoxFuture<'_, Result<Box<dyn Watch>, etcd_client::Error>> {
         let state = self.state();
-        let watch = Box::new(FakeWatch {
-            etcd: self.clone(),
-            changed: self.changed.subscribe(),
-            generation: state.generation,
-            filter: Filter::Keys(keys.into_iter().map(String::into_bytes).collect()),
-            next: from.max(1),
-            created: false,
-        }) as Box<dyn Watch>;
+        let filter = Filter::Keys(keys.into_iter().map(String::into_bytes).collect());
+        let watch = Box::new(FakeWatch::new(self, &state, filter, from.max(1))) as Box<dyn Watch>;
         Box::pin(std::future::ready(Ok(watch)))
     }
 
@@ -185,16 +183,44 @@ impl KeepAlive for FakeKeepAlive {
         if self.sent == 0 {
             return Box::pin(std::future::pending());
         }
-        self.sent -= 1;
-        let mut state = self.etcd.state();
-        state.expire();
-        let ttl = match state.leases.get_mut(&self.lease_id) {
-            Some((ttl, at)) => {
-                *at = Instant::now() + Duration::from_secs(ttl.unsigned_abs());
-                *ttl
+        Box::pin(async move {
+            if !self.answerable().await {
+                return Ok(None);
             }
-            None => 0,
-        };
-        Box::pin(std::future::ready(Ok(Some(ttl))))
+            self.sent -= 1;
+            let mut state = self.etcd.state();
+            state.expire();
+            let ttl = match state.leases.get_mut(&self.lease_id) {
+                Some((ttl, at)) => {
+                    *at = Instant::now() + Duration::from_secs(ttl.unsigned_abs());
+                    *ttl
+                }
+                None => 0,
+            };
+            Ok(Some(ttl))
+        })
+    }
+}
+
+impl FakeKeepAlive {
+    /// Waits while keepalives are stalled, or while no leader is elected; `false` if the
+    /// etcd is gone.
+    async fn answerable(&self) -> bool {
+        let mut changed = self.etcd.changed.subscribe();
+        loop {
+            let (stalled, election) = {
+                let state = self.etcd.state();
+                (state.keepalives_stalled, state.election_until)
+            };
+            match election {
+                _ if stalled => {
+                    if changed.changed().await.is_err() {
+                        return false;
+                    }
+                }
+                Some(until) if until > Instant::now() => sleep_until(until).await,
+                _ => return true,
+            }
+        }
     }
 }
