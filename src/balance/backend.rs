@@ -148,6 +148,18 @@ impl Backend {
         self.state() == EndpointState::Up
     }
 
+    /// The state as `endpoints()` and the state gauge show it: an endpoint that is up but
+    /// ejected by outlier detection at `now` is [`EndpointState::Ejected`], as one ejected
+    /// after a transport failure is (it keeps its connection, but the pick skips it).
+    pub(crate) fn shown_state(&self, now: Instant) -> EndpointState {
+        match self.state() {
+            EndpointState::Up if self.standing().outlier.ejection(now).is_some() => {
+                EndpointState::Ejected
+            }
+            state => state,
+        }
+    }
+
     /// A handle on the connection, if up, with its generation: see
     /// [`Backend::eject_connection`]. Give it back with [`Backend::check_in`] once the call
     /// is sent.

@@ -82,7 +82,7 @@ impl<C: Connector> Pool<C> {
         self.execute();
         self.rebalance_quietly(now);
         self.publish(state);
-        crate::metrics::endpoints(&state.service, self.all.iter().map(|b| b.state()));
+        self.record_states(state, now);
     }
 
     fn insert(&mut self, state: &Shared, key: String, discovered: Discovered) {
@@ -126,7 +126,13 @@ impl<C: Connector> Pool<C> {
         if self.rebalance_quietly(now) {
             self.publish(state);
         }
-        crate::metrics::endpoints(&state.service, self.all.iter().map(|b| b.state()));
+        self.record_states(state, now);
+    }
+
+    /// The state gauge, with outlier detection's ejections shown as ejected.
+    fn record_states(&self, state: &Shared, now: Instant) {
+        let states = self.all.iter().map(|b| b.shown_state(now));
+        crate::metrics::endpoints(&state.service, states);
     }
 
     fn rebalance_quietly(&mut self, now: Instant) -> bool {
