@@ -20,7 +20,9 @@
 //!
 //! The repository's `docs/metrics.md` has the same list as a table, with what to alert on.
 
-use crate::{DiscoveryStatus, EndpointState, RegistrationStatus};
+use crate::balance::EndpointState;
+use crate::discovery::DiscoveryStatus;
+use crate::registrar::RegistrationStatus;
 
 // --- the crate's balancer (labels: `grpc.target`) ---
 

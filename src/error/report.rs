@@ -75,7 +75,8 @@ pub(crate) fn cause_of<'a>(
 mod tests {
     use std::time::Duration;
 
-    use crate::{Error, EtcdConfig};
+    use crate::error::Error;
+    use crate::etcd::EtcdConfig;
 
     #[tokio::test]
     async fn a_refused_connection_is_named() {

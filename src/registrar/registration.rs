@@ -291,8 +291,8 @@ fn dropped(shut_down: bool, stop_signal_taken: bool) -> Dropped {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Registrar;
     use crate::etcd::seam::fake::FakeEtcd;
+    use crate::registrar::Registrar;
 
     /// A registration of one instance through `etcd`, on paused time.
     async fn register(etcd: &FakeEtcd) -> Registration {

@@ -1,6 +1,6 @@
 use super::*;
 use crate::discovery::recipe::EndpointHook;
-use crate::format::EtcdNaming;
+use crate::format::{EtcdNaming, GoZero, Instance, Kratos};
 use tonic::transport::Endpoint;
 
 fn put(key: &str, value: &str) -> RawChange {
@@ -97,7 +97,7 @@ fn pair(key: &str, addr: Option<&str>) -> (String, Option<String>) {
 #[test]
 fn one_address_under_two_keys_is_one_endpoint() {
     let mut d = Decoder::new(
-        Arc::new(crate::GoZero::new()),
+        Arc::new(GoZero::new()),
         "s".into(),
         EndpointRecipe::default(),
     );
@@ -125,7 +125,7 @@ fn one_address_under_two_keys_is_one_endpoint() {
 #[test]
 fn a_later_key_of_an_address_going_first_changes_nothing() {
     let mut d = Decoder::new(
-        Arc::new(crate::GoZero::new()),
+        Arc::new(GoZero::new()),
         "s".into(),
         EndpointRecipe::default(),
     );
@@ -142,7 +142,7 @@ fn a_later_key_of_an_address_going_first_changes_nothing() {
 #[test]
 fn a_key_that_changes_address_leaves_the_old_one_to_its_other_key() {
     let mut d = Decoder::new(
-        Arc::new(crate::GoZero::new()),
+        Arc::new(GoZero::new()),
         "s".into(),
         EndpointRecipe::default(),
     );
@@ -158,7 +158,7 @@ fn a_key_that_changes_address_leaves_the_old_one_to_its_other_key() {
 #[test]
 fn the_hook_shapes_the_endpoint() {
     let hook: EndpointHook =
-        Arc::new(|e: Endpoint, _: &crate::Instance| e.user_agent("t").expect("valid"));
+        Arc::new(|e: Endpoint, _: &Instance| e.user_agent("t").expect("valid"));
     // Without the `tls` feature, `hook` is the only field.
     #[allow(clippy::needless_update)]
     let recipe = EndpointRecipe {
@@ -179,7 +179,7 @@ fn uri_of(change: Option<Change<String, Discovered>>) -> String {
 #[test]
 fn an_instance_that_asks_for_tls_gets_https() {
     let mut d = Decoder::new(
-        Arc::new(crate::Kratos::new()),
+        Arc::new(Kratos::new()),
         "s".into(),
         EndpointRecipe::default(),
     );
