@@ -207,6 +207,12 @@ impl Balancer {
     /// - a member from another zone makes room for an endpoint of the client's zone as soon
     ///   as one is available.
     ///
+    /// A member that fails calls by status and is ejected by
+    /// [`outlier_detection`](Balancer::outlier_detection) keeps its place, connected, until
+    /// its ejection ends (the pick skips it meanwhile), as in gRPC's random subsetting
+    /// (gRFC A68), where subsetting and ejection are separate layers; the max ejection
+    /// percent bounds how many members are out at once.
+    ///
     /// An endpoint outside the subset ([`EndpointState::Idle`]) costs no connection, task
     /// or timer, so a client can follow a prefix of thousands of servers. At least 1.
     pub fn subset(mut self, size: usize) -> Self {

@@ -15,6 +15,7 @@ use crate::balance::backend::Backend;
 use crate::balance::conn::{Conn, Target};
 use crate::balance::connect::{Connector, Task};
 use crate::balance::shared::Shared;
+use crate::balance::status_observer::Observed;
 use crate::balance::{Balancer, EndpointState};
 use crate::discovery::{Discovered, DiscoveryStatus, Route};
 use crate::format::Instance;
@@ -257,4 +258,41 @@ async fn the_longest_waits_neither_overflow_nor_panic() {
     let pick = h.state.pick(None, None, &[]);
     let waited = tokio::time::timeout(Duration::from_secs(60), pick).await;
     assert!(waited.is_err(), "still waiting, a year at most");
+}
+
+/// An endpoint ejected by outlier detection keeps its place in the subset, as in gRPC's
+/// random subsetting (gRFC A68) and Envoy, where subsetting is a layer apart from the
+/// per-host ejection: it stays connected, the pick skips it, and it shows as ejected.
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_ejected_by_outlier_detection_keeps_its_place_in_the_subset() {
+    let h = Harness::start(Balancer::new().subset(2), &[]);
+    for i in 1..=4 {
+        h.insert(&format!("10.0.0.{i}:1"));
+    }
+    h.synced();
+    h.run_for(Duration::from_millis(20)).await;
+    let members = h.up();
+    assert_eq!(members.len(), 2, "{:?}", h.states());
+    let view = h.state.snapshot();
+    let failing = view
+        .backends
+        .iter()
+        .find(|b| b.instance.addr == members[0])
+        .expect("a member")
+        .clone();
+    for _ in 0..5 {
+        let unavailable = Observed::Status(tonic::Code::Unavailable);
+        h.state.observed(&failing, unavailable);
+    }
+    assert_eq!(failing.shown_state(Instant::now()), EndpointState::Ejected);
+    h.run_for(Duration::from_secs(5)).await;
+    assert_eq!(h.up(), members, "the same two members, both connected");
+    for _ in 0..100 {
+        let picked = h.state.snapshot().pick(false).expect("one is up");
+        assert_eq!(
+            picked.instance.addr, members[1],
+            "the pick skips the ejected"
+        );
+    }
+    assert_eq!(failing.shown_state(Instant::now()), EndpointState::Ejected);
 }

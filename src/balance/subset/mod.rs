@@ -18,6 +18,15 @@
 //!
 //! At most `size` endpoints join per [`REPLACEMENT_WINDOW`], so a prefix of dead endpoints,
 //! each refused at once, is not tried at the pace of its refusals.
+//!
+//! "Fails" means the connection: a member ejected by outlier detection (it answers, but
+//! fails calls by status) keeps its place, connected, while the pick skips it. Subsetting
+//! and ejection are separate layers in gRPC (random subsetting, gRFC A68, chooses members
+//! from the addresses alone and leaves ejection to outlier detection, gRFC A50) and in
+//! Envoy (ejection is per host); here too: an ejection is short (30 s at first) and ends
+//! with the connection ready, the max ejection percent bounds how many members are out at
+//! once, and a replacement would open a cold connection to a server the ejected one's
+//! failures say nothing about, then close it again when the ejection ends.
 
 mod candidates;
 mod rebalance;
