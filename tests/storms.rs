@@ -1,5 +1,8 @@
 //! Callers that retry at once on an error never starve the channel (issue 11, "never
-//! starve"): a server that registers while they spin serves calls within 100 ms of its put.
+//! starve"): a server that registers while they spin serves calls while they spin, soon
+//! after its put. A starved channel serves it only once the callers stop (10 s here). The
+//! speed target, 100 ms from the put, is measured where a busy machine cannot fail it
+//! spuriously: `BENCH_ONLY=10 cargo bench --bench balance` (docs/benchmarks.md, row 10).
 //!
 //! The callers run on a multi-thread runtime with 2 workers, as a user's would; the new
 //! server and the put run on a runtime of their own, as another process would. A binary of
@@ -45,8 +48,12 @@ fn ejected(channel: &BalancedChannel) -> usize {
         .count()
 }
 
-/// From the put of a new server's key to the first call it serves, at most.
-const FOUND_WITHIN: Duration = Duration::from_millis(100);
+/// From the put of a new server's key to the first call it serves, at most: a tenth of
+/// the time the callers spin, so that a starved channel fails the test however busy the
+/// machine, and ten times the benchmark's target (measured there: 2 ms median, 8 ms worst,
+/// idle), so that a machine whose other builds delay etcd and every task by a few time
+/// slices does not.
+const FOUND_WITHIN: Duration = Duration::from_secs(1);
 
 /// The tests here measure time under load: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
