@@ -288,11 +288,17 @@ struct Owner {
 ///   metadata, by a real load: calls in flight (counted until the response body ends, so
 ///   streams count) times an EWMA of latency that decays over a second. A candidate
 ///   more than twice as costly loses; closer than that, fewer calls in flight win, so
-///   latency noise between equal servers does not skew the spread. An endpoint that has
-///   lost every pair for 250 ms (a quarter of the decay) wins its next pair once, unless
-///   it lost on failures or has more calls in flight, so one slow sample cannot keep a
-///   healthy endpoint out while its estimate decays (go-zero's p2c `forcePick`); a slow
-///   endpoint so gets about four calls a second.
+///   latency noise between equal servers does not skew the spread. An endpoint left out of
+///   the pick for 250 ms (a quarter of the decay), that has since lost `4 × total weight /
+///   its weight` pairs (12 with three equal endpoints), wins its next pair once, unless it
+///   lost on failures or has more calls in flight, so one slow sample cannot keep a
+///   healthy endpoint out while its estimate decays (go-zero's p2c `forcePick`, bounded by
+///   traffic as well as time). Forced picks are at most one call in `4 × total weight /
+///   heaviest weight + 1` (one in 13 with three equal endpoints) at any call rate. With
+///   calls back to back, a slow endpoint so gets about four calls a second; with calls
+///   50 ms or more apart, forced picks all but vanish: a slow endpoint gets the pick's own
+///   share (a third of the calls at most with three endpoints, as its estimate decays
+///   between calls), and forced picks do not skew the weights.
 /// - **Passive ejection.** A transport failure (refused, reset, GOAWAY) takes the endpoint
 ///   out of rotation at once; a probe, backed off with jitter, readmits it.
 /// - **Outlier detection** ([`Balancer::outlier_detection`], on by default): an endpoint

@@ -59,7 +59,7 @@ impl PickView {
             (!(skip_ejected && view.ejected)).then(|| view.chance())
         };
         let load = |i: usize| self.backends[i].load(now);
-        let due = |i: usize| self.backends[i].last_pick.claim_if_due(now);
+        let due = |i: usize, losses: u64| self.backends[i].last_pick.claim_if_due(now, losses);
         let local = (!self.local.is_empty())
             .then(|| self.local.pick(rng, chance, load, due))
             .flatten();

@@ -20,6 +20,13 @@ const LATENCY_BAND: f64 = 2.0;
 /// than [`LATENCY_BAND`] may carry, and still win on latency alone.
 const IN_FLIGHT_BAND: f64 = 16.0;
 
+/// How many pairs a member due by time must lose, per draw of the set it takes to draw it
+/// once (`total weight / its weight`), before the next pair it loses picks it: a member
+/// of weight `w` in a set of total weight `W` naturally loses about `W / w` pairs between
+/// two picks at equal loads, so a forced pick needs four times that many lost, and is at
+/// most one pick in `4 W / w + 1` (one in 13 with three equal members).
+pub(crate) const LOSSES_PER_SHARE: u64 = 4;
+
 /// How much healthier one candidate must be (the ratio of their success-rate factors)
 /// before health decides the pair.
 const HEALTH_BAND: f64 = 2.0;
@@ -114,7 +121,7 @@ impl Weighted {
         self.cumulative.last().copied().unwrap_or(0)
     }
 
-    /// One member, drawn with probability proportional to its weight.
+    /// One slot, drawn with probability proportional to its member's weight.
     fn draw(&self, rng: &mut fastrand::Rng) -> Option<usize> {
         let total = self.total();
         if total == 0 {
@@ -122,7 +129,15 @@ impl Weighted {
         }
         let point = rng.u64(0..total);
         let slot = self.cumulative.partition_point(|&c| c <= point);
-        self.members.get(slot).copied()
+        (slot < self.members.len()).then_some(slot)
+    }
+
+    /// How many pairs the member in `slot` must lose while due by time before it wins
+    /// one: [`LOSSES_PER_SHARE`] times `total weight / its weight`, rounded up.
+    fn losses_before_forced(&self, slot: usize) -> u64 {
+        let below = slot.checked_sub(1).map_or(0, |s| self.cumulative[s]);
+        let weight = (self.cumulative[slot] - below).max(1);
+        LOSSES_PER_SHARE.saturating_mul(self.total().div_ceil(weight))
     }
 
     /// Picks by power of two choices among the members that are available: two distinct
@@ -131,33 +146,36 @@ impl Weighted {
     /// healthier, then lower cost wins, then fewer calls in flight, then the first drawn.
     /// Falls back to a uniform scan of the available members when draws keep failing.
     ///
-    /// The loser of the pair wins it instead when `due` says it has gone unpicked for too
-    /// long (and claims it, see [`LastPick::claim_if_due`]), unless it lost on health or
-    /// has more calls in flight: go-zero's `forcePick`, so that an estimate raised by one
-    /// slow sample is refreshed by a real call rather than only by its decay.
+    /// The loser of the pair wins it instead when `due(loser, losses)` says it is due
+    /// (and claims it, see [`LastPick::claim_if_due`]: unpicked for a while, and since then
+    /// `losses` pairs lost, see [`LOSSES_PER_SHARE`]), unless it lost on health or has
+    /// more calls in flight: go-zero's `forcePick` bounded by traffic, so that an estimate
+    /// raised by one slow sample is refreshed by a real call rather than only by its
+    /// decay, and forced picks stay a bounded share at any call rate.
     pub(crate) fn pick(
         &self,
         rng: &mut fastrand::Rng,
         chance: impl Fn(usize) -> Option<f64>,
         load: impl Fn(usize) -> Load,
-        due: impl Fn(usize) -> bool,
+        due: impl Fn(usize, u64) -> bool,
     ) -> Option<usize> {
         let first = self
             .draw_available(rng, &chance, None)
             .or_else(|| self.scan(rng, &chance))?;
         let Some(second) = self.draw_available(rng, &chance, Some(first)) else {
-            return Some(first);
+            return Some(self.members[first]);
         };
-        let (a, b) = (load(first), load(second));
-        let (winner, loser, lost) = match a.loses_to(b) {
-            true => (second, first, a),
-            false => (first, second, b),
+        let (a, b) = (load(self.members[first]), load(self.members[second]));
+        let (winner, loser, won, lost) = match a.loses_to(b) {
+            true => (second, first, b, a),
+            false => (first, second, a, b),
         };
-        let refresh = lost.may_refresh(if winner == first { a } else { b }) && due(loser);
-        Some(if refresh { loser } else { winner })
+        let refresh =
+            lost.may_refresh(won) && due(self.members[loser], self.losses_before_forced(loser));
+        Some(self.members[if refresh { loser } else { winner }])
     }
 
-    /// A member drawn by weight whose draw stands, other than `except`, in [`DRAWS`]
+    /// A slot drawn by weight whose draw stands, other than `except`, in [`DRAWS`]
     /// draws at most.
     fn draw_available(
         &self,
@@ -166,29 +184,26 @@ impl Weighted {
         except: Option<usize>,
     ) -> Option<usize> {
         for _ in 0..DRAWS {
-            let index = self.draw(rng)?;
-            if Some(index) == except {
+            let slot = self.draw(rng)?;
+            if Some(slot) == except {
                 continue;
             }
-            match chance(index) {
-                Some(c) if c >= 1.0 || rng.f64() < c => return Some(index),
+            match chance(self.members[slot]) {
+                Some(c) if c >= 1.0 || rng.f64() < c => return Some(slot),
                 _ => {}
             }
         }
         None
     }
 
-    /// A uniformly random member that is available, by a full scan.
+    /// The slot of a uniformly random member that is available, by a full scan.
     fn scan(
         &self,
         rng: &mut fastrand::Rng,
         chance: &impl Fn(usize) -> Option<f64>,
     ) -> Option<usize> {
-        let live: Vec<usize> = self
-            .members
-            .iter()
-            .copied()
-            .filter(|&i| chance(i).is_some())
+        let live: Vec<usize> = (0..self.members.len())
+            .filter(|&slot| chance(self.members[slot]).is_some())
             .collect();
         if live.is_empty() {
             return None;

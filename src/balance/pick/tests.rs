@@ -25,7 +25,7 @@ fn counts(
     let mut rng = fastrand::Rng::with_seed(7);
     let mut counts = vec![0; n];
     for _ in 0..10_000 {
-        if let Some(i) = set.pick(&mut rng, up_if(&up), &cost, |_| false) {
+        if let Some(i) = set.pick(&mut rng, up_if(&up), &cost, |_, _| false) {
             counts[i] += 1;
         }
     }
@@ -36,11 +36,14 @@ fn counts(
 fn empty_or_all_down_picks_nothing() {
     let mut rng = fastrand::Rng::with_seed(1);
     assert_eq!(
-        Weighted::default().pick(&mut rng, |_| Some(1.0), |_| load(0.0), |_| true),
+        Weighted::default().pick(&mut rng, |_| Some(1.0), |_| load(0.0), |_, _| true),
         None
     );
     let set = Weighted::new([(0, 1), (1, 1)]);
-    assert_eq!(set.pick(&mut rng, |_| None, |_| load(0.0), |_| true), None);
+    assert_eq!(
+        set.pick(&mut rng, |_| None, |_| load(0.0), |_, _| true),
+        None
+    );
 }
 
 #[test]
@@ -104,7 +107,7 @@ fn the_chance_scales_the_share() {
     let mut first = 0;
     for _ in 0..10_000 {
         // Equal loads: the first drawn wins, so the share is the draw's.
-        if set.pick(&mut rng, chance, |_| load(0.001), |_| false) == Some(0) {
+        if set.pick(&mut rng, chance, |_| load(0.001), |_, _| false) == Some(0) {
             first += 1;
         }
     }
@@ -136,27 +139,27 @@ fn zero_weights_count_as_one() {
 fn a_due_loser_wins_the_pair_unless_it_fails_or_is_busier() {
     let set = Weighted::new([(0, 1), (1, 1)]);
     let slow = |i| load(if i == 1 { 0.010 } else { 0.001 });
-    let c = counts_due(&set, slow, |i| i == 1);
+    let c = counts_due(&set, slow, |i, _| i == 1);
     // Wins every pair it is in; alone only when eight draws find no second (0.4%).
     assert!(c[1] > 9_900, "always due, always wins: {c:?}");
     let failing = |i| Load {
         health: if i == 1 { 0.1 } else { 1.0 },
         ..load(0.001)
     };
-    let c = counts_due(&set, failing, |i| i == 1);
+    let c = counts_due(&set, failing, |i, _| i == 1);
     assert!(c[1] < 50, "only when drawn alone: {c:?}");
     let busier = |i| Load {
         in_flight: if i == 1 { 3 } else { 2 },
         ..slow(i)
     };
-    let c = counts_due(&set, busier, |i| i == 1);
+    let c = counts_due(&set, busier, |i, _| i == 1);
     assert!(c[1] < 50, "only when drawn alone: {c:?}");
 }
 
 fn counts_due(
     set: &Weighted,
     cost: impl Fn(usize) -> Load,
-    due: impl Fn(usize) -> bool,
+    due: impl Fn(usize, u64) -> bool,
 ) -> Vec<usize> {
     let mut rng = fastrand::Rng::with_seed(5);
     let mut counts = vec![0; 2];
@@ -168,27 +171,37 @@ fn counts_due(
     counts
 }
 
-/// One call at a time for `run` (each picked when the last ends), over members whose calls
-/// take `latency`; `spiked` first had three calls of 50 ms. Returns when each call started
-/// and where it went.
-fn one_in_flight(
-    latency: [u64; 3],
+/// A run of calls one at a time, each picked `gap` after the last ended.
+struct Run {
+    /// The members' weights.
+    weights: &'static [u32],
+    /// How long a call to each member takes, in milliseconds.
+    latency: &'static [u64],
+    /// A member that first had three calls of 50 ms.
     spiked: Option<usize>,
+    /// Whether a member left out is due a forced pick.
     force: bool,
+    /// For how long calls are made.
     run: Duration,
-) -> Vec<(Duration, usize)> {
+    /// The think time between the end of a call and the next pick.
+    gap: Duration,
+}
+
+/// Where each call of `r` went and when it started, and how many picks were forced.
+fn simulate(r: &Run) -> (Vec<(Duration, usize)>, usize) {
     let decay = Duration::from_secs(1);
     let start = Instant::now();
-    let set = Weighted::new((0..3).map(|i| (i, 1)));
-    let ewmas: Vec<_> = (0..3)
+    let n = r.weights.len();
+    let set = Weighted::new(r.weights.iter().copied().enumerate());
+    let ewmas: Vec<_> = (0..n)
         .map(|_| std::cell::RefCell::new(Ewma::new(decay)))
         .collect();
-    let last: Vec<_> = (0..3).map(|_| LastPick::new(start, decay)).collect();
+    let last: Vec<_> = (0..n).map(|_| LastPick::new(start, decay)).collect();
     for (i, ewma) in ewmas.iter().enumerate() {
-        let sample = Duration::from_millis(latency[i]);
+        let sample = Duration::from_millis(r.latency[i]);
         ewma.borrow_mut().observe(sample, start, 0.0);
     }
-    if let Some(i) = spiked {
+    if let Some(i) = r.spiked {
         for _ in 0..3 {
             ewmas[i]
                 .borrow_mut()
@@ -196,24 +209,50 @@ fn one_in_flight(
         }
     }
     let mut rng = fastrand::Rng::with_seed(11);
+    let forced = std::cell::Cell::new(0);
     let (mut now, mut calls) = (start, Vec::new());
-    while now < start + run {
+    while now < start + r.run {
         let load = |i: usize| Load {
             in_flight: 0,
             latency: ewmas[i].borrow().get(now),
             health: 1.0,
         };
-        let due = |i: usize| force && last[i].claim_if_due(now);
+        let due = |i: usize, losses: u64| {
+            let due = r.force && last[i].claim_if_due(now, losses);
+            forced.set(forced.get() + usize::from(due));
+            due
+        };
         let i = set
             .pick(&mut rng, |_| Some(1.0), load, due)
             .expect("all up");
         last[i].mark(now);
         calls.push((now - start, i));
-        let took = Duration::from_millis(latency[i]);
+        let took = Duration::from_millis(r.latency[i]);
         now += took;
         ewmas[i].borrow_mut().observe(took, now, 0.0);
+        now += r.gap;
     }
-    calls
+    (calls, forced.get())
+}
+
+/// One call at a time for `run` (each picked when the last ends), over members whose calls
+/// take `latency`; `spiked` first had three calls of 50 ms. Returns when each call started
+/// and where it went.
+fn one_in_flight(
+    latency: &'static [u64; 3],
+    spiked: Option<usize>,
+    force: bool,
+    run: Duration,
+) -> Vec<(Duration, usize)> {
+    let r = Run {
+        weights: &[1, 1, 1],
+        latency,
+        spiked,
+        force,
+        run,
+        gap: Duration::ZERO,
+    };
+    simulate(&r).0
 }
 
 fn share(calls: &[(Duration, usize)], member: usize, from: u64, to: u64) -> f64 {
@@ -227,20 +266,87 @@ fn share(calls: &[(Duration, usize)], member: usize, from: u64, to: u64) -> f64 
 
 #[test]
 fn a_spiked_member_regains_its_share_within_a_second() {
-    let calls = one_in_flight([1, 1, 1], Some(2), true, Duration::from_secs(2));
+    let calls = one_in_flight(&[1, 1, 1], Some(2), true, Duration::from_secs(2));
     assert!(share(&calls, 2, 0, 100) < 0.05, "out at first");
     let back = share(&calls, 2, 800, 1_800);
     assert!(back > 0.25, "a third again after 800 ms: {back}");
     // Without the refresh, its estimate only decays: out for over a second.
-    let calls = one_in_flight([1, 1, 1], Some(2), false, Duration::from_secs(2));
+    let calls = one_in_flight(&[1, 1, 1], Some(2), false, Duration::from_secs(2));
     let still = share(&calls, 2, 0, 1_100);
     assert!(still < 0.01, "{still}");
 }
 
 #[test]
 fn a_slow_member_gets_about_one_call_per_due_time() {
-    let calls = one_in_flight([1, 1, 10], None, true, Duration::from_secs(4));
+    let calls = one_in_flight(&[1, 1, 10], None, true, Duration::from_secs(4));
     let on_slow = calls.iter().filter(|&&(_, i)| i == 2).count();
     // 4 s, one refresh per 250 ms: 16 calls of ~3,600; the decay alone would add few.
     assert!((12..=24).contains(&on_slow), "{on_slow} of {}", calls.len());
+}
+
+/// The share of calls of `r` that went to `member`, and the share of picks forced.
+fn shares(r: &Run, member: usize) -> (f64, f64) {
+    let (calls, forced) = simulate(r);
+    let mine = calls.iter().filter(|&&(_, i)| i == member).count();
+    let n = calls.len() as f64;
+    (mine as f64 / n, forced as f64 / n)
+}
+
+/// Ten minutes of calls with `gap` between them, over 10, 10 and 100 ms endpoints.
+fn slow_third(gap: u64, force: bool) -> Run {
+    Run {
+        weights: &[1, 1, 1],
+        latency: &[10, 10, 100],
+        spiked: None,
+        force,
+        run: Duration::from_secs(600),
+        gap: Duration::from_millis(gap),
+    }
+}
+
+#[test]
+fn a_slow_member_keeps_its_share_at_low_call_rates() {
+    for gap in [100, 200, 500] {
+        let (with, _) = shares(&slow_third(gap, true), 2);
+        let (without, _) = shares(&slow_third(gap, false), 2);
+        println!("gap {gap} ms: slow member {with:.3} ({without:.3} without forced picks)");
+        // Forced by time alone, it got 40%, 66% and 38%: the loser won most pairs.
+        assert!(with < 1.0 / 3.0, "gap {gap} ms: {with}");
+        assert!(with < without + 0.03, "gap {gap} ms: {with} vs {without}");
+    }
+}
+
+#[test]
+fn weights_keep_their_ratio_at_low_call_rates() {
+    let light = |force| Run {
+        weights: &[1, 4],
+        latency: &[10, 10],
+        spiked: None,
+        force,
+        run: Duration::from_secs(600),
+        gap: Duration::from_millis(500),
+    };
+    let (with, forced) = shares(&light(true), 0);
+    let (without, _) = shares(&light(false), 0);
+    println!("weight 1 of 1:4: {with:.3} ({without:.3} without), forced {forced:.3}");
+    // Forced by time alone, every pick was forced and weight 4 took them all.
+    assert!((0.15..0.25).contains(&with), "about a fifth: {with}");
+}
+
+#[test]
+fn forced_picks_are_a_bounded_share_at_any_call_rate() {
+    // One in `LOSSES_PER_SHARE * 3 + 1` at most: each needs that many lost pairs.
+    let bound = 1.0 / (LOSSES_PER_SHARE * 3 + 1) as f64;
+    for gap in [0, 1, 10, 50, 100, 200, 500, 1_000] {
+        let (_, forced) = shares(&slow_third(gap, true), 2);
+        let spiked = Run {
+            latency: &[1, 1, 1],
+            spiked: Some(2),
+            ..slow_third(gap, true)
+        };
+        let (_, forced_spiked) = shares(&spiked, 2);
+        println!("gap {gap} ms: forced {forced:.4}, {forced_spiked:.4} after a spike");
+        assert!(forced <= bound, "gap {gap} ms: {forced}");
+        assert!(forced_spiked <= bound, "gap {gap} ms: {forced_spiked}");
+    }
 }
