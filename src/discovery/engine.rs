@@ -10,7 +10,8 @@
 //!
 //! Every watch response is checked against the history listed (see
 //! [`history`](crate::etcd::history)): an etcd that lost its data or was restored from an
-//! older snapshot is listed again, and the listing diffed against what was announced.
+//! older snapshot is listed again, and the listing diffed against what was announced; a
+//! member that only lags behind is told apart by a linearizable read first.
 //!
 //! Transient errors never leave this module: they go to the backoff, to tracing and to the
 //! status channel. Only a permanent error becomes a stream item, and it is the last one.
@@ -27,7 +28,7 @@ use super::entries::{Entries, KeyValue};
 use super::published::{Publisher, delete, put};
 use crate::backoff::{Backoff, Failure, Retry};
 use crate::error::Error;
-use crate::etcd::history::{History, Regression};
+use crate::etcd::history::History;
 use crate::etcd::list::list_prefix;
 use crate::etcd::request::request;
 use crate::etcd::seam::{Etcd, Message, Watch};
@@ -234,7 +235,9 @@ impl Engine {
             true => s.revision - 1,
             false => s.revision,
         };
-        if let Err(regression) = self.history.check(response.header, floor) {
+        if let Err(regression) = self.history.check(response.header, floor)
+            && self.is_real(regression).await
+        {
             return self.went_back(regression).await;
         }
         if response.canceled {
@@ -292,16 +295,6 @@ impl Engine {
             }
             changes
         })
-    }
-
-    /// Lists again after a short jittered pause: etcd serves an older history than the one
-    /// applied. The pause grows if it happens again before the watch has been healthy for a
-    /// while, so a lagging member that keeps answering so cannot make the machine spin.
-    async fn went_back(&mut self, regression: Regression) -> (Output, WatchState) {
-        let delay = self.retry.next_delay();
-        warn!(prefix = %self.prefix, %regression, ?delay, "etcd went back in time, listing again");
-        tokio::time::sleep(delay).await;
-        (Ok(Vec::new()), WatchState::List)
     }
 
     /// Handles a failed step: a permanent error ends the stream; a transient one is logged,
@@ -375,5 +368,6 @@ fn key_of(prefix: &str, raw: &[u8]) -> Option<String> {
     }
 }
 
+mod regression;
 #[cfg(test)]
 mod tests;

@@ -9,8 +9,9 @@
 //! again and diffs the listing against what it announced (kube-runtime's reflector does the
 //! same when its resource version is no longer valid).
 //!
-//! A regression may also be reported for a member that lags behind the one a listing came
-//! from; listing again is then only a little wasted work.
+//! A regression of the revision may also be reported for a member that lags behind the one
+//! a listing came from; discovery asks the cluster with a linearizable read before it lists
+//! again.
 
 use std::fmt;
 

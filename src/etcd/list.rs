@@ -56,6 +56,24 @@ pub(crate) async fn list_prefix(
     }
 }
 
+/// The cluster's current header, through a linearizable count-only read of `prefix`, which
+/// a member answers only in step with the leader; it may take `deadline`.
+pub(crate) async fn cluster_header(
+    etcd: &dyn Etcd,
+    prefix: &str,
+    deadline: Duration,
+) -> Result<Header, Error> {
+    let end = prefix_end(prefix.as_bytes());
+    let count = || async {
+        let count = etcd.count(prefix.as_bytes().to_vec(), end.clone());
+        count.await.map_err(|source| Error::List {
+            prefix: prefix.to_owned(),
+            source: Arc::new(source),
+        })
+    };
+    request("reading the cluster's revision", deadline, count).await
+}
+
 /// The end of the range of every key that starts with `prefix` (etcd's `GetPrefixRangeEnd`):
 /// the prefix with its last byte below 0xff incremented and the rest dropped; `\0`, meaning
 /// "to the end", when there is no such byte.

@@ -79,6 +79,14 @@ pub(crate) trait Etcd: Send + Sync {
         revision: i64,
     ) -> BoxFuture<'_, Result<Page, etcd_client::Error>>;
 
+    /// The header of a linearizable count-only read of `[from, end)`: the cluster's current
+    /// revision, as a member in step with the leader knows it.
+    fn count(
+        &self,
+        from: Vec<u8>,
+        end: Vec<u8>,
+    ) -> BoxFuture<'_, Result<Header, etcd_client::Error>>;
+
     /// Watches every key under `prefix` from revision `from`.
     fn watch(
         &self,
@@ -119,6 +127,19 @@ impl Etcd for etcd_client::Client {
                     .collect(),
                 more: response.more(),
             })
+        })
+    }
+
+    fn count(
+        &self,
+        from: Vec<u8>,
+        end: Vec<u8>,
+    ) -> BoxFuture<'_, Result<Header, etcd_client::Error>> {
+        Box::pin(async move {
+            // Linearizable is etcd's default: the member confirms with the leader first.
+            let options = GetOptions::new().with_range(end).with_count_only();
+            let response = self.kv_client().get(from, Some(options)).await?;
+            Ok(Header::of(response.header()))
         })
     }
 

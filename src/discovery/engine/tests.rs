@@ -271,3 +271,28 @@ async fn a_leader_change_is_not_etcd_going_back() {
     assert_eq!(changes, ["-svc/a"]);
     assert_eq!(etcd.ranges(), lists, "no listing again");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_on_a_lagging_member_is_not_etcd_going_back() {
+    let etcd = FakeEtcd::new();
+    etcd.put("svc/a", "1");
+    etcd.put("other/x", "1");
+    etcd.put("other/x", "2");
+    let (mut engine, _status) = engine(&etcd).await;
+    let (_, state) = next_changes(&mut engine, WatchState::List).await;
+    let state = streaming(&mut engine, state).await;
+    let lists = etcd.ranges();
+    // The watch is resumed on a member two revisions behind the listing.
+    etcd.lag_watches(2);
+    etcd.break_watches();
+    let mut state = state;
+    while etcd.counts() == 0 {
+        state = engine.step(state).await.1;
+    }
+    assert!(matches!(state, WatchState::Streaming(_)), "still watching");
+    etcd.catch_up();
+    etcd.put("svc/b", "2");
+    let (changes, _) = next_changes(&mut engine, state).await;
+    assert_eq!(changes, ["+svc/b=2"]);
+    assert_eq!(etcd.ranges(), lists, "no listing again");
+}

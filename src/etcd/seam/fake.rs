@@ -55,8 +55,11 @@ struct State {
     keepalives_stalled: bool,
     /// Keepalive streams opened so far.
     keepalive_streams: usize,
-    /// Range requests served so far.
+    /// Range requests served so far, and count-only reads.
     ranges: usize,
+    counts: usize,
+    /// The revision of the member that serves watches, if it lags behind the leader.
+    follower_at: Option<i64>,
 }
 
 impl FakeEtcd {
@@ -81,6 +84,8 @@ impl FakeEtcd {
             keepalives_stalled: false,
             keepalive_streams: 0,
             ranges: 0,
+            counts: 0,
+            follower_at: None,
         };
         FakeEtcd {
             state: Arc::new(Mutex::new(state)),
@@ -208,6 +213,20 @@ impl Etcd for FakeEtcd {
             }
         };
         Box::pin(std::future::ready(page))
+    }
+
+    fn count(
+        &self,
+        _from: Vec<u8>,
+        _end: Vec<u8>,
+    ) -> BoxFuture<'_, Result<Header, etcd_client::Error>> {
+        let mut state = self.state();
+        state.counts += 1;
+        let header = match state.errors.pop_front() {
+            Some(error) => Err(error),
+            None => Ok(FakeEtcd::header(&state)),
+        };
+        Box::pin(std::future::ready(header))
     }
 
     fn watch(

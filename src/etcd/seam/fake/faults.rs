@@ -82,6 +82,25 @@ impl FakeEtcd {
         self.state().keepalive_streams
     }
 
+    /// Watches are served from now on by a member `behind` revisions behind the leader:
+    /// their headers say its revision, and it sends no event above it, until
+    /// [`catch_up`](FakeEtcd::catch_up). Linearizable reads still see the cluster's revision.
+    pub(crate) fn lag_watches(&self, behind: i64) {
+        let mut state = self.state();
+        state.follower_at = Some(state.revision - behind);
+    }
+
+    /// The member that serves watches catches up with the leader.
+    pub(crate) fn catch_up(&self) {
+        self.state().follower_at = None;
+        self.changed();
+    }
+
+    /// How many count-only reads have been served.
+    pub(crate) fn counts(&self) -> usize {
+        self.state().counts
+    }
+
     /// How many range requests (pages of a listing) have been served.
     pub(crate) fn ranges(&self) -> usize {
         self.state().ranges

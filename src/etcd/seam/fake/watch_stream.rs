@@ -59,7 +59,9 @@ impl FakeWatch {
         if state.generation != self.generation {
             return Err(etcd_client::Error::WatchError("connection reset".into()));
         }
-        let header = FakeEtcd::header(&state);
+        let mut header = FakeEtcd::header(&state);
+        let follower_at = state.follower_at.unwrap_or(i64::MAX);
+        header.revision = header.revision.min(follower_at);
         if !self.created {
             self.created = true;
             return Ok(Some(self.created_message(&state, header)));
@@ -69,8 +71,8 @@ impl FakeWatch {
             self.next = self.next.min(state.redeliver_from);
         }
         let last = match state.held_above {
-            0 => state.revision,
-            held => held,
+            0 => header.revision,
+            held => held.min(header.revision),
         };
         let events: Vec<Event> = (state.events.iter())
             .filter(|e| (self.next..=last).contains(&e.mod_revision))
@@ -94,8 +96,8 @@ impl FakeWatch {
         }
         self.progress_requests -= 1;
         let revision = match state.progress {
-            Progress::Current => state.revision,
-            Progress::Behind(n) => state.revision - n,
+            Progress::Current => header.revision,
+            Progress::Behind(n) => header.revision - n,
         };
         let header = Header { revision, ..header };
         Ok(Some(Message {
