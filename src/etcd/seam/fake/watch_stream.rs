@@ -91,19 +91,26 @@ impl FakeWatch {
                 ..Message::default()
             }));
         }
+        let progress = state.progress;
+        drop(state);
+        Ok(self.progress_answer(progress, header))
+    }
+
+    /// The answer to a progress request, if one is waiting.
+    fn progress_answer(&mut self, progress: Progress, header: Header) -> Option<Message> {
         if self.progress_requests == 0 {
-            return Ok(None);
+            return None;
         }
         self.progress_requests -= 1;
-        let revision = match state.progress {
+        let revision = match progress {
             Progress::Current => header.revision,
             Progress::Behind(n) => header.revision - n,
         };
         let header = Header { revision, ..header };
-        Ok(Some(Message {
+        Some(Message {
             header,
             ..Message::default()
-        }))
+        })
     }
 
     /// The first message: created, or cancelled if `next` is compacted.
