@@ -63,14 +63,14 @@ pub(super) async fn call(
             tried.push(backend.clone());
         }
         let started = Instant::now();
-        let (result, unsent) =
-            attempt(&state, &backend, conn, generation, request, timeout, last).await;
+        let (result, unsent) = attempt(&backend, conn, generation, request, timeout, last).await;
         match result {
-            Ok(response) => {
+            Ok(sent) => {
                 let now = Instant::now();
                 let reference = state.observe(now - started, now);
                 backend.observe(now - started, now, reference);
-                return Ok(response);
+                // The call's own `Arc`s go to the response: no clone per call.
+                return Ok(sent.counted(state, backend));
             }
             Err(error) => {
                 request = after_failure(&state, &backend, generation, error, unsent, last)?;
@@ -108,26 +108,41 @@ fn after_failure(
     }
 }
 
-/// One attempt on `backend`'s connection `conn`: the response, counted as the endpoint's
-/// load until its body ends, or the error, with the request if it never left.
+/// One attempt on `backend`'s connection `conn`: the response, with the guard that counts
+/// it as the endpoint's load, or the error, with the request if it never left.
 async fn attempt(
-    state: &Arc<Shared>,
     backend: &Arc<Backend>,
     conn: Conn,
     generation: u64,
     request: http::Request<Body>,
     timeout: Option<Instant>,
     last: bool,
-) -> Attempt<Body> {
+) -> (Result<Sent, tower::BoxError>, Option<http::Request<Body>>) {
     let guard = Guard::enter(backend.clone());
     match conn {
         Conn::Direct(direct) => {
             let (result, unsent) = send_direct(backend, direct, generation, request, timeout).await;
-            (result.map(|r| counted(r, guard, state, backend)), unsent)
+            (result.map(|r| Sent::Direct(r, guard)), unsent)
         }
         Conn::Tonic(channel) => {
             let (result, unsent) = send_tonic(backend, channel, generation, request, last).await;
-            (result.map(|r| counted(r, guard, state, backend)), unsent)
+            (result.map(|r| Sent::Tonic(r, guard)), unsent)
+        }
+    }
+}
+
+/// A response as its connection gave it, with the guard that counts its call in flight.
+enum Sent {
+    Direct(http::Response<Incoming>, Guard),
+    Tonic(http::Response<Body>, Guard),
+}
+
+impl Sent {
+    /// The response for the caller: see [`counted`].
+    fn counted(self, state: Arc<Shared>, backend: Arc<Backend>) -> http::Response<Body> {
+        match self {
+            Sent::Direct(response, guard) => counted(response, guard, state, backend),
+            Sent::Tonic(response, guard) => counted(response, guard, state, backend),
         }
     }
 }
@@ -162,8 +177,8 @@ where
 fn counted<B>(
     response: http::Response<B>,
     guard: Guard,
-    state: &Arc<Shared>,
-    backend: &Arc<Backend>,
+    state: Arc<Shared>,
+    backend: Arc<Backend>,
 ) -> http::Response<Body>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
@@ -172,7 +187,6 @@ where
     if state.config.outlier.is_none() {
         return response.map(|body| Body::new(CountedBody::new(body, Some(guard))));
     }
-    let (state, backend) = (state.clone(), backend.clone());
     let report = move |observed| state.observed(&backend, observed);
     let response = status_observer::observe(response, report);
     response.map(|body| Body::new(CountedBody::new(body, Some(guard))))
