@@ -1,12 +1,13 @@
 //! The crate's private seam in front of etcd: for discovery, read a range in pages at a
 //! revision and watch a prefix from a revision with progress requests; for the registrar
-//! ([`lease`]), grant a lease, keep it alive, put and delete keys under it and watch them.
+//! ([`lease`]), grant a lease, keep it alive, ask for its TTL left, put and delete keys under
+//! it and watch them.
 //!
 //! Discovery's engine asks etcd only through [`Etcd`] and [`Watch`], the lease task only
 //! through [`lease::Leases`], implemented here for `etcd_client`, so that both state machines
 //! run in unit tests on paused time against an in-memory fake (revisions, compaction, an
 //! etcd that loses its data, leases that expire, injected errors, and etcd's own faults:
-//! duplicate events, the 3.4 progress race, leader changes, stalled keepalives),
+//! duplicate events, the 3.4 progress race, leader changes, stalled or unanswered keepalives),
 //! the way kube-runtime puts a private trait in front of its API. The messages are the
 //! crate's own types: etcd-client's cannot be built outside it.
 

@@ -6,11 +6,16 @@
 //!   └──┘ backoff  ├─ at once ◄────────────┤ a key was deleted, a command was served
 //!   ▲             └─ backoff, same lease ◄┤ the keepalive stream broke
 //!   └─────────── backoff ◄────────────────┘ etcd says the lease is gone (also from Put)
-//!
-//! A keepalive unanswered for TTL/3 opens the stream again on the same lease; once none has
-//! been answered for the lease's whole TTL, the task puts the keys again, which tells whether
-//! etcd still holds the lease.
+//!   └─────────── backoff ◄─ gone ─ Probe{lease, from} ◄─ KeepAlive: none answered for the TTL
+//!                          (alive: back to KeepAlive, nothing written)
 //! ```
+//!
+//! A keepalive unanswered for TTL/3 opens the stream again on the same lease. Once none has
+//! been answered for the lease's whole TTL, the task asks etcd for the lease's TTL left
+//! (LeaseTimeToLive, which writes nothing), withdrawn or not: if the lease lives, the task
+//! keeps it and goes on keeping it alive; if it is gone, it grants a new one; if etcd does not
+//! answer, it asks again after a backoff of at most TTL/3. The status says `Retrying` until a
+//! keepalive is answered or the keys are registered again.
 //!
 //! One lease holds every key the process registers. After an etcd restart or a leader change
 //! the lease usually survives, because etcd extends leases on recovery, so a broken keepalive
@@ -63,6 +68,11 @@ pub(super) enum LeaseState {
         lease_id: i64,
     },
     KeepAlive {
+        lease_id: i64,
+        from: i64,
+    },
+    /// No keepalive answered for the TTL: ask etcd whether it still holds the lease.
+    Probe {
         lease_id: i64,
         from: i64,
     },
@@ -165,6 +175,7 @@ impl LeaseTask {
                 let interrupt = self.keep_alive(lease_id, from, commands).await;
                 self.after_keep_alive(lease_id, from, interrupt).await
             }
+            LeaseState::Probe { lease_id, from } => self.probe(lease_id, from).await,
         }
     }
 
@@ -201,15 +212,9 @@ impl LeaseTask {
         match interrupt {
             Interrupt::Rewrite => LeaseState::Put { lease_id },
             // No answer since the lease's TTL ran out: etcd has most likely expired it, and
-            // whatever holds the keepalives may never say so. A put under it asks: if the
-            // lease is gone, the task grants a new one at once; if it lives, it is kept.
+            // whatever holds the keepalives may never say so. Ask etcd.
             Interrupt::Stalled if Instant::now() >= self.expires => {
-                warn!(
-                    lease_id,
-                    "keepalives unanswered for the lease's ttl, putting the keys again"
-                );
-                crate::metrics::keepalive_failure(KeepAlive::Stalled);
-                LeaseState::Put { lease_id }
+                self.unanswered_for_ttl(lease_id, from)
             }
             Interrupt::Stalled => {
                 crate::metrics::keepalive_failure(KeepAlive::Stalled);
@@ -227,6 +232,45 @@ impl LeaseTask {
                 self.fail(error, LeaseState::Put { lease_id }).await
             }
         }
+    }
+
+    /// No keepalive answered for the lease's TTL: reports `Retrying`, and goes to ask etcd.
+    fn unanswered_for_ttl(&mut self, lease_id: i64, from: i64) -> LeaseState {
+        warn!(
+            lease_id,
+            "keepalives unanswered for the lease's ttl, asking etcd for the lease"
+        );
+        crate::metrics::keepalive_failure(KeepAlive::Stalled);
+        let unanswered = etcd_client::Error::LeaseKeepAliveError(
+            "no keepalive answered for the lease's ttl".into(),
+        );
+        let error = Error::KeepAlive {
+            lease_id,
+            source: Arc::new(unanswered),
+        };
+        let attempt = self.retry.attempt().saturating_add(1);
+        (self.status).send_replace(RegistrationStatus::Retrying { attempt, error });
+        crate::metrics::registrar_status(&self.status.borrow());
+        LeaseState::Probe { lease_id, from }
+    }
+
+    /// Asks etcd whether it holds `lease_id`: kept if it does (the status stays `Retrying`
+    /// until a keepalive is answered), a new lease granted if not.
+    async fn probe(&mut self, lease_id: i64, from: i64) -> LeaseState {
+        let asked = Instant::now();
+        let lost = match self.time_to_live(lease_id).await {
+            Ok(ttl) if ttl > 0 => {
+                debug!(lease_id, ttl, "etcd holds the lease, keeping it");
+                self.expires = asked + Duration::from_secs(ttl.unsigned_abs());
+                return LeaseState::KeepAlive { lease_id, from };
+            }
+            Ok(_) => Error::LeaseLost { lease_id },
+            Err(error) if error.is_lease_not_found() => error,
+            Err(error) => return self.fail(error, LeaseState::Probe { lease_id, from }).await,
+        };
+        warn!(lease_id, "lease lost, registering again");
+        crate::metrics::keepalive_failure(KeepAlive::LeaseLost);
+        self.fail(lost, LeaseState::Grant).await
     }
 
     fn mark_registered(&mut self, lease_id: i64) {
@@ -266,7 +310,8 @@ impl LeaseTask {
         // While the lease may be alive (etcd extends leases by their TTL when it recovers),
         // retry at least every TTL/3, jittered, to reach etcd before the lease expires. That
         // is the keepalive rate: no more load on etcd than when all is well.
-        let cap = matches!(next, LeaseState::Put { .. }).then_some(self.ttl / 3);
+        let alive = matches!(next, LeaseState::Put { .. } | LeaseState::Probe { .. });
+        let cap = alive.then_some(self.ttl / 3);
         const RETRYING: &str = "etcd request failed, the registration retries";
         match self.retry.failed(error, cap, RETRYING) {
             Failure::Permanent(error) => self.failed_for_good(error),

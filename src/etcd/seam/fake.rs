@@ -1,7 +1,7 @@
 //! An in-memory etcd behind the seam, for unit tests on paused time: revisions, a history of
 //! events, compaction, an etcd that loses its data, watches that break, leases that expire,
 //! injected errors; and etcd's own faults ([`faults`]): duplicate events, the 3.4 progress
-//! race, leader changes, stalled keepalives.
+//! race, leader changes, stalled keepalives, keepalive answers lost.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,6 +53,10 @@ struct State {
     election_until: Option<Instant>,
     /// Keepalives go unanswered, and renew nothing.
     keepalives_stalled: bool,
+    /// Keepalives renew their lease, but go unanswered.
+    answers_lost: bool,
+    /// LeaseTimeToLive requests served so far.
+    time_to_lives: usize,
     /// Keepalive streams opened so far.
     keepalive_streams: usize,
     /// Range requests served so far, and count-only reads.
@@ -82,6 +86,8 @@ impl FakeEtcd {
             progress: Progress::Current,
             election_until: None,
             keepalives_stalled: false,
+            answers_lost: false,
+            time_to_lives: 0,
             keepalive_streams: 0,
             ranges: 0,
             counts: 0,

@@ -1,5 +1,5 @@
-//! The seam for the registrar: grant a lease, keep it alive, put and delete keys under it,
-//! watch them, and revoke the lease at shutdown.
+//! The seam for the registrar: grant a lease, keep it alive, ask for its TTL left, put and
+//! delete keys under it, watch them, and revoke the lease at shutdown.
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions};
 
@@ -9,6 +9,10 @@ use super::{BoxFuture, Watch};
 pub(crate) trait Leases: Send + Sync {
     /// Grants a lease of `ttl_secs`; returns its id.
     fn grant(&self, ttl_secs: i64) -> BoxFuture<'_, Result<i64, etcd_client::Error>>;
+
+    /// The TTL left of `lease_id`, in seconds (etcd's LeaseTimeToLive, which asks the
+    /// leader); -1 if etcd does not hold the lease. Writes nothing.
+    fn time_to_live(&self, lease_id: i64) -> BoxFuture<'_, Result<i64, etcd_client::Error>>;
 
     /// Puts `key = value` under `lease_id`; returns the revision of the put.
     fn put(
@@ -53,6 +57,13 @@ impl Leases for etcd_client::Client {
         Box::pin(async move {
             let response = self.lease_client().grant(ttl_secs, None).await?;
             Ok(response.id())
+        })
+    }
+
+    fn time_to_live(&self, lease_id: i64) -> BoxFuture<'_, Result<i64, etcd_client::Error>> {
+        Box::pin(async move {
+            let response = self.lease_client().time_to_live(lease_id, None).await?;
+            Ok(response.ttl())
         })
     }
 

@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Command, LeaseState, LeaseTask};
 use crate::backoff::{Backoff, Retry};
+use crate::error::Error;
 use crate::etcd::seam::fake::FakeEtcd;
 use crate::format::{EtcdNaming, Instance};
 use crate::registrar::RegistrationStatus;
@@ -20,7 +21,7 @@ struct Running {
     key: String,
     lease_id: i64,
     status: watch::Receiver<RegistrationStatus>,
-    _commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<Command>,
     _stop: watch::Sender<bool>,
 }
 
@@ -52,7 +53,7 @@ async fn register(etcd: &FakeEtcd) -> Running {
         key,
         lease_id,
         status: receiver,
-        _commands: commands,
+        commands,
         _stop: stop,
     }
 }
@@ -199,4 +200,64 @@ async fn keeps_its_lease_through_a_leader_change() {
         *running.status.borrow(),
         RegistrationStatus::Registered { lease_id } if lease_id == running.lease_id
     ));
+}
+
+/// Withdraws the keys (`true`) or restores them (`false`) through the task.
+async fn withdraw(running: &Running, withdraw: bool) -> Result<(), Error> {
+    let (reply, answer) = oneshot::channel();
+    let command = Command::Withdraw { withdraw, reply };
+    running.commands.send(command).await.expect("the task runs");
+    answer.await.expect("the task replies")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_lost_while_withdrawn_and_keepalives_stall_is_granted_again() {
+    let etcd = FakeEtcd::new();
+    let mut running = register(&etcd).await;
+    let old = running.lease_id;
+    withdraw(&running, true).await.expect("withdrawn");
+    assert_eq!(etcd.lease_of(&running.key), None);
+    etcd.stall_keepalives(true);
+    // The lease expires unanswered; with no key to write, only asking etcd tells.
+    wait_status(
+        &mut running,
+        "a new lease while withdrawn",
+        |s| matches!(s, RegistrationStatus::Registered { lease_id } if *lease_id != old),
+    )
+    .await;
+    assert!(!etcd.has_lease(old));
+    assert_eq!(etcd.lease_of(&running.key), None, "still withdrawn");
+    etcd.stall_keepalives(false);
+    withdraw(&running, false).await.expect("restored");
+    let new = etcd.lease_of(&running.key).expect("the key is back");
+    assert_ne!(new, old);
+    assert!(etcd.has_lease(new));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_lease_under_unanswered_keepalives_is_kept_and_no_key_written() {
+    let etcd = FakeEtcd::new();
+    let mut running = register(&etcd).await;
+    let revision = etcd.revision();
+    etcd.lose_keepalive_answers(true);
+    wait_status(&mut running, "retrying while unanswered", |s| {
+        matches!(s, RegistrationStatus::Retrying { .. })
+    })
+    .await;
+    for _ in 0..5 {
+        tokio::time::sleep(TTL).await;
+        assert_eq!(etcd.lease_of(&running.key), Some(running.lease_id));
+    }
+    assert_eq!(etcd.revision(), revision, "no key written");
+    let asked = etcd.time_to_lives();
+    assert!(asked >= 3, "etcd asked {asked} times");
+    etcd.lose_keepalive_answers(false);
+    let old = running.lease_id;
+    wait_status(
+        &mut running,
+        "registered again on the same lease",
+        |s| matches!(s, RegistrationStatus::Registered { lease_id } if *lease_id == old),
+    )
+    .await;
+    assert_eq!(etcd.revision(), revision, "no key written");
 }

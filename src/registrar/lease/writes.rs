@@ -1,5 +1,5 @@
-//! The lease task's one-shot requests: grant the lease, put and delete the keys, each
-//! through the crate's one-shot [`request`] path.
+//! The lease task's one-shot requests: grant the lease, ask for its TTL left, put and delete
+//! the keys, each through the crate's one-shot [`request`] path.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,6 +24,18 @@ impl LeaseTask {
         self.expires = asked + self.ttl;
         crate::metrics::lease_granted();
         Ok(lease_id)
+    }
+
+    /// The TTL left of `lease_id` in seconds, -1 if etcd does not hold it.
+    pub(in crate::registrar) async fn time_to_live(&self, lease_id: i64) -> Result<i64, Error> {
+        request("asking for a lease's ttl", self.request_timeout, || async {
+            let asked = self.client.time_to_live(lease_id);
+            asked.await.map_err(|source| Error::KeepAlive {
+                lease_id,
+                source: Arc::new(source),
+            })
+        })
+        .await
     }
 
     /// Puts every key under `lease_id` (unless withdrawn); returns the revision of the first

@@ -77,6 +77,23 @@ impl FakeEtcd {
         self.changed();
     }
 
+    /// Keepalives renew the lease but their answers never come back (`true`), until called
+    /// with `false`: the leader has them, the stream's member does not pass the answers on.
+    pub(crate) fn lose_keepalive_answers(&self, lost: bool) {
+        self.state().answers_lost = lost;
+        self.changed();
+    }
+
+    /// How many LeaseTimeToLive requests have been served.
+    pub(crate) fn time_to_lives(&self) -> usize {
+        self.state().time_to_lives
+    }
+
+    /// The current revision: it moves with every write.
+    pub(crate) fn revision(&self) -> i64 {
+        self.state().revision
+    }
+
     /// How many keepalive streams have been opened.
     pub(crate) fn keepalive_streams(&self) -> usize {
         self.state().keepalive_streams

@@ -26,6 +26,18 @@ impl FakeEtcd {
 }
 
 impl State {
+    /// Renews `lease_id` to its full TTL, if it is alive; returns that TTL, 0 if it is gone.
+    fn renew(&mut self, lease_id: i64) -> i64 {
+        self.expire();
+        match self.leases.get_mut(&lease_id) {
+            Some((ttl, at)) => {
+                *at = Instant::now() + Duration::from_secs(ttl.unsigned_abs());
+                *ttl
+            }
+            None => 0,
+        }
+    }
+
     /// Expires the leases whose time is up, with their keys.
     pub(super) fn expire(&mut self) {
         let now = Instant::now();
@@ -81,6 +93,24 @@ impl Leases for FakeEtcd {
             }
         };
         Box::pin(std::future::ready(granted))
+    }
+
+    fn time_to_live(&self, lease_id: i64) -> BoxFuture<'_, Result<i64, etcd_client::Error>> {
+        let answer = match self.injected() {
+            Some(error) => Err(error),
+            None => {
+                let mut state = self.state();
+                state.time_to_lives += 1;
+                state.expire();
+                // As etcd: the whole seconds left (it expires in under TTL+1 s), -1 if gone.
+                let left = state
+                    .leases
+                    .get(&lease_id)
+                    .map(|(_, at)| *at - Instant::now());
+                Ok(left.map_or(-1, |left| i64::try_from(left.as_secs()).unwrap_or(i64::MAX)))
+            }
+        };
+        Box::pin(std::future::ready(answer))
     }
 
     fn put(
@@ -183,21 +213,18 @@ impl KeepAlive for FakeKeepAlive {
         if self.sent == 0 {
             return Box::pin(std::future::pending());
         }
+        if self.etcd.state().answers_lost {
+            // The leader renews the lease; its answer never comes back.
+            self.sent -= 1;
+            self.etcd.state().renew(self.lease_id);
+            return Box::pin(std::future::pending());
+        }
         Box::pin(async move {
             if !self.answerable().await {
                 return Ok(None);
             }
             self.sent -= 1;
-            let mut state = self.etcd.state();
-            state.expire();
-            let ttl = match state.leases.get_mut(&self.lease_id) {
-                Some((ttl, at)) => {
-                    *at = Instant::now() + Duration::from_secs(ttl.unsigned_abs());
-                    *ttl
-                }
-                None => 0,
-            };
-            Ok(Some(ttl))
+            Ok(Some(self.etcd.state().renew(self.lease_id)))
         })
     }
 }
