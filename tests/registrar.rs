@@ -30,14 +30,19 @@ const SERVICE: &str = "greeter";
 /// How long a condition that should hold soon may take.
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// How soon a deregistered key must be gone: well under any lease TTL used here.
-const REMOVED_AT_ONCE: Duration = Duration::from_secs(1);
+/// How soon a key must be gone after a shutdown was started elsewhere (a spawned
+/// `shutdown()`, SIGTERM): half the 10 s lease TTL those tests use, so a revoke is told
+/// apart from an expiry however slow a busy machine is.
+const REVOKED_NOT_EXPIRED: Duration = Duration::from_secs(5);
 
 /// How many times the tests with a faulty member repeat what must succeed every time.
 const FAULT_ROUNDS: usize = 12;
 
-/// etcd checks for expired leases every 500 ms; this leaves room for that and the revoke.
-const EXPIRY_MARGIN: Duration = Duration::from_millis(1500);
+/// etcd checks for expired leases every 500 ms, later when it is busy: the margin past the
+/// TTL within which a killed server's key must be gone. How promptly etcd expires a lease
+/// is etcd's speed, not the registrar's; what the test shows is that the key outlives the
+/// process and goes with its lease.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 
 #[tokio::test]
 async fn keeps_the_lease_alive_beyond_three_ttls() {
@@ -176,7 +181,7 @@ async fn shutdown_deregisters_then_stops_then_drains() {
 
     let shutdown = tokio::spawn(registration.shutdown());
     let kv = etcd.client().await;
-    wait_for_key_gone(&kv, &key, REMOVED_AT_ONCE).await;
+    wait_for_key_gone(&kv, &key, SLOW_CALL).await;
     assert!(
         !finished.load(Ordering::SeqCst),
         "the key goes before the in-flight call ends"
@@ -254,7 +259,10 @@ async fn shutdown_removes_the_key_while_keepalive_is_retrying() {
         .await
         .expect("shutdown ends")
         .expect("shutdown succeeds once etcd is back");
-    wait_for_key_gone(&kv, &key, REMOVED_AT_ONCE).await;
+    assert!(
+        get(&mut kv.clone(), &key).await.is_none(),
+        "the key is gone when shutdown returns"
+    );
 }
 
 #[tokio::test]
@@ -276,7 +284,7 @@ async fn graceful_stop_removes_the_key_at_once() {
     assert_ne!(kv_entry.lease(), 0, "the key has a lease");
 
     server.terminate();
-    wait_for_key_gone(&kv, &key, REMOVED_AT_ONCE).await;
+    wait_for_key_gone(&kv, &key, REVOKED_NOT_EXPIRED).await;
     let status = server.wait_exit(DEADLINE).await;
     assert_eq!(
         status.code(),
@@ -348,7 +356,10 @@ async fn reregisters_after_etcd_lost_its_data() {
     .expect("the status names the new lease")
     .expect("the registration runs");
     registration.shutdown().await.expect("revoke");
-    support::leases::wait_for_absent(&kv, &key, REMOVED_AT_ONCE).await;
+    assert!(
+        matches!(support::leases::lease_of(&kv, &key).await, Ok(None)),
+        "the key is gone when shutdown returns"
+    );
 }
 
 /// One dead member of three: every registration and every revoke succeeds.
