@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Instructions per unary call, a direct tonic `Channel` against the crate's balanced channel
-# (benches/callgrind.rs), counted by `valgrind --tool=callgrind`: repeatable however busy the
-# machine is, unlike throughput. Each peer runs twice, with SMALL and LARGE counted calls;
+# (benches/callgrind.rs), counted by `valgrind --tool=callgrind`: nearly the same however busy
+# the machine is, unlike throughput (only timer-driven work grows with a run's wall time). Each peer runs twice, with SMALL and LARGE counted calls;
 # the difference of the totals over LARGE - SMALL calls is the cost of one call (client and
 # the in-process server together), setup and warm-up cancelling out. The profiles stay in
 # $CALLGRIND_DIR for `callgrind_annotate --inclusive=yes FILE`.
 #   scripts/callgrind.sh                      # 500 and 5500 calls per peer
 #   SMALL=1000 LARGE=11000 scripts/callgrind.sh
 set -euo pipefail
+command -v valgrind >/dev/null || { echo "callgrind: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 
 cd "$(dirname "$0")/.."
 small=${SMALL:-500}
