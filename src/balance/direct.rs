@@ -44,6 +44,24 @@ pub(crate) struct KeepAlive {
     pub(crate) timeout: Duration,
 }
 
+impl super::Balancer {
+    /// Sends an HTTP/2 PING every `interval` on each of the balancer's own connections while
+    /// calls are in flight on it, and closes the connection, ejecting its endpoint, when a
+    /// PING goes unanswered for `timeout`. This finds a server that vanished without closing
+    /// its connections (a network partition, a frozen host), on which calls would otherwise
+    /// only time out, one by one. Default: off, as in tonic and gRPC: servers may refuse
+    /// frequent PINGs (grpc-go allows one per 5 minutes by default, unless its keepalive
+    /// policy says otherwise; tonic servers accept them).
+    ///
+    /// For endpoints reached through tonic's `Channel` (TLS, or an
+    /// [`endpoint`](crate::discovery::EtcdDiscover::endpoint) hook), set
+    /// `Endpoint::http2_keep_alive_interval` and `keep_alive_timeout` in the hook instead.
+    pub fn keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keep_alive = Some(KeepAlive { interval, timeout });
+        self
+    }
+}
+
 /// A handle on one connection; cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct Direct {

@@ -220,22 +220,6 @@ impl Balancer {
         self
     }
 
-    /// Sends an HTTP/2 PING every `interval` on each of the balancer's own connections while
-    /// calls are in flight on it, and closes the connection, ejecting its endpoint, when a
-    /// PING goes unanswered for `timeout`. This finds a server that vanished without closing
-    /// its connections (a network partition, a frozen host), on which calls would otherwise
-    /// only time out, one by one. Default: off, as in tonic and gRPC: servers may refuse
-    /// frequent PINGs (grpc-go allows one per 5 minutes by default, unless its keepalive
-    /// policy says otherwise; tonic servers accept them).
-    ///
-    /// For endpoints reached through tonic's `Channel` (TLS, or an
-    /// [`endpoint`](EtcdDiscover::endpoint) hook), set
-    /// `Endpoint::http2_keep_alive_interval` and `keep_alive_timeout` in the hook instead.
-    pub fn keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
-        self.keep_alive = Some(direct::KeepAlive { interval, timeout });
-        self
-    }
-
     /// Starts balancing over what `discover` finds, and returns the channel.
     ///
     /// A background task, owned by the channel, applies discovery changes as they come,
@@ -289,16 +273,10 @@ struct Owner {
 ///   streams count) times an EWMA of latency that decays over a second. A candidate
 ///   more than twice as costly loses; closer than that, fewer calls in flight win, so
 ///   latency noise between equal servers does not skew the spread. An endpoint left out of
-///   the pick for 250 ms (a quarter of the decay), that has since lost `4 × total weight /
-///   its weight` pairs (12 with three equal endpoints), wins its next pair once, unless it
-///   lost on failures or has more calls in flight, so one slow sample cannot keep a
-///   healthy endpoint out while its estimate decays (go-zero's p2c `forcePick`, bounded by
-///   traffic as well as time). Forced picks are at most one call in `4 × total weight /
-///   heaviest weight + 1` (one in 13 with three equal endpoints) at any call rate. With
-///   calls back to back, a slow endpoint so gets about four calls a second; with calls
-///   50 ms or more apart, forced picks all but vanish: a slow endpoint gets the pick's own
-///   share (a third of the calls at most with three endpoints, as its estimate decays
-///   between calls), and forced picks do not skew the weights.
+///   the pick for 250 ms that has since lost `4 × total weight / its weight` pairs wins its
+///   next pair once, so one slow sample cannot keep a healthy endpoint out (go-zero's p2c
+///   `forcePick`, bounded by traffic as well as time: at most one call in
+///   `4 × total weight / heaviest weight + 1`, and none to speak of with calls 50 ms apart).
 /// - **Passive ejection.** A transport failure (refused, reset, GOAWAY) takes the endpoint
 ///   out of rotation at once; a probe, backed off with jitter, readmits it.
 /// - **Outlier detection** ([`Balancer::outlier_detection`], on by default): an endpoint
