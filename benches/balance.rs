@@ -20,6 +20,9 @@
 //! - `BENCH_ROUNDS` [8]: interleaved rounds of measures 1, 2, 3, 6, 7 and 8, trials of 10.
 //! - `BENCH_KILL_ROUNDS` [2]: rounds of measures 4 and 9 (each spawns three server
 //!   processes per peer).
+//! - `BENCH_BLOCKS` [40] and `BENCH_SLICE_MS` [250]: the paired comparison of measures 1
+//!   and 7 with a direct `Channel` (the goal's figure), in blocks of four short runs
+//!   (direct, ours, ours, direct), so the machine's drift falls on both alike.
 //! - `BENCH_TRIALS` [100]: registrations timed by measure 5.
 //! - `BENCH_INSTANCES` [10000]: instances under one prefix in measure 6.
 //! - `BENCH_ONLY` [all]: a comma-separated list of measures to run, e.g. `1,4`. Measure 7
@@ -41,6 +44,8 @@ mod common;
 mod failing;
 #[path = "balance/failures.rs"]
 mod failures;
+#[path = "balance/paired.rs"]
+mod paired;
 #[path = "balance/registration.rs"]
 mod registration;
 #[path = "balance/scale.rs"]

@@ -25,6 +25,10 @@ pub(crate) struct Config {
     pub(crate) kill_rounds: usize,
     pub(crate) trials: usize,
     pub(crate) instances: usize,
+    /// Blocks (A B B A) of the paired throughput comparisons.
+    pub(crate) blocks: usize,
+    /// How long each run of a paired comparison lasts.
+    pub(crate) slice: Duration,
     only: Option<Vec<u32>>,
 }
 
@@ -37,6 +41,8 @@ impl Config {
             kill_rounds: env("BENCH_KILL_ROUNDS", 2usize).max(1),
             trials: env("BENCH_TRIALS", 100usize).max(1),
             instances: env("BENCH_INSTANCES", 10_000usize).max(1),
+            blocks: env("BENCH_BLOCKS", 40usize).max(1),
+            slice: Duration::from_millis(env("BENCH_SLICE_MS", 250u64).max(20)),
             only: std::env::var("BENCH_ONLY").ok().map(|list| {
                 list.split(',')
                     .filter_map(|n| n.trim().parse().ok())
@@ -55,12 +61,15 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "BENCH_SECS={} BENCH_ROUNDS={} BENCH_KILL_ROUNDS={} BENCH_TRIALS={} BENCH_INSTANCES={}",
+            "BENCH_SECS={} BENCH_ROUNDS={} BENCH_KILL_ROUNDS={} BENCH_TRIALS={} BENCH_INSTANCES={} \
+             BENCH_BLOCKS={} BENCH_SLICE_MS={}",
             self.run.as_secs_f64(),
             self.rounds,
             self.kill_rounds,
             self.trials,
-            self.instances
+            self.instances,
+            self.blocks,
+            self.slice.as_millis()
         )
     }
 }
