@@ -11,36 +11,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
+use support::binaries::command_binary;
 use support::{Etcd, ServerProcess, lock, process, wait_until_quietly};
 
 const SERVICE: &str = "cli/greeter";
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// The `tonic-etcd` binary, built once per test binary in this test's profile.
+/// The `tonic-etcd` binary, built once per test binary as the suite builds it
+/// ([`command_binary`]).
 fn cli() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let exe = std::env::current_exe().expect("path of the test binary");
-        let profile = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary lives in target/<profile>/deps");
-        let mut command = Command::new(cargo);
-        command
-            .args(["build", "-p", "tonic-etcd-cli", "--bin", "tonic-etcd"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile.ends_with("release") {
-            command.arg("--release");
-        }
-        let output = command.output().expect("run cargo build -p tonic-etcd-cli");
-        assert!(
-            output.status.success(),
-            "cargo build -p tonic-etcd-cli failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        profile.join(format!("tonic-etcd{}", std::env::consts::EXE_SUFFIX))
-    })
+    BINARY.get_or_init(|| command_binary("tonic-etcd"))
 }
 
 /// Runs `tonic-etcd --etcd <endpoint> <args...>` to the end, off the runtime's thread.

@@ -20,7 +20,8 @@ use super::pb::greeter_server::GreeterServer;
 use super::pb::{HelloReply, HelloRequest};
 use super::wait_for;
 
-pub use self::server_process::{READY_DEADLINE, ServerProcess, example_binary};
+pub use self::server_process::{READY_DEADLINE, ServerProcess};
+pub use super::binaries::example_binary;
 
 /// The reply a greeter at `addr` sends to `name`.
 pub fn greeting(name: &str, addr: SocketAddr) -> String {

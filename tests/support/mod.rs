@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //!
+//! - [`binaries`]: the examples and the `tonic-etcd` command, built as the suite builds them.
 //! - [`etcd`]: a real etcd process ([`etcd::Etcd`]) or a three-member cluster
 //!   ([`etcd::EtcdCluster`]) on free loopback ports, with a private data directory.
 //! - [`greeter`]: an in-process greeter server ([`greeter::TestServer`]) and the
@@ -25,6 +26,7 @@
 // Each test binary uses a subset of this module, re-exports included.
 #![allow(dead_code, unused_imports)]
 
+pub mod binaries;
 pub mod etcd;
 pub mod greeter;
 pub mod leases;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
+use super::super::binaries::example_binary;
 use super::super::{process, wait_for};
 use super::loopback_any;
 
@@ -186,79 +187,8 @@ fn first_addr(line: &str) -> Option<SocketAddr> {
         .find_map(|token| token.parse().ok())
 }
 
-/// The path of the `greeter_server` example, built once per test binary.
-///
-/// The build always runs: it is a no-op when the binary is fresh, and it keeps a stale
-/// binary from being tested after `cargo test --test <name>`, which builds no examples.
+/// The path of the `greeter_server` example, built once per test binary ([`example_binary`]).
 fn greeter_server_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| example_binary("greeter_server"))
-}
-
-/// The path of example `name`, built with the crate features of this test binary.
-///
-/// Each call runs the build, which is a no-op when the binary is fresh: keep the path.
-pub fn example_binary(name: &str) -> PathBuf {
-    build_example(name);
-    let path = example_path(name);
-    assert!(
-        path.exists(),
-        "{} is missing after the build",
-        path.display()
-    );
-    path
-}
-
-/// Where cargo puts example `name` next to this test binary.
-fn example_path(name: &str) -> PathBuf {
-    profile_dir()
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
-}
-
-/// The profile directory of this test binary: `target/<profile>/deps/<test>` gives
-/// `target/<profile>`.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test binary");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps")
-        .to_path_buf()
-}
-
-/// The crate features this test binary was built with, for `cargo build --features`.
-fn features() -> String {
-    let features = [
-        ("tls", cfg!(feature = "tls")),
-        ("health", cfg!(feature = "health")),
-        ("metrics", cfg!(feature = "metrics")),
-    ];
-    let on: Vec<&str> = features
-        .iter()
-        .filter(|(_, on)| *on)
-        .map(|(name, _)| *name)
-        .collect();
-    on.join(",")
-}
-
-/// Runs `cargo build --example <name>` in the crate, in the test binary's profile and with
-/// its features (so that `cargo test --all-features` does not rebuild the crate without).
-fn build_example(name: &str) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut command = Command::new(cargo);
-    command
-        .args(["build", "--example", name, "--features", &features()])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir().ends_with("release") {
-        command.arg("--release");
-    }
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("run cargo build --example {name}: {e}"));
-    assert!(
-        output.status.success(),
-        "cargo build --example {name} failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
