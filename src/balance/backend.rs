@@ -14,7 +14,7 @@
 //! transport failure ejects it at once; a probe (a fresh connection) readmits it, with
 //! jittered exponential backoff between probes.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::conn::Conn;
+use super::handles::IdleHandles;
 use super::outlier::OutlierDetection;
 use super::pick::{Ewma, LastPick, Load};
 use super::slow_start::SlowStart;
@@ -79,6 +80,10 @@ pub(crate) struct Backend {
     pub(crate) instance: Instance,
     state: AtomicU8,
     connection: Mutex<Connection>,
+    /// The current connection's generation, read without the lock; written under it.
+    generation: AtomicU64,
+    /// Idle handles on the current connection, per thread.
+    idle: IdleHandles,
     pub(crate) in_flight: InFlightCounter,
     latency: Mutex<Ewma>,
     /// When the pick last chose it: one left out too long is due a call.
@@ -125,6 +130,8 @@ impl Backend {
             instance,
             state: AtomicU8::new(IDLE),
             connection: Mutex::default(),
+            generation: AtomicU64::new(0),
+            idle: IdleHandles::default(),
             in_flight: InFlightCounter::default(),
             latency: Mutex::new(Ewma::new(decay)),
             last_pick: LastPick::new(Instant::now(), decay),
@@ -163,25 +170,26 @@ impl Backend {
     /// A handle on the connection, if up, with its generation: see
     /// [`Backend::eject_connection`]. Give it back with [`Backend::check_in`] once the call
     /// is sent.
+    ///
+    /// From this thread's pool of idle handles when it has one (no lock shared with other
+    /// threads: see `handles`), else a clone of the connection's.
     pub(crate) fn check_out(&self) -> Option<(Conn, u64)> {
         if !self.is_up() {
             return None;
         }
-        let mut connection = self.lock_connection();
-        let generation = connection.generation;
-        if let Some(conn) = connection.idle.pop() {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(conn) = self.idle.take(generation) {
             return Some((conn, generation));
         }
-        connection.conn.clone().map(|c| (c, generation))
+        let connection = self.lock_connection();
+        connection.conn.clone().map(|c| (c, connection.generation))
     }
 
-    /// Keeps a handle from [`Backend::check_out`] for the next call, while its connection is
-    /// current: a fresh clone of tonic's `Channel` allocates on its first use.
+    /// Keeps a handle from [`Backend::check_out`] for the next call on this thread, while
+    /// its connection is current: a fresh clone of tonic's `Channel` allocates on its first
+    /// use.
     pub(crate) fn check_in(&self, conn: Conn, generation: u64) {
-        let mut connection = self.lock_connection();
-        if connection.generation == generation && connection.idle.len() < MAX_IDLE_HANDLES {
-            connection.idle.push(conn);
-        }
+        self.idle.put(conn, generation, &self.generation);
     }
 
     fn lock_connection(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -285,8 +293,10 @@ impl Backend {
         *connection = Connection {
             conn: Some(conn),
             generation: connection.generation + 1,
-            idle: Vec::new(),
         };
+        self.generation
+            .store(connection.generation, Ordering::Release);
+        self.idle.clear();
         self.state
             .store(EndpointState::Up.to_u8(), Ordering::Release);
         drop(connection);
@@ -316,6 +326,9 @@ impl Backend {
             generation: connection.generation + 1,
             ..Connection::default()
         };
+        self.generation
+            .store(connection.generation, Ordering::Release);
+        self.idle.clear();
         drop(connection);
         self.signals.notify();
     }
@@ -327,17 +340,13 @@ impl Counted for Backend {
     }
 }
 
-/// The current connection, and idle clones of its handle.
+/// The current connection.
 #[derive(Default)]
 struct Connection {
     conn: Option<Conn>,
     /// Counts connections, so a failure is charged to the one it happened on.
     generation: u64,
-    idle: Vec<Conn>,
 }
-
-/// The most idle channel handles kept per endpoint: about the calls sent at once.
-const MAX_IDLE_HANDLES: usize = 1024;
 
 #[cfg(test)]
 mod tests {

@@ -19,8 +19,10 @@ use super::direct::{Direct, grpc_timeout};
 use super::longest::later;
 use super::shared::Shared;
 use super::status_observer;
+pub(super) use super::yielding::yielding;
 use crate::inflight::{CountedBody, Guard};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 
 /// Retries of one call on other endpoints, after connection failures before it was sent.
 const MAX_RETRIES: usize = 4;
@@ -32,9 +34,20 @@ type Slot = Arc<Mutex<Option<Body>>>;
 /// endpoints in it where another is up, and the endpoint sent to is added to it.
 pub(super) async fn call(
     state: Arc<Shared>,
+    picked: Option<Arc<Backend>>,
+    request: http::Request<Body>,
+    tried: Option<&mut Vec<Arc<Backend>>>,
+) -> Result<http::Response<Body>, tower::BoxError> {
+    call_after(state, picked, request, tried, 0).await
+}
+
+/// [`call`], after `retries` attempts that never left.
+pub(super) async fn call_after(
+    state: Arc<Shared>,
     mut picked: Option<Arc<Backend>>,
     request: http::Request<Body>,
     mut tried: Option<&mut Vec<Arc<Backend>>>,
+    mut retries: usize,
 ) -> Result<http::Response<Body>, tower::BoxError> {
     let deadline = state
         .config
@@ -44,7 +57,6 @@ pub(super) async fn call(
     // (tonic's channel applies it by itself).
     let timeout = grpc_timeout(request.headers()).map(|t| Instant::now() + t);
     let mut request = request;
-    let mut retries = 0;
     loop {
         let backend = match picked.take() {
             Some(backend) => backend,
@@ -65,13 +77,7 @@ pub(super) async fn call(
         let started = Instant::now();
         let (result, unsent) = attempt(&backend, conn, generation, request, timeout, last).await;
         match result {
-            Ok(sent) => {
-                let now = Instant::now();
-                let reference = state.observe(now - started, now);
-                backend.observe(now - started, now, reference);
-                // The call's own `Arc`s go to the response: no clone per call.
-                return Ok(sent.counted(state, backend));
-            }
+            Ok(sent) => return Ok(sent.finish(state, backend, started)),
             Err(error) => {
                 request = after_failure(&state, &backend, generation, error, unsent, last)?;
                 retries += 1;
@@ -84,7 +90,7 @@ pub(super) async fn call(
 /// nothing of the endpoint, counts a sent call's failure for outlier detection, and gives
 /// back the request to send again elsewhere if it never left and this was not the `last`
 /// try; otherwise the error.
-fn after_failure(
+pub(super) fn after_failure(
     state: &Shared,
     backend: &Arc<Backend>,
     generation: u64,
@@ -132,44 +138,29 @@ async fn attempt(
 }
 
 /// A response as its connection gave it, with the guard that counts its call in flight.
-enum Sent {
+pub(super) enum Sent {
     Direct(http::Response<Incoming>, Guard),
     Tonic(http::Response<Body>, Guard),
 }
 
 impl Sent {
-    /// The response for the caller: see [`counted`].
-    fn counted(self, state: Arc<Shared>, backend: Arc<Backend>) -> http::Response<Body> {
+    /// The response for the caller, for a call sent at `started`: its latency recorded,
+    /// its body counted ([`counted`]). The call's own `Arc`s go to the response: no clone
+    /// per call.
+    pub(super) fn finish(
+        self,
+        state: Arc<Shared>,
+        backend: Arc<Backend>,
+        started: Instant,
+    ) -> http::Response<Body> {
+        let now = Instant::now();
+        let reference = state.observe(now - started, now);
+        backend.observe(now - started, now, reference);
         match self {
             Sent::Direct(response, guard) => counted(response, guard, state, backend),
             Sent::Tonic(response, guard) => counted(response, guard, state, backend),
         }
     }
-}
-
-/// Runs `call`, and yields to the scheduler before returning an error that came at once.
-///
-/// A call that fails without waiting (no endpoint, a deadline already past, every endpoint
-/// refusing the request) would otherwise let a caller that retries at once keep its worker
-/// thread for ever, and starve the tasks that would end the failure: the channel's own
-/// task applying discovery, connections coming up. tokio's `yield_now` also lets the
-/// runtime poll its I/O before the caller runs again.
-pub(super) async fn yielding<F, T>(call: F) -> Result<T, tower::BoxError>
-where
-    F: Future<Output = Result<T, tower::BoxError>>,
-{
-    let mut call = std::pin::pin!(call);
-    let mut waited = false;
-    let result = std::future::poll_fn(|cx| {
-        let poll = call.as_mut().poll(cx);
-        waited |= poll.is_pending();
-        poll
-    })
-    .await;
-    if result.is_err() && !waited {
-        tokio::task::yield_now().await;
-    }
-    result
 }
 
 /// The response, its body keeping the call counted until it ends, so streams count as load;
@@ -193,7 +184,7 @@ where
 }
 
 /// What an attempt gives: the response or the error, and the request if it never left.
-type Attempt<B> = (
+pub(super) type Attempt<B> = (
     Result<http::Response<B>, tower::BoxError>,
     Option<http::Request<Body>>,
 );
@@ -209,6 +200,15 @@ async fn send_direct(
     let response = direct.send(request);
     // The handle is free once the call is queued; the next call reuses it.
     backend.check_in(Conn::Direct(direct), generation);
+    wait_direct(response, timeout).await
+}
+
+/// The response to a request queued on the balancer's own connection, by the call's own
+/// deadline (`timeout`); a request the connection did not take comes back with the error.
+pub(super) async fn wait_direct(
+    response: impl Future<Output = Result<http::Response<Incoming>, TrySendError<http::Request<Body>>>>,
+    timeout: Option<Instant>,
+) -> Attempt<Incoming> {
     let result = match timeout {
         Some(at) => match tokio::time::timeout_at(at, response).await {
             Ok(result) => result,

@@ -30,6 +30,7 @@
 //!   `replay`: the request body recorded to send it again, `hold`: a response held until
 //!   its first message is in, so that the caller has seen nothing of a retried attempt.
 
+mod at_once;
 mod backend;
 mod call;
 mod cause;
@@ -40,6 +41,7 @@ mod direct;
 mod driver;
 mod ejection;
 mod failure;
+mod handles;
 mod health;
 mod hold;
 mod info;
@@ -57,6 +59,7 @@ mod standing;
 mod status_observer;
 mod subset;
 mod wait;
+mod yielding;
 
 pub use backend::EndpointState;
 pub use codes::parse_code;
@@ -371,14 +374,10 @@ impl Service<http::Request<Body>> for BalancedChannel {
             true => None,
             false => retry.policy_for(request.uri().path()).copied(),
         };
-        match policy {
-            None => Box::pin(call::yielding(call::call(
-                self.state.clone(),
-                picked,
-                request,
-                None,
-            ))),
-            Some(policy) => Box::pin(call::yielding(retry::call(
+        match (policy, picked) {
+            (None, Some(picked)) => at_once::send(self.state.clone(), picked, request),
+            (None, None) => at_once::full(self.state.clone(), None, request),
+            (Some(policy), picked) => Box::pin(call::yielding(retry::call(
                 self.state.clone(),
                 policy,
                 picked,
