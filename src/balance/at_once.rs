@@ -44,17 +44,18 @@ pub(super) fn send(
         }
         None => return full(state, None, request),
     };
-    // The call's own deadline, as `call` applies it on this connection; the timer is boxed,
-    // so calls without one do not carry it.
-    let deadline = grpc_timeout(request.headers()).map(|t| Box::pin(tokio::time::sleep(t)));
-    let guard = Guard::enter(backend.clone());
+    // The call's own deadline, as `call` applies it on this connection; its timer is made
+    // on the first poll (inside the runtime) and boxed, so calls without one do not carry it.
     let started = Instant::now();
+    let timeout = grpc_timeout(request.headers()).map(|t| started + t);
+    let guard = Guard::enter(backend.clone());
     let response = direct.send(request);
     // The handle is free once the call is queued; the next call on this thread reuses it.
     backend.check_in(Conn::Direct(direct), generation);
     Box::pin(call::yielding(Sending {
         response,
-        deadline,
+        timeout,
+        deadline: None,
         call: Some(Call {
             state,
             backend,
@@ -92,6 +93,7 @@ pin_project_lite::pin_project! {
     struct Sending<F> {
         #[pin]
         response: F,
+        timeout: Option<Instant>,
         deadline: Option<Pin<Box<Sleep>>>,
         call: Option<Call>,
         // The full way, once the request came back unsent.
@@ -112,9 +114,12 @@ impl<F: Future<Output = Response>> Future for Sending<F> {
         let result = match this.response.poll(cx) {
             Poll::Ready(result) => result,
             Poll::Pending => {
-                let Some(deadline) = this.deadline else {
+                let Some(at) = *this.timeout else {
                     return Poll::Pending;
                 };
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
                 ready!(deadline.as_mut().poll(cx));
                 // The call's own time ran out: as on `call`'s way, not the endpoint's fault.
                 return Poll::Ready(Err(tonic::TimeoutExpired(()).into()));
@@ -142,8 +147,14 @@ impl<F: Future<Output = Response>> Future for Sending<F> {
                     unsent,
                     false,
                 )?;
+                // Its deadlines still run from when the call started.
                 let full = this.full.insert(Box::pin(call::call_after(
-                    call.state, None, request, None, 1,
+                    call.state,
+                    None,
+                    request,
+                    None,
+                    1,
+                    call.started,
                 )));
                 full.as_mut().poll(cx)
             }

@@ -38,24 +38,23 @@ pub(super) async fn call(
     request: http::Request<Body>,
     tried: Option<&mut Vec<Arc<Backend>>>,
 ) -> Result<http::Response<Body>, tower::BoxError> {
-    call_after(state, picked, request, tried, 0).await
+    call_after(state, picked, request, tried, 0, Instant::now()).await
 }
 
-/// [`call`], after `retries` attempts that never left.
+/// [`call`], after `retries` attempts that never left, for a call that started at `since`:
+/// its deadlines run from then, not from this retry.
 pub(super) async fn call_after(
     state: Arc<Shared>,
     mut picked: Option<Arc<Backend>>,
     request: http::Request<Body>,
     mut tried: Option<&mut Vec<Arc<Backend>>>,
     mut retries: usize,
+    since: Instant,
 ) -> Result<http::Response<Body>, tower::BoxError> {
-    let deadline = state
-        .config
-        .wait_for_ready
-        .map(|wait| later(Instant::now(), wait));
+    let deadline = state.config.wait_for_ready.map(|wait| later(since, wait));
     // The call's own deadline: for the wait for an endpoint, and on our own connection
     // (tonic's channel applies it by itself).
-    let timeout = grpc_timeout(request.headers()).map(|t| Instant::now() + t);
+    let timeout = grpc_timeout(request.headers()).map(|t| since + t);
     let mut request = request;
     loop {
         let backend = match picked.take() {

@@ -87,8 +87,9 @@ impl IdleHandles {
     }
 }
 
-/// This thread's pool: threads are numbered as they first take or give a handle, so the
-/// first [`SHARDS`] threads (a runtime's workers) each get one of their own.
+/// This thread's pool: threads are numbered, process-wide, as they first take or give a
+/// handle, and share pools beyond [`SHARDS`]; two workers may then share one, which costs
+/// speed, never correctness.
 fn shard_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
