@@ -128,16 +128,14 @@ impl<F: Future<Output = Response>> Future for Sending<F> {
         let Some(call) = this.call.take() else {
             return Poll::Ready(Err("a call's future was polled after it ended".into()));
         };
-        match result {
-            Ok(response) => Poll::Ready(Ok(Sent::Direct(response, call.guard).finish(
+        match call::direct_attempt(result) {
+            (Ok(response), _) => Poll::Ready(Ok(Sent::Direct(response, call.guard).finish(
                 call.state,
                 call.backend,
                 call.started,
             ))),
-            Err(mut error) => {
+            (Err(error), unsent) => {
                 drop(call.guard);
-                let unsent = error.take_message();
-                let error = error.into_error().into();
                 // A request that never left goes again, elsewhere, as on `call`'s way.
                 let request = call::after_failure(
                     &call.state,

@@ -204,7 +204,7 @@ async fn send_direct(
 
 /// The response to a request queued on the balancer's own connection, by the call's own
 /// deadline (`timeout`); a request the connection did not take comes back with the error.
-pub(super) async fn wait_direct(
+async fn wait_direct(
     response: impl Future<Output = Result<http::Response<Incoming>, TrySendError<http::Request<Body>>>>,
     timeout: Option<Instant>,
 ) -> Attempt<Incoming> {
@@ -215,6 +215,14 @@ pub(super) async fn wait_direct(
         },
         None => response.await,
     };
+    direct_attempt(result)
+}
+
+/// What the balancer's own connection answered, as an attempt: the response, or the error
+/// with the request if the connection did not take it.
+pub(super) fn direct_attempt(
+    result: Result<http::Response<Incoming>, TrySendError<http::Request<Body>>>,
+) -> Attempt<Incoming> {
     match result {
         Ok(response) => (Ok(response), None),
         Err(mut error) => {
