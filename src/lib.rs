@@ -101,8 +101,8 @@
 //!   `grpc-retry-pushback-ms` honoured. A request larger than [`Balancer::retry_buffer`]
 //!   (256 KiB) is not retried once sent, nor is a call whose response headers reached
 //!   the caller (while a retry could still follow, the channel holds a unary response until
-//!   its trailers, at most 20 ms past its first message, so a server killed mid-call is
-//!   retried; see [`Balancer::retry_policy`]). [`RetryThrottling`] (a token bucket, on by default with
+//!   its trailers, at most 1 s, so a server killed mid-call is retried; see
+//!   [`Balancer::retry_policy`]). [`RetryThrottling`] (a token bucket, on by default with
 //!   a policy) stops retries while most calls fail: calls sent stay within `(1 +
 //!   token_ratio)` × calls made, plus half the bucket.
 //! - **Endpoint just joined or readmitted**: full share at once by default; with

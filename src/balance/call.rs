@@ -15,7 +15,7 @@ use tracing::debug;
 
 use super::backend::Backend;
 use super::conn::Conn;
-use super::direct::{Direct, grpc_timeout};
+use super::direct::{Direct, Reads, grpc_timeout};
 use super::longest::later;
 use super::shared::Shared;
 use super::status_observer;
@@ -29,6 +29,15 @@ const MAX_RETRIES: usize = 4;
 
 type Slot = Arc<Mutex<Option<Body>>>;
 
+/// The attempts of a call under a retry policy so far: the endpoints they went to, and the
+/// read count of the connection the last one went out on, if it was the balancer's own
+/// (what [`hold`](super::hold) watches while it holds the response).
+#[derive(Default)]
+pub(super) struct Tried {
+    pub(super) backends: Vec<Arc<Backend>>,
+    pub(super) reads: Option<Reads>,
+}
+
 /// Sends `request` on `picked`, or on an endpoint picked when none was, or when it failed
 /// before sending. With `tried` (a retry policy's attempts), the pick avoids the
 /// endpoints in it where another is up, and the endpoint sent to is added to it.
@@ -36,7 +45,7 @@ pub(super) async fn call(
     state: Arc<Shared>,
     picked: Option<Arc<Backend>>,
     request: http::Request<Body>,
-    tried: Option<&mut Vec<Arc<Backend>>>,
+    tried: Option<&mut Tried>,
 ) -> Result<http::Response<Body>, tower::BoxError> {
     call_after(state, picked, request, tried, 0, Instant::now()).await
 }
@@ -47,7 +56,7 @@ pub(super) async fn call_after(
     state: Arc<Shared>,
     mut picked: Option<Arc<Backend>>,
     request: http::Request<Body>,
-    mut tried: Option<&mut Vec<Arc<Backend>>>,
+    mut tried: Option<&mut Tried>,
     mut retries: usize,
     since: Instant,
 ) -> Result<http::Response<Body>, tower::BoxError> {
@@ -60,7 +69,7 @@ pub(super) async fn call_after(
         let backend = match picked.take() {
             Some(backend) => backend,
             None => {
-                let avoid = tried.as_deref().map_or(&[][..], Vec::as_slice);
+                let avoid = tried.as_deref().map_or(&[][..], |t| t.backends.as_slice());
                 state.pick(deadline, timeout, avoid).await?
             }
         };
@@ -71,7 +80,11 @@ pub(super) async fn call_after(
         };
         let last = retries >= MAX_RETRIES;
         if let Some(tried) = tried.as_deref_mut() {
-            tried.push(backend.clone());
+            tried.backends.push(backend.clone());
+            tried.reads = match &conn {
+                Conn::Direct(direct) => Some(direct.reads().clone()),
+                Conn::Tonic(_) => None,
+            };
         }
         let started = Instant::now();
         let (result, unsent) = attempt(&backend, conn, generation, request, timeout, last).await;

@@ -15,6 +15,8 @@ mod tls;
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -68,6 +70,24 @@ pub(crate) struct Direct {
     sender: SendRequest<Body>,
     authority: Authority,
     scheme: Scheme,
+    reads: Reads,
+}
+
+/// How many reads of a connection's socket have brought bytes (or its end) so far: what
+/// a held response ([`hold`](super::hold)) looks at to tell a quiet stream from a
+/// connection that has not been read (a stalled server or a busy machine). Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Reads(Arc<AtomicU64>);
+
+impl Reads {
+    /// The count so far.
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn note(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Why a connection could not be made.
@@ -114,8 +134,13 @@ impl Direct {
         let authority: Authority = addr.parse().map_err(|_| ConnectError::Address {
             addr: addr.to_owned(),
         })?;
+        let reads = Reads::default();
         let connect = async {
-            let stream = open(addr, tls, &authority).await?;
+            let io = open(addr, tls, &authority).await?;
+            let stream = Stream {
+                io,
+                reads: reads.clone(),
+            };
             handshake(stream, keep_alive, addr).await
         };
         let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
@@ -136,8 +161,14 @@ impl Direct {
             sender,
             authority,
             scheme,
+            reads,
         };
         Ok((direct, driver))
+    }
+
+    /// The connection's read count.
+    pub(crate) fn reads(&self) -> &Reads {
+        &self.reads
     }
 
     /// Whether the connection has closed.
@@ -172,18 +203,14 @@ impl Direct {
 
 /// The byte stream to `addr`: TCP with TCP_NODELAY (small replies would otherwise wait for
 /// delayed acknowledgements, as tonic sets it), then the TLS handshake if `tls` is given.
-async fn open(
-    addr: &str,
-    tls: Option<&Tls>,
-    authority: &Authority,
-) -> Result<Stream, ConnectError> {
+async fn open(addr: &str, tls: Option<&Tls>, authority: &Authority) -> Result<Io, ConnectError> {
     let io = |source| ConnectError::Io {
         addr: addr.to_owned(),
         source,
     };
     let stream = TcpStream::connect(addr).await.map_err(io)?;
     stream.set_nodelay(true).map_err(io)?;
-    Stream::new(stream, tls, authority, addr).await
+    Io::new(stream, tls, authority, addr).await
 }
 
 /// The HTTP/2 handshake on `stream`: the handle for calls and the connection's own future.
@@ -233,15 +260,22 @@ pub(crate) type Tls = crate::tls::Connector;
 #[cfg(not(feature = "tls"))]
 pub(crate) type Tls = std::convert::Infallible;
 
-/// The connection's byte stream: TCP, or TLS over it.
+/// The connection's byte stream, counting its reads.
 #[derive(Debug)]
-enum Stream {
+struct Stream {
+    io: Io,
+    reads: Reads,
+}
+
+/// TCP, or TLS over it.
+#[derive(Debug)]
+enum Io {
     Plain(TcpStream),
     #[cfg(feature = "tls")]
     Tls(Box<tls::Primed>),
 }
 
-impl Stream {
+impl Io {
     /// `tcp`, after the TLS handshake if `tls` is given.
     #[cfg_attr(not(feature = "tls"), allow(clippy::unused_async))]
     async fn new(
@@ -249,14 +283,14 @@ impl Stream {
         tls: Option<&Tls>,
         authority: &Authority,
         addr: &str,
-    ) -> Result<Stream, ConnectError> {
+    ) -> Result<Io, ConnectError> {
         let Some(tls) = tls else {
-            return Ok(Stream::Plain(tcp));
+            return Ok(Io::Plain(tcp));
         };
         #[cfg(feature = "tls")]
         {
             match tls::handshake(tls, authority.host(), tcp).await {
-                Ok(primed) => Ok(Stream::Tls(Box::new(primed))),
+                Ok(primed) => Ok(Io::Tls(Box::new(primed))),
                 Err(refusal) => Err(ConnectError::Tls {
                     addr: addr.to_owned(),
                     reason: refusal.reason,
@@ -273,13 +307,13 @@ impl Stream {
     }
 }
 
-/// Forwards each method to the stream inside.
+/// Forwards a method to the TCP or TLS stream inside.
 macro_rules! forward {
-    ($self:ident, $stream:ident => $call:expr) => {
-        match $self.get_mut() {
-            Stream::Plain($stream) => $call,
+    ($io:expr, $stream:ident => $call:expr) => {
+        match $io {
+            Io::Plain($stream) => $call,
             #[cfg(feature = "tls")]
-            Stream::Tls($stream) => $call,
+            Io::Tls($stream) => $call,
         }
     };
 }
@@ -290,7 +324,12 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        forward!(self, s => Pin::new(s).poll_read(cx, buf))
+        let this = self.get_mut();
+        let read = forward!(&mut this.io, s => Pin::new(s).poll_read(cx, buf));
+        if read.is_ready() {
+            this.reads.note();
+        }
+        read
     }
 }
 
@@ -300,7 +339,7 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        forward!(self, s => Pin::new(s).poll_write(cx, buf))
+        forward!(&mut self.get_mut().io, s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -308,23 +347,23 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        forward!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+        forward!(&mut self.get_mut().io, s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
             #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        forward!(self, s => Pin::new(s).poll_flush(cx))
+        forward!(&mut self.get_mut().io, s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        forward!(self, s => Pin::new(s).poll_shutdown(cx))
+        forward!(&mut self.get_mut().io, s => Pin::new(s).poll_shutdown(cx))
     }
 }
 

@@ -66,12 +66,21 @@ impl Balancer {
     /// Unlike gRFC A6, which commits a call when its response headers arrive, the channel
     /// holds a response while a retry could still follow (the whole request was sent and
     /// fit the buffer, an attempt is left, the throttle allows one): until its first
-    /// message and, within 20 ms, its trailers, waiting at most 20 ms for the first frame
-    /// after the headers, and holding two frames and at most `retry_buffer` bytes. A unary
-    /// call whose server is killed between headers and trailers, or that gets a
+    /// message and its trailers, holding two frames and at most `retry_buffer` bytes. A
+    /// unary call whose server is killed between headers and trailers, or that gets a
     /// trailers-only `UNAVAILABLE` after its headers, is then still retried; a stream is
     /// handed over with its second frame, and a call still sending its request (a client
     /// or bidi stream) gets its headers at once.
+    ///
+    /// A frame that does not come is waited for while the connection reads nothing (a
+    /// server stalled between its headers and its message, or a busy client machine), up
+    /// to 500 ms per frame, so 1 s in all; once the connection has read anything at least
+    /// 20 ms before and the call's frame is still not in, the call's stream is taken to be
+    /// quiet, and the response is handed over. A server stream that sends its headers and
+    /// then waits, on an otherwise idle connection, so reaches its caller up to 500 ms
+    /// late (1 s if its first message comes just before): put a policy on unary and
+    /// client-streaming methods. On tonic's `Channel` (an endpoint hook), whose reads are
+    /// not counted, each wait is 20 ms.
     pub fn retry_policy(mut self, path: &str, policy: RetryPolicy) -> Self {
         self.retry = std::mem::take(&mut self.retry).method(path, policy);
         self

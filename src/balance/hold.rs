@@ -1,50 +1,44 @@
 //! Holding a response's head, under a retry policy, until its first frames are in: a
 //! call whose connection fails right after the response headers (a server killed
 //! mid-call), or whose error status comes in trailers right after them, can then still be
-//! retried, since the caller has seen nothing yet.
+//! retried, since the caller has seen nothing yet. How long each frame is waited for is
+//! [`patience`]'s decision.
+
+mod patience;
 
 use std::collections::VecDeque;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame};
+use tokio::time::Instant;
 use tonic::body::Body;
 
+use self::patience::{Patience, WINDOW};
+use super::direct::Reads;
 use super::status_observer::grpc_status;
 
 type Outcome = Result<http::Response<Body>, tower::BoxError>;
 
-/// How long, after the response headers, the first frame may take and still be held
-/// back: a server's first message, or its trailers, follow the headers at once; a server
-/// stream that sends its headers first gets them to the caller after this wait at most.
-const AFTER_HEADERS: Duration = Duration::from_millis(20);
-
-/// How long, after the first data frame, the next frame may take and still be held back:
-/// a unary response's trailers follow its message at once, so a server killed between the
-/// two fails a call that can still be retried; a stream's next message may come much
-/// later, and the caller gets the first one after this wait at most.
-const AFTER_DATA: Duration = Duration::from_millis(20);
-
-/// Reads the first frames of a response's body: its first frame, waiting
-/// [`AFTER_HEADERS`] for it, then, if that is a data
-/// frame of at most `limit` bytes, at most one more frame, waiting [`AFTER_DATA`] for it.
-/// Trailers right after the first message (a unary call) are held with it; a second data
-/// frame, or nothing within the wait, means a stream, and the response is given on
-/// (committed), with the frames read in front. No more than two frames are ever held.
+/// Reads the first frames of a response's body: its first frame, then, if that is a data
+/// frame of at most `limit` bytes, at most one more frame. Trailers right after the first
+/// message (a unary call) are held with it; a second data frame, or no frame while the
+/// connection (whose read count is `reads`) moves on, means a stream, and the response is
+/// given on (committed), with the frames read in front; see [`patience`] for how long each
+/// frame is waited for. No more than two frames are ever held.
 ///
 /// Trailers that come before any data are merged into the headers, as a trailers-only
 /// response; a body that fails before the response is given on becomes the attempt's
 /// error ([`BodyFailed`]). A trailers-only response or an error passes as it is.
-pub(super) async fn first_frames(result: Outcome, limit: usize) -> Outcome {
+pub(super) async fn first_frames(result: Outcome, limit: usize, reads: Option<&Reads>) -> Outcome {
     let response = match result {
         Ok(response) if grpc_status(response.headers()).is_none() => response,
         other => return other,
     };
     let (mut parts, mut body) = response.into_parts();
     let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
-    match next_frame(&mut body, AFTER_HEADERS).await {
+    match next_frame(&mut body, reads).await {
         Next::Nothing => {}
         Next::End => body = Body::empty(),
         Next::Failed(status) => return Err(Box::new(BodyFailed(status))),
@@ -57,8 +51,8 @@ pub(super) async fn first_frames(result: Outcome, limit: usize) -> Outcome {
                 let small = data.data_ref().is_none_or(|data| data.len() <= limit);
                 frames.push_back(data);
                 if small {
-                    match next_frame(&mut body, AFTER_DATA).await {
-                        // Nothing more for a while: a stream; give it on.
+                    match next_frame(&mut body, reads).await {
+                        // Nothing more while the connection moves on: a stream.
                         Next::Nothing => {}
                         Next::End => body = Body::empty(),
                         Next::Failed(status) => return Err(Box::new(BodyFailed(status))),
@@ -86,17 +80,24 @@ enum Next {
     Nothing,
 }
 
-/// The next frame of `body`, waiting at most `wait` for it.
-async fn next_frame(body: &mut Body, wait: Duration) -> Next {
+/// The next frame of `body`, waiting for it as long as [`Patience`] says.
+async fn next_frame(body: &mut Body, reads: Option<&Reads>) -> Next {
     if body.is_end_stream() {
         return Next::End;
     }
-    let next = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
-    match tokio::time::timeout(wait, next).await {
-        Err(_) => Next::Nothing,
-        Ok(None) => Next::End,
-        Ok(Some(Err(status))) => Next::Failed(status),
-        Ok(Some(Ok(frame))) => Next::Frame(frame),
+    let count = || reads.map(Reads::get);
+    let mut patience = Patience::new(count(), Instant::now());
+    let mut next = pin!(std::future::poll_fn(
+        |cx| Pin::new(&mut *body).poll_frame(cx)
+    ));
+    loop {
+        match tokio::time::timeout(WINDOW, next.as_mut()).await {
+            Err(_) if patience.gives_up(count(), Instant::now()) => return Next::Nothing,
+            Err(_) => {}
+            Ok(None) => return Next::End,
+            Ok(Some(Err(status))) => return Next::Failed(status),
+            Ok(Some(Ok(frame))) => return Next::Frame(frame),
+        }
     }
 }
 
@@ -146,6 +147,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::Waker;
+    use std::time::Duration;
 
     use http::{HeaderMap, HeaderValue};
 
@@ -207,7 +209,7 @@ mod tests {
     async fn a_stream_of_messages_is_given_on_after_its_second_frame() {
         let read = Arc::new(AtomicUsize::new(0));
         let endless = Endless(read.clone(), 5);
-        let held = first_frames(Ok(http::Response::new(Body::new(endless))), LIMIT);
+        let held = first_frames(Ok(http::Response::new(Body::new(endless))), LIMIT, None);
         let held = tokio::time::timeout(Duration::from_secs(1), held).await;
         held.expect("given on").expect("a response");
         assert_eq!(read.load(Ordering::Relaxed), 2, "two frames held at most");
@@ -217,7 +219,7 @@ mod tests {
     async fn a_first_message_larger_than_the_limit_is_given_on_at_once() {
         let read = Arc::new(AtomicUsize::new(0));
         let endless = Endless(read.clone(), LIMIT + 1);
-        let held = first_frames(Ok(http::Response::new(Body::new(endless))), LIMIT);
+        let held = first_frames(Ok(http::Response::new(Body::new(endless))), LIMIT, None);
         let mut held = held.await.expect("a response");
         assert_eq!(
             read.load(Ordering::Relaxed),
@@ -246,18 +248,91 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn headers_without_a_frame_are_given_on_after_a_bounded_wait() {
-        let start = tokio::time::Instant::now();
-        let held = first_frames(Ok(http::Response::new(Body::new(Silent))), LIMIT);
+    /// How long `first_frames` holds a response whose body never sends a frame, on a
+    /// connection whose reads are counted by `reads`, if given.
+    async fn held_silent(reads: Option<&Reads>) -> Duration {
+        let start = Instant::now();
+        let held = first_frames(Ok(http::Response::new(Body::new(Silent))), LIMIT, reads);
         let held = tokio::time::timeout(Duration::from_secs(10), held).await;
         held.expect("given on").expect("a response");
-        assert_eq!(start.elapsed(), AFTER_HEADERS);
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn headers_without_a_frame_are_given_on_after_a_bounded_wait() {
+        assert_eq!(held_silent(None).await, WINDOW, "uncounted: one window");
+        let idle = Reads::default();
+        assert_eq!(held_silent(Some(&idle)).await, patience::LONGEST);
+        let moving = Reads::default();
+        let reader = tokio::spawn({
+            let moving = moving.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    moving.note();
+                }
+            }
+        });
+        assert_eq!(held_silent(Some(&moving)).await, 2 * WINDOW);
+        reader.abort();
+    }
+
+    /// A body that sends `first` frame, if any, then nothing until its sleep ends, then
+    /// fails as a lost connection does.
+    struct FailsLate(Option<Frame<Bytes>>, Pin<Box<tokio::time::Sleep>>);
+
+    impl HttpBody for FailsLate {
+        type Data = Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+            if let Some(frame) = self.0.take() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            self.1
+                .as_mut()
+                .poll(cx)
+                .map(|()| Some(Err(tonic::Status::unknown("connection error"))))
+        }
+    }
+
+    /// How a held response ends whose server sends `first`, if any, after its headers,
+    /// then stalls for 10 windows (descheduled on a busy machine) and dies, while its
+    /// connection reads nothing.
+    async fn stalled_then_killed(first: Option<Frame<Bytes>>) -> Outcome {
+        let stall = Box::pin(tokio::time::sleep(WINDOW * 10));
+        let body = Body::new(FailsLate(first, stall));
+        let reads = Reads::default();
+        first_frames(Ok(http::Response::new(body)), LIMIT, Some(&reads)).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_stalls_then_dies_after_its_headers_fails_the_attempt() {
+        let error = stalled_then_killed(None)
+            .await
+            .expect_err("the attempt failed");
+        assert!(error.is::<BodyFailed>(), "{error}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_stalls_then_dies_after_its_message_fails_the_attempt() {
+        let message = Frame::data(Bytes::from_static(b"\0\0\0\0\0"));
+        let error = stalled_then_killed(Some(message)).await;
+        let error = error.expect_err("the attempt failed");
+        assert!(error.is::<BodyFailed>(), "{error}");
     }
 
     #[tokio::test]
     async fn trailers_first_read_as_a_trailers_only_response() {
-        let held = first_frames(response(vec![Ok(Frame::trailers(status("14")))]), LIMIT).await;
+        let held = first_frames(
+            response(vec![Ok(Frame::trailers(status("14")))]),
+            LIMIT,
+            None,
+        )
+        .await;
         let held = held.expect("a response");
         assert_eq!(grpc_status(held.headers()), Some(tonic::Code::Unavailable));
     }
@@ -265,7 +340,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_failing_before_any_frame_is_the_attempts_error() {
         let failed = vec![Err(tonic::Status::unknown("connection error"))];
-        let error = first_frames(response(failed), LIMIT)
+        let error = first_frames(response(failed), LIMIT, None)
             .await
             .expect_err("an error");
         assert!(error.is::<BodyFailed>());
@@ -275,7 +350,7 @@ mod tests {
     async fn a_message_and_its_trailers_pass_whole() {
         let data = Frame::data(Bytes::from_static(b"\0\0\0\0\0"));
         let frames = vec![Ok(data), Ok(Frame::trailers(status("0")))];
-        let mut held = first_frames(response(frames), LIMIT)
+        let mut held = first_frames(response(frames), LIMIT, None)
             .await
             .expect("a response");
         assert_eq!(

@@ -12,6 +12,7 @@ use tonic::body::Body;
 use tracing::debug;
 
 use super::backend::Backend;
+use super::call::Tried;
 use super::direct::grpc_timeout;
 use super::hold::{self, BodyFailed};
 use super::replay::Recording;
@@ -39,14 +40,18 @@ pub(super) async fn call(
     let recording = Recording::new(state.config.retry_buffer);
     let (parts, body) = request.into_parts();
     let mut body = recording.record(body);
-    let mut tried: Vec<Arc<Backend>> = Vec::new();
+    let mut tried = Tried::default();
     let mut rng = fastrand::Rng::new();
     loop {
         let request = attempt_request(&parts, body, attempts.previous(), timeout);
         let result = super::call::call(state.clone(), picked.take(), request, Some(&mut tried));
         let throttle = state.throttle.as_ref();
         let result = match may_retry(&recording, &attempts, throttle) {
-            true => hold::first_frames(result.await, state.config.retry_buffer).await,
+            true => {
+                let result = result.await;
+                let reads = tried.reads.as_ref();
+                hold::first_frames(result, state.config.retry_buffer, reads).await
+            }
             false => result.await,
         };
         let Some(failure) = failure(&result, recording.overflowed()) else {
