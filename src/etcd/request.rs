@@ -13,7 +13,8 @@
 //! - an attempt with no answer after [`HEDGE_AFTER`] gets a second one alongside it, the way
 //!   gRPC's hedging policy (gRFC A6) does, and the first answer wins: a frozen member costs
 //!   that delay, not the deadline (another every [`HEDGE_AFTER`] while none answers, at most
-//!   [`MAX_IN_FLIGHT`] at a time);
+//!   [`MAX_IN_FLIGHT`] at a time; once that many wait, the oldest is dropped for each new
+//!   one, so attempts go on until the deadline instead of all waiting on a frozen member);
 //! - after [`MAX_FAILURES`] failed attempts in a row (at most 0.81 s when every member refuses)
 //!   the last error is returned, so that the caller's retry path reports an etcd that is
 //!   down; a dead member among three is picked that many times in a row once in 59,049;
@@ -26,9 +27,11 @@
 //! grant: a grant whose answer is lost leaves a lease with no key, which expires after its
 //! TTL.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::{AbortHandle, Abortable, Aborted, Join, Ready, join, ready};
 use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
 
@@ -39,8 +42,9 @@ use crate::error::Error;
 pub(crate) const HEDGE_AFTER: Duration = Duration::from_millis(300);
 
 /// The most attempts of one request in flight at once. Each hedge has the same chance of
-/// landing on the frozen member again (etcd-client picks at random), so a few are needed: all
-/// eight on one frozen member of three happens once in 6,561 requests.
+/// landing on the frozen member again (etcd-client picks at random), so a few are needed; as
+/// the oldest gives way to each new one once this many wait, a request with a 5 s deadline
+/// makes about 16 attempts, all on one frozen member of three once in 43 million requests.
 pub(crate) const MAX_IN_FLIGHT: usize = 8;
 
 /// Failed attempts in a row after which the request gives up before its deadline.
@@ -81,8 +85,8 @@ where
     Fut: Future<Output = Result<T, Error>>,
 {
     let started = Instant::now();
-    let mut in_flight = FuturesUnordered::new();
-    in_flight.push(attempt());
+    let mut in_flight = Attempts::default();
+    in_flight.start(attempt());
     let mut hedge_at = started + HEDGE_AFTER;
     // When the next attempt may start after a failure; `None` while none is due.
     let mut retry_at: Option<Instant> = None;
@@ -90,7 +94,6 @@ where
     let mut failures = 0;
     let mut last = None;
     loop {
-        let can_start = in_flight.len() < MAX_IN_FLIGHT;
         tokio::select! {
             // Biased: an answer that is in wins over starting another attempt.
             biased;
@@ -100,16 +103,16 @@ where
                     retry_at = Some(after_failure(operation, error, &mut failures, &mut last)?);
                 }
             },
-            _ = sleep_until(retry_at), if can_start => {
+            _ = sleep_until(retry_at) => {
                 // Yields first, so that a request failing at once never spins.
                 tokio::task::yield_now().await;
                 retry_at = None;
                 hedge_at = Instant::now() + HEDGE_AFTER;
-                in_flight.push(attempt());
+                in_flight.start(attempt());
             }
-            _ = tokio::time::sleep_until(hedge_at), if can_start && !in_flight.is_empty() => {
+            _ = tokio::time::sleep_until(hedge_at), if !in_flight.is_empty() => {
                 hedge_at = Instant::now() + HEDGE_AFTER;
-                in_flight.push(attempt());
+                in_flight.start(attempt());
             }
             _ = tokio::time::sleep_until(end) => {
                 return Err(last.unwrap_or(Error::Timeout {
@@ -141,6 +144,57 @@ fn after_failure(
         Some(n) => backoff().delay(n),
     };
     Ok(Instant::now() + delay)
+}
+
+/// The attempts in flight, at most [`MAX_IN_FLIGHT`]: starting one more drops the oldest.
+struct Attempts<Fut: Future> {
+    running: FuturesUnordered<Join<Ready<u64>, Abortable<Fut>>>,
+    /// Of the attempts still running, oldest first, by number.
+    handles: VecDeque<(u64, AbortHandle)>,
+    started: u64,
+}
+
+impl<Fut: Future> Default for Attempts<Fut> {
+    fn default() -> Self {
+        Attempts {
+            running: FuturesUnordered::new(),
+            handles: VecDeque::new(),
+            started: 0,
+        }
+    }
+}
+
+impl<Fut: Future> Attempts<Fut> {
+    fn start(&mut self, attempt: Fut) {
+        if self.handles.len() >= MAX_IN_FLIGHT
+            && let Some((_, oldest)) = self.handles.pop_front()
+        {
+            oldest.abort();
+        }
+        let (handle, registration) = AbortHandle::new_pair();
+        self.started += 1;
+        self.handles.push_back((self.started, handle));
+        let numbered = join(ready(self.started), Abortable::new(attempt, registration));
+        self.running.push(numbered);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// The next answer of an attempt that was not dropped.
+    async fn next(&mut self) -> Option<Fut::Output> {
+        loop {
+            match self.running.next().await? {
+                (n, Ok(output)) => {
+                    self.handles.retain(|(m, _)| *m != n);
+                    return Some(output);
+                }
+                // Dropped for a newer one: its handle is gone already.
+                (_, Err(Aborted)) => {}
+            }
+        }
+    }
 }
 
 /// Sleeps until `at`; never, without one.
@@ -248,11 +302,36 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
 
+    /// Counts the attempts running (started, not yet ended or dropped) and the most at once.
+    #[derive(Default)]
+    struct Gauge {
+        now: AtomicU32,
+        most: AtomicU32,
+    }
+
+    struct Running<'a>(&'a Gauge);
+
+    impl<'a> Running<'a> {
+        fn new(gauge: &'a Gauge) -> Self {
+            let now = gauge.now.fetch_add(1, Ordering::SeqCst) + 1;
+            gauge.most.fetch_max(now, Ordering::SeqCst);
+            Running(gauge)
+        }
+    }
+
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            self.0.now.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_etcd_that_never_answers_times_out() {
         let calls = AtomicU32::new(0);
+        let gauge = Gauge::default();
         let result: Result<(), _> = request("listing", Duration::from_secs(5), || async {
             calls.fetch_add(1, Ordering::SeqCst);
+            let _running = Running::new(&gauge);
             std::future::pending().await
         })
         .await;
@@ -266,6 +345,29 @@ mod tests {
             ),
             "{result:?}"
         );
-        assert_eq!(calls.load(Ordering::SeqCst), MAX_IN_FLIGHT as u32);
+        // One at once, then one every HEDGE_AFTER until the deadline.
+        assert_eq!(calls.load(Ordering::SeqCst), 17);
+        assert_eq!(gauge.most.load(Ordering::SeqCst), MAX_IN_FLIGHT as u32);
+    }
+
+    /// The first eight attempts land on a frozen member, the ninth on a live one: the
+    /// oldest gave way, so the request does not wait for its deadline with all eight stuck.
+    #[tokio::test(start_paused = true)]
+    async fn attempts_go_on_past_eight_stuck_on_a_frozen_member() {
+        let calls = AtomicU32::new(0);
+        let gauge = Gauge::default();
+        let start = Instant::now();
+        let result = request("test", Duration::from_secs(5), || async {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let _running = Running::new(&gauge);
+            match n {
+                0..8 => std::future::pending().await,
+                n => Ok(n),
+            }
+        })
+        .await;
+        assert_eq!(result.expect("the ninth answers"), 8);
+        assert_eq!(start.elapsed(), HEDGE_AFTER * 8);
+        assert_eq!(gauge.most.load(Ordering::SeqCst), MAX_IN_FLIGHT as u32);
     }
 }
