@@ -48,9 +48,8 @@ pub(super) async fn call(
         let throttle = state.throttle.as_ref();
         let result = match may_retry(&recording, &attempts, throttle) {
             true => {
-                let result = result.await;
-                let reads = tried.reads.as_ref();
-                hold::first_frames(result, state.config.retry_buffer, reads).await
+                let limit = state.config.retry_buffer;
+                hold::first_frames(result.await, limit, tried.reads.as_ref()).await
             }
             false => result.await,
         };
@@ -73,15 +72,20 @@ pub(super) async fn call(
                 }
             }
             RetryDecision::Stop(why) => {
-                if matches!(why, NoRetry::Throttled) {
-                    crate::metrics::retry_throttled(&state.service);
-                }
-                let tokens = throttle.map(|bucket| bucket.tokens());
-                debug!(code = ?failure.code, %why, ?tokens, "failed call not retried");
+                not_retried(&state, failure.code, &why);
                 return result;
             }
         }
     }
+}
+
+/// Reports a failed call that is not retried, and why.
+fn not_retried(state: &Shared, code: Code, why: &NoRetry) {
+    if matches!(why, NoRetry::Throttled) {
+        crate::metrics::retry_throttled(&state.service);
+    }
+    let tokens = state.throttle.as_ref().map(TokenBucket::tokens);
+    debug!(?code, %why, ?tokens, "failed call not retried");
 }
 
 /// Whether a failure of the attempt being sent could still be retried, so that its
