@@ -40,6 +40,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The address clients dial: a real one (0.0.0.0 would be refused), port 0 for any.
     let addr = std::env::var("LISTEN_ADDR").unwrap_or("127.0.0.1:50051".into());
     // `report()`: the error and its causes on one line, in place of `?`'s Debug dump.
+    // Listen for both signals before registering: one that comes in between would
+    // otherwise end the process at once, its key left in etcd for the TTL.
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let etcd = EtcdConfig::new(etcd_urls.split(',')).connect().await;
     let etcd = etcd.map_err(|e| e.report().to_string())?;
     let incoming = TcpIncoming::bind(addr.parse()?)?.with_nodelay(Some(true));
@@ -54,10 +58,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .add_service(GreeterServer::new(MyGreeter))
             .serve_with_incoming_shutdown(incoming, registration.stop_signal()),
     );
-    let mut terminate = signal(SignalKind::terminate())?;
     tokio::select! {
         _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
     }
     // Deregister (the key goes at once), wait the grace period, stop accepting, drain.
     let drained = registration.shutdown().await;

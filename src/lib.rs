@@ -40,6 +40,10 @@
 //! use tonic::transport::{Server, server::TcpIncoming};
 //! use tonic_etcd::{EtcdConfig, Registrar};
 //!
+//! // Listen for both signals before registering: one that comes in between would
+//! // otherwise end the process at once, its key left in etcd for the TTL.
+//! let mut terminate = signal(SignalKind::terminate())?;
+//! let mut interrupt = signal(SignalKind::interrupt())?;
 //! let etcd = EtcdConfig::new(["http://127.0.0.1:2379"]).connect().await?;
 //! let incoming = TcpIncoming::bind("127.0.0.1:50051".parse()?)?.with_nodelay(Some(true));
 //! let registration = Registrar::new(etcd)
@@ -51,10 +55,9 @@
 //! #   .add_routes(tonic::service::Routes::default())
 //!     .serve_with_incoming_shutdown(incoming, registration.stop_signal());
 //! let server = tokio::spawn(server);
-//! let mut terminate = signal(SignalKind::terminate())?;
 //! tokio::select! {
 //!     _ = terminate.recv() => {}
-//!     _ = tokio::signal::ctrl_c() => {}
+//!     _ = interrupt.recv() => {}
 //! }
 //! registration.shutdown().await?; // deregister, wait, stop accepting, drain
 //! server.await??;
