@@ -39,11 +39,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let etcd_urls = std::env::var("ETCD_ENDPOINTS").unwrap_or("http://127.0.0.1:2379".into());
     // The address clients dial: a real one (0.0.0.0 would be refused), port 0 for any.
     let addr = std::env::var("LISTEN_ADDR").unwrap_or("127.0.0.1:50051".into());
-    // `report()`: the error and its causes on one line, in place of `?`'s Debug dump.
     // Listen for both signals before registering: one that comes in between would
     // otherwise end the process at once, its key left in etcd for the TTL.
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    // `report()`: the error and its causes on one line, in place of `?`'s Debug dump.
     let etcd = EtcdConfig::new(etcd_urls.split(',')).connect().await;
     let etcd = etcd.map_err(|e| e.report().to_string())?;
     let incoming = TcpIncoming::bind(addr.parse()?)?.with_nodelay(Some(true));

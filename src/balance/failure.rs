@@ -74,7 +74,8 @@ impl Balancer {
     ///
     /// A frame that does not come is waited for while the connection reads nothing (a
     /// server stalled between its headers and its message, or a busy client machine), up
-    /// to 500 ms per frame, so 1 s in all; once the connection has read anything at least
+    /// to 500 ms per frame, so 1 s in all, and never past the call's own deadline
+    /// (`grpc-timeout`); once the connection has read anything at least
     /// 20 ms before and the call's frame is still not in, the call's stream is taken to be
     /// quiet, and the response is handed over. A server stream that sends its headers and
     /// then waits, on an otherwise idle connection, so reaches its caller up to 500 ms

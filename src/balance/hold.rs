@@ -26,19 +26,25 @@ type Outcome = Result<http::Response<Body>, tower::BoxError>;
 /// message (a unary call) are held with it; a second data frame, or no frame while the
 /// connection (whose read count is `reads`) moves on, means a stream, and the response is
 /// given on (committed), with the frames read in front; see [`patience`] for how long each
-/// frame is waited for. No more than two frames are ever held.
+/// frame is waited for. No more than two frames are ever held, and none past the call's
+/// `deadline` (its `grpc-timeout`, if it has one): the response is given on then.
 ///
 /// Trailers that come before any data are merged into the headers, as a trailers-only
 /// response; a body that fails before the response is given on becomes the attempt's
 /// error ([`BodyFailed`]). A trailers-only response or an error passes as it is.
-pub(super) async fn first_frames(result: Outcome, limit: usize, reads: Option<&Reads>) -> Outcome {
+pub(super) async fn first_frames(
+    result: Outcome,
+    limit: usize,
+    reads: Option<&Reads>,
+    deadline: Option<Instant>,
+) -> Outcome {
     let response = match result {
         Ok(response) if grpc_status(response.headers()).is_none() => response,
         other => return other,
     };
     let (mut parts, mut body) = response.into_parts();
     let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
-    match next_frame(&mut body, reads).await {
+    match next_frame(&mut body, reads, deadline).await {
         Next::Nothing => {}
         Next::End => body = Body::empty(),
         Next::Failed(status) => return Err(Box::new(BodyFailed(status))),
@@ -51,7 +57,7 @@ pub(super) async fn first_frames(result: Outcome, limit: usize, reads: Option<&R
                 let small = data.data_ref().is_none_or(|data| data.len() <= limit);
                 frames.push_back(data);
                 if small {
-                    match next_frame(&mut body, reads).await {
+                    match next_frame(&mut body, reads, deadline).await {
                         // Nothing more while the connection moves on: a stream.
                         Next::Nothing => {}
                         Next::End => body = Body::empty(),
@@ -80,8 +86,9 @@ enum Next {
     Nothing,
 }
 
-/// The next frame of `body`, waiting for it as long as [`Patience`] says.
-async fn next_frame(body: &mut Body, reads: Option<&Reads>) -> Next {
+/// The next frame of `body`, waiting for it as long as [`Patience`] says, and not past
+/// `deadline`.
+async fn next_frame(body: &mut Body, reads: Option<&Reads>, deadline: Option<Instant>) -> Next {
     if body.is_end_stream() {
         return Next::End;
     }
@@ -91,7 +98,10 @@ async fn next_frame(body: &mut Body, reads: Option<&Reads>) -> Next {
         |cx| Pin::new(&mut *body).poll_frame(cx)
     ));
     loop {
-        match tokio::time::timeout(WINDOW, next.as_mut()).await {
+        let look = Instant::now() + WINDOW;
+        let wake = deadline.map_or(look, |deadline| deadline.min(look));
+        match tokio::time::timeout_at(wake, next.as_mut()).await {
+            Err(_) if wake < look => return Next::Nothing,
             Err(_) if patience.gives_up(count(), Instant::now()) => return Next::Nothing,
             Err(_) => {}
             Ok(None) => return Next::End,
@@ -209,7 +219,12 @@ mod tests {
     async fn a_stream_of_messages_is_given_on_after_its_second_frame() {
         let read = Arc::new(AtomicUsize::new(0));
         let endless = Endless(read.clone(), 5);
-        let held = first_frames(Ok(http::Response::new(Body::new(endless))), LIMIT, None);
+        let held = first_frames(
+            Ok(http::Response::new(Body::new(endless))),
+            LIMIT,
+            None,
+            None,
+        );
         let held = tokio::time::timeout(Duration::from_secs(1), held).await;
         held.expect("given on").expect("a response");
         assert_eq!(read.load(Ordering::Relaxed), 2, "two frames held at most");
@@ -219,7 +234,12 @@ mod tests {
     async fn a_first_message_larger_than_the_limit_is_given_on_at_once() {
         let read = Arc::new(AtomicUsize::new(0));
         let endless = Endless(read.clone(), LIMIT + 1);
-        let held = first_frames(Ok(http::Response::new(Body::new(endless))), LIMIT, None);
+        let held = first_frames(
+            Ok(http::Response::new(Body::new(endless))),
+            LIMIT,
+            None,
+            None,
+        );
         let mut held = held.await.expect("a response");
         assert_eq!(
             read.load(Ordering::Relaxed),
@@ -249,10 +269,12 @@ mod tests {
     }
 
     /// How long `first_frames` holds a response whose body never sends a frame, on a
-    /// connection whose reads are counted by `reads`, if given.
-    async fn held_silent(reads: Option<&Reads>) -> Duration {
+    /// connection whose reads are counted by `reads`, if given, for a call due `after`.
+    async fn held_silent(reads: Option<&Reads>, after: Option<Duration>) -> Duration {
         let start = Instant::now();
-        let held = first_frames(Ok(http::Response::new(Body::new(Silent))), LIMIT, reads);
+        let deadline = after.map(|after| start + after);
+        let silent = Ok(http::Response::new(Body::new(Silent)));
+        let held = first_frames(silent, LIMIT, reads, deadline);
         let held = tokio::time::timeout(Duration::from_secs(10), held).await;
         held.expect("given on").expect("a response");
         start.elapsed()
@@ -260,9 +282,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn headers_without_a_frame_are_given_on_after_a_bounded_wait() {
-        assert_eq!(held_silent(None).await, WINDOW, "uncounted: one window");
+        assert_eq!(
+            held_silent(None, None).await,
+            WINDOW,
+            "uncounted: one window"
+        );
         let idle = Reads::default();
-        assert_eq!(held_silent(Some(&idle)).await, patience::LONGEST);
+        assert_eq!(held_silent(Some(&idle), None).await, patience::LONGEST);
+        let due = Duration::from_millis(90);
+        assert_eq!(
+            held_silent(Some(&idle), Some(due)).await,
+            due,
+            "the call's deadline"
+        );
         let moving = Reads::default();
         let reader = tokio::spawn({
             let moving = moving.clone();
@@ -273,7 +305,7 @@ mod tests {
                 }
             }
         });
-        assert_eq!(held_silent(Some(&moving)).await, 2 * WINDOW);
+        assert_eq!(held_silent(Some(&moving), None).await, 2 * WINDOW);
         reader.abort();
     }
 
@@ -306,7 +338,7 @@ mod tests {
         let stall = Box::pin(tokio::time::sleep(WINDOW * 10));
         let body = Body::new(FailsLate(first, stall));
         let reads = Reads::default();
-        first_frames(Ok(http::Response::new(body)), LIMIT, Some(&reads)).await
+        first_frames(Ok(http::Response::new(body)), LIMIT, Some(&reads), None).await
     }
 
     #[tokio::test(start_paused = true)]
@@ -331,6 +363,7 @@ mod tests {
             response(vec![Ok(Frame::trailers(status("14")))]),
             LIMIT,
             None,
+            None,
         )
         .await;
         let held = held.expect("a response");
@@ -340,7 +373,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_failing_before_any_frame_is_the_attempts_error() {
         let failed = vec![Err(tonic::Status::unknown("connection error"))];
-        let error = first_frames(response(failed), LIMIT, None)
+        let error = first_frames(response(failed), LIMIT, None, None)
             .await
             .expect_err("an error");
         assert!(error.is::<BodyFailed>());
@@ -350,7 +383,7 @@ mod tests {
     async fn a_message_and_its_trailers_pass_whole() {
         let data = Frame::data(Bytes::from_static(b"\0\0\0\0\0"));
         let frames = vec![Ok(data), Ok(Frame::trailers(status("0")))];
-        let mut held = first_frames(response(frames), LIMIT, None)
+        let mut held = first_frames(response(frames), LIMIT, None, None)
             .await
             .expect("a response");
         assert_eq!(

@@ -49,7 +49,7 @@ pub(super) async fn call(
         let result = match may_retry(&recording, &attempts, throttle) {
             true => {
                 let limit = state.config.retry_buffer;
-                hold::first_frames(result.await, limit, tried.reads.as_ref()).await
+                hold::first_frames(result.await, limit, tried.reads.as_ref(), timeout).await
             }
             false => result.await,
         };
