@@ -8,7 +8,7 @@ mod classify;
 mod report;
 
 pub(crate) use classify::is_certificate_error;
-use classify::{etcd_error_is_permanent, reason_is_permanent, status_of};
+use classify::{etcd_error_is_permanent, etcd_source, reason_is_permanent, status_of};
 pub(crate) use report::cause_of;
 
 use report::Report;
@@ -330,16 +330,18 @@ impl Error {
     /// Returns `true` if the error may be one member's alone (refused, unavailable, frozen,
     /// without a leader), so that the same request sent again may well succeed on another
     /// member; `false` for an answer every member would give (permanent errors, a lost
-    /// lease, a compacted revision) and for the crate's own state.
+    /// lease, a compacted revision, a request etcd calls invalid, such as one over its
+    /// request size limit) and for the crate's own state.
     pub(crate) fn is_member_local(&self) -> bool {
-        let compacted = match self {
-            Error::List { source, .. } | Error::Watch { source, .. } => status_of(source)
-                .is_some_and(|s| s.message().contains("required revision has been compacted")),
-            _ => false,
-        };
+        let etcd_status = etcd_source(self).and_then(status_of);
+        let compacted = matches!(self, Error::List { .. } | Error::Watch { .. })
+            && etcd_status
+                .is_some_and(|s| s.message().contains("required revision has been compacted"));
+        let invalid = etcd_status.is_some_and(|s| s.code() == tonic::Code::InvalidArgument);
         !(self.is_permanent()
             || self.is_lease_not_found()
             || compacted
+            || invalid
             || matches!(self, Error::Stopped | Error::WatchCancelled { .. }))
     }
 }

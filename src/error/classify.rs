@@ -1,6 +1,24 @@
 //! Which etcd errors are final: a refusal of the credentials or the role, a bad argument, an
 //! untrusted certificate; everything else is worth a retry.
 
+use super::Error;
+
+/// The etcd error behind `error`, if etcd's client returned one.
+pub(super) fn etcd_source(error: &Error) -> Option<&etcd_client::Error> {
+    match error {
+        Error::List { source, .. }
+        | Error::Watch { source, .. }
+        | Error::LeaseGrant { source, .. }
+        | Error::Put { source, .. }
+        | Error::Delete { source, .. }
+        | Error::KeepAlive { source, .. }
+        | Error::Revoke { source, .. }
+        | Error::Connect { source, .. }
+        | Error::Authenticate { source, .. } => Some(source),
+        _ => None,
+    }
+}
+
 pub(super) fn status_of(error: &etcd_client::Error) -> Option<&tonic::Status> {
     match error {
         etcd_client::Error::GRpcStatus(status) => Some(status),

@@ -20,8 +20,8 @@
 //! - after [`MAX_FAILURES`] failed attempts in a row (at most 0.81 s when every member refuses)
 //!   the last error is returned, so that the caller's retry path reports an etcd that is
 //!   down; a dead member among three is picked that many times in a row once in 59,049;
-//! - an answer that every member would give (permission denied, lease not found, compacted)
-//!   is returned as it is;
+//! - an answer that every member would give (permission denied, lease not found, compacted,
+//!   a request etcd calls invalid) is returned as it is;
 //! - at the deadline, the last error is returned, or [`Error::Timeout`] if none came.
 //!
 //! Every request the crate retries or hedges this way is idempotent (reads, puts of the

@@ -65,6 +65,25 @@ async fn an_answer_every_member_would_give_is_final() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
+/// An answer etcd gives to an invalid request, on every member: not sent again.
+#[tokio::test(start_paused = true)]
+async fn a_request_etcd_calls_invalid_is_not_sent_again() {
+    let calls = AtomicU32::new(0);
+    let result: Result<(), _> = request("test", Duration::from_secs(5), || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Err(Error::Put {
+            key: "p/a".into(),
+            lease_id: 1,
+            source: Arc::new(etcd_client::Error::GRpcStatus(
+                tonic::Status::invalid_argument("etcdserver: request is too large"),
+            )),
+        })
+    })
+    .await;
+    assert!(matches!(result, Err(Error::Put { .. })), "{result:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_etcd_that_refuses_everywhere_gets_the_last_error_within_a_second() {
     let calls = AtomicU32::new(0);
