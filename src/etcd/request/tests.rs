@@ -121,6 +121,15 @@ struct Gauge {
     most: AtomicU32,
 }
 
+impl Gauge {
+    /// Asserts that [`MAX_IN_FLIGHT`] attempts, no more, ran at once, and that none runs
+    /// now that the request has returned.
+    fn assert_capped_and_dropped(&self) {
+        assert_eq!(self.most.load(Ordering::SeqCst), MAX_IN_FLIGHT as u32);
+        assert_eq!(self.now.load(Ordering::SeqCst), 0, "every attempt dropped");
+    }
+}
+
 struct Running<'a>(&'a Gauge);
 
 impl<'a> Running<'a> {
@@ -159,8 +168,7 @@ async fn an_etcd_that_never_answers_times_out() {
     );
     // One at once, then one every HEDGE_AFTER until the deadline.
     assert_eq!(calls.load(Ordering::SeqCst), 17);
-    assert_eq!(gauge.most.load(Ordering::SeqCst), MAX_IN_FLIGHT as u32);
-    assert_eq!(gauge.now.load(Ordering::SeqCst), 0, "every attempt dropped");
+    gauge.assert_capped_and_dropped();
 }
 
 /// A deadline that falls on a hedge: the request ends, no attempt starts then.
@@ -192,12 +200,12 @@ async fn an_etcd_slow_everywhere_answers_the_first_attempt() {
     .await;
     assert_eq!(result.expect("the first answers"), 0);
     assert_eq!(start.elapsed(), Duration::from_secs(3));
-    assert_eq!(gauge.most.load(Ordering::SeqCst), MAX_IN_FLIGHT as u32);
-    assert_eq!(gauge.now.load(Ordering::SeqCst), 0, "every attempt dropped");
+    gauge.assert_capped_and_dropped();
 }
 
-/// The first eight attempts land on a frozen member, the ninth on a live one: the
-/// oldest gave way, so the request does not wait for its deadline with all eight stuck.
+/// The first eight attempts land on a frozen member, the ninth on a live one: the second
+/// gave way (the oldest but the first), so the request does not wait for its deadline with
+/// all eight stuck.
 #[tokio::test(start_paused = true)]
 async fn attempts_go_on_past_eight_stuck_on_a_frozen_member() {
     let calls = AtomicU32::new(0);
@@ -214,6 +222,5 @@ async fn attempts_go_on_past_eight_stuck_on_a_frozen_member() {
     .await;
     assert_eq!(result.expect("the ninth answers"), 8);
     assert_eq!(start.elapsed(), HEDGE_AFTER * 8);
-    assert_eq!(gauge.most.load(Ordering::SeqCst), MAX_IN_FLIGHT as u32);
-    assert_eq!(gauge.now.load(Ordering::SeqCst), 0, "every attempt dropped");
+    gauge.assert_capped_and_dropped();
 }
